@@ -1,0 +1,137 @@
+"""Atomic file and folder writes (stdlib only, usable from every layer).
+
+A reader never sees a half-written file or folder: each write goes to a temporary sibling
+(same folder, so the same file system), is flushed and fsynced, then renamed over the target
+with ``os.replace``. A crash leaves either the old content or the new, never a mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "TMP_MARKER",
+    "atomic_dir",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "fsync_dir",
+]
+
+# Hidden temporary siblings are named ".<name><TMP_MARKER><random>"; cleaners may match on it.
+TMP_MARKER = ".tmp-"
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Flush a folder's entries (new names, renames) to disk; a no-op where unsupported."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(path)
+    # os.open with 0o666 honours the umask (mkstemp would force 0o600).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2) -> Path:
+    """Write ``obj`` as JSON (UTF-8, trailing newline) to ``path`` atomically.
+
+    Serialisation happens before anything touches the disk, so an unserialisable object raises
+    ``TypeError`` and leaves ``path`` as it was.
+    """
+    text = json.dumps(obj, indent=indent, ensure_ascii=False) + "\n"
+    return atomic_write_text(path, text)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Build a folder in a hidden temp sibling, then swap it in for ``path`` on success.
+
+    Yields the fresh temporary folder (same parent as ``path``). When the block ends without an
+    exception, its files are fsynced, any existing ``path`` is renamed away, the new folder is
+    renamed in and the old one removed. On an exception the temporary folder is removed and an
+    existing ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(path)
+    tmp.mkdir()  # honours the umask (mkdtemp would force 0o700)
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    old: Path | None = None
+    if path.exists() or path.is_symlink():
+        old = _tmp_sibling(path, ".old")
+        os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        if old is not None:  # put the previous folder back
+            os.replace(old, path)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(path.parent)
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
+
+def _tmp_sibling(path: Path, tag: str = "") -> Path:
+    """A fresh hidden name next to ``path``: ``.<name><tag>.tmp-<random>``."""
+    return path.parent / f".{path.name}{tag}{TMP_MARKER}{uuid.uuid4().hex[:12]}"
+
+
+def _fsync_tree(root: Path) -> None:
+    """Fsync every file and folder below ``root`` (so the rename publishes durable content)."""
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            fp = os.path.join(dirpath, name)
+            with contextlib.suppress(OSError):
+                fd = os.open(fp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        fsync_dir(dirpath)
