@@ -1,0 +1,1 @@
+"""Training: the loop and its utilities (checkpoints, precision, metrics logging, plots, progress, memory)."""

@@ -1,0 +1,142 @@
+"""Training curves as a PNG (matplotlib's Agg canvas; never opens a window).
+
+Input is the list of metric records that ``MetricsLogger`` writes (see ``train.logging``):
+``{"type": "train", "step", "epoch", "loss"}`` and ``{"type": "eval", "epoch", "accuracy",
+"macro_f1", ...}``. Epoch numbers are plotted as they appear in the records.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from loratune.fsutil import atomic_write_bytes
+
+__all__ = ["plot_training_curves"]
+
+# (label, record keys accepted for it); the first key present in a record wins.
+_EVAL_SERIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("accuracy", ("accuracy", "eval_accuracy", "acc")),
+    ("macro-F1", ("macro_f1", "f1_macro", "eval_macro_f1")),
+    ("F1", ("f1", "eval_f1")),
+)
+# Used only when none of the above is present (e.g. causal LM runs).
+_EVAL_FALLBACK: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("validation loss", ("loss", "eval_loss")),
+    ("perplexity", ("perplexity", "eval_perplexity")),
+)
+
+
+def _num(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _series(evals: list[dict[str, Any]], keys: tuple[str, ...]) -> list[tuple[float, float]]:
+    pts = []
+    for i, r in enumerate(evals):
+        x = _num(r.get("epoch"))
+        if x is None:
+            x = float(i)
+        for k in keys:
+            y = _num(r.get(k))
+            if y is not None:
+                pts.append((x, y))
+                break
+    return pts
+
+
+def plot_training_curves(
+    records: list[dict[str, Any]], out_png: str | os.PathLike[str], *, title: str = ""
+) -> Path:
+    """Write a two-panel PNG: training loss per step with per-epoch means; validation metrics per epoch.
+
+    Works with a single epoch, and with no eval records (the right panel then says so).
+    """
+    train = [r for r in records if r.get("type", "train") == "train" and _num(r.get("loss")) is not None]
+    evals = [r for r in records if r.get("type") == "eval"]
+
+    fig = Figure(figsize=(11, 4.2), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_loss, ax_eval = fig.subplots(1, 2)
+
+    # Left: training loss per step, and each epoch's mean as a segment over that epoch's steps.
+    if train:
+        steps = [int(r.get("step", i + 1)) for i, r in enumerate(train)]
+        losses = [float(r["loss"]) for r in train]
+        ax_loss.plot(steps, losses, color="tab:blue", alpha=0.45, lw=1, label="loss per step")
+        by_epoch: dict[float, list[tuple[int, float]]] = defaultdict(list)
+        for s, loss, r in zip(steps, losses, train, strict=True):
+            ep = _num(r.get("epoch"))
+            by_epoch[ep if ep is not None else 0.0].append((s, loss))
+        for n, (_ep, pts) in enumerate(sorted(by_epoch.items())):
+            lo, hi = min(s for s, _ in pts), max(s for s, _ in pts)
+            mean = sum(v for _, v in pts) / len(pts)
+            ax_loss.hlines(mean, lo, hi, colors="tab:orange", lw=2.5, label="epoch mean" if n == 0 else None)
+            ax_loss.plot([(lo + hi) / 2], [mean], "o", color="tab:orange", ms=5)
+            ax_loss.annotate(
+                f"{mean:.3f}",
+                ((lo + hi) / 2, mean),
+                textcoords="offset points",
+                xytext=(0, 7),
+                ha="center",
+                fontsize=8,
+                color="tab:orange",
+            )
+        ax_loss.legend(loc="upper right", fontsize=8)
+    else:
+        ax_loss.text(0.5, 0.5, "no training records", ha="center", va="center", transform=ax_loss.transAxes)
+        ax_loss.set_yticks([])
+        ax_loss.set_xticks([])
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("training loss")
+    ax_loss.set_title("Training loss")
+    ax_loss.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_loss.grid(alpha=0.3)
+
+    # Right: validation metrics per epoch.
+    plotted = [(label, pts) for label, keys in _EVAL_SERIES if (pts := _series(evals, keys))]
+    if not plotted:
+        plotted = [(label, pts) for label, keys in _EVAL_FALLBACK if (pts := _series(evals, keys))]
+    if plotted:
+        for (label, pts), color in zip(plotted, ("tab:green", "tab:purple", "tab:red"), strict=False):
+            xs, ys = zip(*pts, strict=True)
+            ax_eval.plot(xs, ys, "o-", color=color, label=label, ms=6)
+            for x, y in pts:
+                ax_eval.annotate(
+                    f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8
+                )
+        all_y = [y for _, pts in plotted for _, y in pts]
+        lo, hi = min(all_y), max(all_y)
+        pad = max((hi - lo) * 0.15, 0.02 * max(abs(hi), 1.0))
+        ax_eval.set_ylim(lo - pad, hi + pad * 1.5)
+        all_x = [x for _, pts in plotted for x, _ in pts]
+        if min(all_x) == max(all_x):
+            ax_eval.set_xlim(all_x[0] - 1, all_x[0] + 1)
+        ax_eval.legend(loc="lower right", fontsize=8)
+    else:
+        ax_eval.text(0.5, 0.5, "no validation records", ha="center", va="center", transform=ax_eval.transAxes)
+        ax_eval.set_yticks([])
+        ax_eval.set_xticks([])
+    ax_eval.set_xlabel("epoch")
+    ax_eval.set_ylabel("validation metric")
+    ax_eval.set_title("Validation")
+    ax_eval.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_eval.grid(alpha=0.3)
+
+    if title:
+        fig.suptitle(title)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return atomic_write_bytes(out_png, buf.getvalue())
