@@ -1,0 +1,321 @@
+"""Adapters on disk, in the Hugging Face PEFT format.
+
+A saved adapter is a folder with ``adapter_config.json`` and ``adapter_model.safetensors``. Tensor
+keys are PEFT's: ``base_model.model.<module path>.lora_A.weight`` (r x in) and ``...lora_B.weight``
+(out x r); task heads (``modules_to_save``) under their plain path, e.g.
+``base_model.model.classifier.weight``. PEFT loads what loratune saves, and the other way round.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from loratune.errors import AdapterFileError, AdapterShapeError
+from loratune.fsutil import atomic_dir
+from loratune.lora.config import ALL_LINEAR, LoraConfig
+from loratune.lora.layer import LoraLinear, ModulesToSaveWrapper, is_conv1d, is_linear
+from loratune.lora.model import (
+    _require,
+    active_adapter,
+    adapter_configs,
+    add_lora,
+    check_adapter_name,
+    head_wrappers,
+    lora_layers,
+)
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PICKLE_WEIGHTS_NAME = "adapter_model.bin"
+PREFIX = "base_model.model."
+# PEFT config fields that change what the adapter computes and that loratune does not implement.
+_UNSUPPORTED = ("use_dora", "lora_bias", "layer_replication", "trainable_token_indices", "target_parameters")
+_CLS_HEADS = {"SEQ_CLS": ["classifier", "score"], "TOKEN_CLS": ["classifier", "score"]}
+
+
+def _base_model_name(model: nn.Module, config: LoraConfig) -> str | None:
+    if config.base_model_name_or_path:
+        return config.base_model_name_or_path
+    model_config = getattr(model, "config", None)
+    return getattr(model_config, "name_or_path", None) or getattr(model_config, "_name_or_path", None) or None
+
+
+def adapter_state_dict(model: nn.Module, adapter_name: str | None = None) -> dict[str, torch.Tensor]:
+    """The adapter's tensors under PEFT's key names (contiguous CPU copies)."""
+    name = _require(model, adapter_name or active_adapter(model) or "")
+    tensors: dict[str, torch.Tensor] = {}
+    for path, layer in lora_layers(model):
+        if name in layer.lora_A:
+            tensors[f"{PREFIX}{path}.lora_A.weight"] = layer.lora_A[name].weight
+            tensors[f"{PREFIX}{path}.lora_B.weight"] = layer.lora_B[name].weight
+    for path, wrapper in head_wrappers(model):
+        if name in wrapper.modules_to_save:
+            for key, value in wrapper.modules_to_save[name].state_dict().items():
+                tensors[f"{PREFIX}{path}.{key}"] = value
+    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+
+
+def peft_config_dict(model: nn.Module, adapter_name: str | None = None) -> dict[str, Any]:
+    """``adapter_config.json`` contents for an adapter, with PEFT's field names."""
+    name = _require(model, adapter_name or active_adapter(model) or "")
+    config = adapter_configs(model)[name]
+    layers = [(p, m) for p, m in lora_layers(model) if name in m.lora_A]
+    targets = config.target_modules
+    if targets == ALL_LINEAR:  # PEFT too writes the names that "all-linear" resolved to
+        targets = sorted({p.rsplit(".", 1)[-1] for p, _ in layers})
+    heads = sorted(p for p, w in head_wrappers(model) if name in w.modules_to_save)
+    return {
+        "peft_type": "LORA",
+        "task_type": config.task_type,
+        "base_model_name_or_path": _base_model_name(model, config),
+        "revision": None,
+        "inference_mode": True,
+        "r": config.r,
+        "lora_alpha": config.alpha,
+        "lora_dropout": config.dropout,
+        "target_modules": sorted(targets) if isinstance(targets, list) else targets,
+        "modules_to_save": heads or None,
+        "use_rslora": config.use_rslora,
+        "use_dora": False,
+        "bias": "none",
+        "fan_in_fan_out": any(m.fan_in_fan_out for _, m in layers),
+        "init_lora_weights": config.init_lora_weights,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "rank_pattern": dict(config.rank_pattern),
+        "alpha_pattern": dict(config.alpha_pattern),
+    }
+
+
+def write_adapter(model: nn.Module, folder: str | Path, adapter_name: str | None = None) -> None:
+    """Write the adapter's two files into an existing ``folder`` (not atomic; see ``save_adapter``)."""
+    folder = Path(folder)
+    config = peft_config_dict(model, adapter_name)
+    save_file(adapter_state_dict(model, adapter_name), str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+
+
+def save_adapter(model: nn.Module, path: str | Path, adapter_name: str | None = None) -> Path:
+    """Save an adapter (default: the active one) to folder ``path``, atomically, in PEFT format.
+
+    The files are written to a temporary folder that then replaces ``path``: an existing adapter
+    there is never left half-written.
+    """
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        write_adapter(model, tmp, adapter_name)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ load
+def read_adapter_config(path: str | Path) -> dict[str, Any]:
+    """Read ``adapter_config.json`` from an adapter folder, with clear errors."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise AdapterFileError(
+            f"adapter folder {folder} does not exist; pass the folder that holds {CONFIG_NAME}"
+        )
+    cfg_file = folder / CONFIG_NAME
+    if not cfg_file.is_file():
+        raise AdapterFileError(f"{folder} has no {CONFIG_NAME}; pass a folder saved by loratune or PEFT")
+    try:
+        config = json.loads(cfg_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AdapterFileError(f"{cfg_file} is not valid JSON ({exc}); re-save the adapter") from None
+    if not isinstance(config, dict):
+        raise AdapterFileError(f"{cfg_file} does not hold a JSON object; re-save the adapter")
+    peft_type = str(config.get("peft_type", "LORA")).upper()
+    if peft_type != "LORA":
+        raise AdapterFileError(f"{cfg_file} holds a {peft_type} adapter; loratune loads LoRA adapters only")
+    for key in _UNSUPPORTED:
+        if config.get(key):
+            raise AdapterFileError(f"{cfg_file} uses {key}={config[key]!r}, which loratune does not support")
+    if config.get("bias", "none") != "none":
+        raise AdapterFileError(
+            f"{cfg_file} trains biases (bias={config['bias']!r}); loratune supports bias='none'"
+        )
+    return config
+
+
+def read_adapter_weights(path: str | Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Read the adapter tensors (safetensors; a pickle ``.bin`` only with ``allow_pickle=True``)."""
+    folder = Path(path)
+    st_file, bin_file = folder / WEIGHTS_NAME, folder / PICKLE_WEIGHTS_NAME
+    if st_file.is_file():
+        try:
+            return load_file(str(st_file))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise AdapterFileError(
+                f"{st_file} is corrupt or truncated ({exc}); re-save the adapter"
+            ) from None
+    if bin_file.is_file():
+        if not allow_pickle:
+            raise AdapterFileError(
+                f"{bin_file} is a pickle file, which can run code when loaded; convert it to safetensors, "
+                "or pass allow_pickle=True (CLI: --allow-pickle) if you trust its source"
+            )
+        try:
+            return torch.load(bin_file, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise AdapterFileError(f"{bin_file} could not be read ({exc}); re-save the adapter") from None
+    raise AdapterFileError(f"{folder} has no {WEIGHTS_NAME}; pass a folder saved by loratune or PEFT")
+
+
+def _split_keys(
+    tensors: dict[str, torch.Tensor], adapter_name_in_keys: set[str]
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """Group PEFT keys into {module path: {"A": .., "B": ..}} and the remaining (head) tensors."""
+    lora: dict[str, dict[str, torch.Tensor]] = {}
+    rest: dict[str, torch.Tensor] = {}
+    for key, value in tensors.items():
+        k = key.removeprefix(PREFIX)
+        for part in ("lora_A", "lora_B"):
+            marker = f".{part}."
+            if marker in k:
+                path, _, tail = k.partition(marker)
+                if tail.split(".")[0] in adapter_name_in_keys:  # very old PEFT kept the adapter name
+                    tail = tail.split(".", 1)[1]
+                if tail != "weight":
+                    raise AdapterFileError(
+                        f"unexpected adapter tensor {key!r}; loratune reads LoRA A/B weights"
+                    )
+                lora.setdefault(path, {})[part[-1]] = value
+                break
+        else:
+            rest[k] = value
+    return lora, rest
+
+
+def _check_shape(key: str, got: torch.Size, expected: tuple[int, ...]) -> None:
+    if tuple(got) != tuple(expected):
+        raise AdapterShapeError(
+            f"adapter tensor {key!r} has shape {tuple(got)} but the model expects {tuple(expected)}; "
+            "was the adapter trained on a different base model?"
+        )
+
+
+def load_adapter(
+    model: nn.Module,
+    path: str | Path,
+    adapter_name: str | None = None,
+    *,
+    is_trainable: bool = False,
+    allow_pickle: bool = False,
+) -> nn.Module:
+    """Load a PEFT-format adapter from ``path`` into ``model`` and make it the active adapter.
+
+    Works on a plain model (LoRA layers are added where the adapter's keys say) and on a model that
+    already holds adapters (``adapter_name`` must then be new; default ``"default"``). Every tensor
+    is checked against the model before the model is changed. With ``is_trainable=False`` the
+    adapter is loaded frozen, for inference.
+    """
+    name = check_adapter_name(adapter_name or "default")
+    config_dict = read_adapter_config(path)
+    tensors = read_adapter_weights(path, allow_pickle=allow_pickle)
+    lora, rest = _split_keys(tensors, {"default", name})
+    if not lora:
+        raise AdapterFileError(f"{Path(path) / WEIGHTS_NAME} holds no LoRA tensors; is it a LoRA adapter?")
+    heads = list(config_dict.get("modules_to_save") or []) or _CLS_HEADS.get(config_dict.get("task_type"), [])
+    head_tensors: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in rest.items():
+        head_path = _head_of(model, key, heads)
+        head_tensors.setdefault(head_path, {})[key.removeprefix(head_path + ".")] = value
+    config = LoraConfig(
+        r=int(config_dict.get("r", 8)),
+        alpha=float(config_dict.get("lora_alpha", 8)),
+        dropout=float(config_dict.get("lora_dropout") or 0.0),
+        # exactly the layers the file holds tensors for, as one full-path regex
+        target_modules="|".join(re.escape(p) for p in sorted(lora)),
+        modules_to_save=sorted(head_tensors) or None,
+        use_rslora=bool(config_dict.get("use_rslora", False)),
+        task_type=config_dict.get("task_type"),
+        base_model_name_or_path=config_dict.get("base_model_name_or_path"),
+        rank_pattern=dict(config_dict.get("rank_pattern") or {}),
+        alpha_pattern=dict(config_dict.get("alpha_pattern") or {}),
+    )
+    _check_fits(model, config, lora, head_tensors)
+    add_lora(model, config, name)
+    # Saving it again writes the names the file was saved with, not the regex.
+    config.target_modules = config_dict.get("target_modules") or sorted({p.rsplit(".", 1)[-1] for p in lora})
+    config.modules_to_save = heads or None
+    with torch.no_grad():
+        for module_path, ab in lora.items():
+            layer = model.get_submodule(module_path)
+            layer.lora_A[name].weight.copy_(ab["A"])
+            layer.lora_B[name].weight.copy_(ab["B"])
+        for head_path, state in head_tensors.items():
+            model.get_submodule(head_path).modules_to_save[name].load_state_dict(state)
+    if not is_trainable:
+        for p in model.parameters():
+            p.requires_grad_(False)
+    return model
+
+
+def _check_fits(
+    model: nn.Module,
+    config: LoraConfig,
+    lora: dict[str, dict[str, torch.Tensor]],
+    head_tensors: dict[str, dict[str, torch.Tensor]],
+) -> None:
+    """Raise unless every adapter tensor has a module of the right shape in ``model``."""
+    base_name = config.base_model_name_or_path or "another model"
+    for module_path, ab in lora.items():
+        key_a = f"{PREFIX}{module_path}.lora_A.weight"
+        if set(ab) != {"A", "B"}:
+            missing = "lora_B" if "A" in ab else "lora_A"
+            raise AdapterFileError(
+                f"adapter layer {module_path!r} lacks its {missing} tensor; re-save the adapter"
+            )
+        try:
+            module = model.get_submodule(module_path)
+        except AttributeError:
+            raise AdapterShapeError(
+                f"adapter tensor {key_a!r} names module {module_path!r}, which {type(model).__name__} "
+                f"does not have; the adapter was trained on {base_name}"
+            ) from None
+        if isinstance(module, LoraLinear):
+            in_f, out_f = module.in_features, module.out_features
+        elif is_linear(module):
+            w = module.weight
+            in_f, out_f = (w.shape[0], w.shape[1]) if is_conv1d(module) else (w.shape[1], w.shape[0])
+        else:
+            raise AdapterShapeError(
+                f"adapter layer {module_path!r} is a {type(module).__name__}, not a linear layer"
+            )
+        _check_shape(key_a, ab["A"].shape, (config.rank_for(module_path), in_f))
+        _check_shape(f"{PREFIX}{module_path}.lora_B.weight", ab["B"].shape, (out_f, ab["A"].shape[0]))
+    for head_path, state in head_tensors.items():
+        head = model.get_submodule(head_path)
+        if isinstance(head, ModulesToSaveWrapper):
+            head = head.original_module
+        own = head.state_dict()
+        for key, value in state.items():
+            if key not in own:
+                raise AdapterShapeError(
+                    f"adapter tensor '{PREFIX}{head_path}.{key}' has no place in head {head_path!r}"
+                )
+            _check_shape(f"{PREFIX}{head_path}.{key}", value.shape, tuple(own[key].shape))
+        missing = sorted(set(own) - set(state))
+        if missing:
+            raise AdapterFileError(
+                f"adapter lacks head tensors {', '.join(head_path + '.' + m for m in missing)}; re-save it"
+            )
+
+
+def _head_of(model: nn.Module, key: str, heads: list[str]) -> str:
+    """The module path of ``modules_to_save`` that tensor ``key`` belongs to."""
+    for path, _ in model.named_modules():
+        if path and key.startswith(path + ".") and any(path == h or path.endswith("." + h) for h in heads):
+            return path
+    raise AdapterShapeError(
+        f"adapter tensor '{PREFIX}{key}' is neither a LoRA weight nor part of a head in modules_to_save "
+        f"({', '.join(heads) or 'none'}) of {type(model).__name__}; was it trained on another base model?"
+    )

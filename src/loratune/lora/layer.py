@@ -1,0 +1,294 @@
+"""``LoraLinear`` and ``ModulesToSaveWrapper``: the two modules the engine puts into a model.
+
+``LoraLinear`` wraps a frozen linear layer ``W`` (``nn.Linear``, or the transformers ``Conv1D`` of
+GPT-2, whose weight is stored transposed, "fan_in_fan_out") and adds named low-rank updates::
+
+    y = W x + b + scaling * B (A (dropout(x)))        A: r x in,  B: out x r
+
+Only ``A`` and ``B`` train. ``B`` starts at zero, so a fresh adapter leaves the outputs unchanged.
+One adapter is active at a time; a *mixed batch* routes each example through its own adapter.
+
+``ModulesToSaveWrapper`` keeps the original of a fully trained module (the task head) and one
+trainable copy per adapter, and routes the forward the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BASE = "__base__"  # name, in a mixed batch, of "no adapter": the base model's own output
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """True for the transformers ``Conv1D`` (GPT-2): a linear layer with a transposed weight."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and module.weight.dim() == 2
+
+
+def is_linear(module: nn.Module) -> bool:
+    """True for the layers LoRA can wrap: ``nn.Linear`` and the transformers ``Conv1D``."""
+    return isinstance(module, nn.Linear) or is_conv1d(module)
+
+
+@dataclass
+class MixedRouting:
+    """Per-example adapter routing of one batch: ``ids[i]`` indexes ``names``; -1 is the base model."""
+
+    ids: torch.Tensor
+    names: list[str]
+
+
+class _LoraDelta(torch.autograd.Function):
+    """``scaling * B A dropout(x)`` with a lean autograd footprint.
+
+    Autograd through ``nn.Dropout`` and two ``nn.Linear`` would save the dropped-out copy of ``x``
+    (4 bytes per element in fp32) *and* the dropout mask, for every adapted layer. This function saves
+    ``x`` itself (the same tensor object that sibling layers such as query and value also save, so
+    it is stored once), a 1-byte mask, and the small ``A x`` (r per token). The dropped-out input is
+    recomputed in the backward pass.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight_a, weight_b, scaling: float, p: float):  # type: ignore[override]
+        mask = None
+        if p > 0.0:
+            mask = torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(1.0 - p)
+            ax = F.linear(x * mask * (1.0 / (1.0 - p)), weight_a)
+        else:
+            ax = F.linear(x, weight_a)
+        out = F.linear(ax, weight_b)
+        out.mul_(scaling)
+        ctx.save_for_backward(x, mask, ax, weight_a, weight_b)
+        ctx.scaling, ctx.p = scaling, p
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x, mask, ax, weight_a, weight_b = ctx.saved_tensors
+        scaling, p = ctx.scaling, ctx.p
+        need_x, need_a, need_b = ctx.needs_input_grad[:3]
+        g = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_x = grad_a = grad_b = None
+        if need_b:
+            grad_b = (g.t() @ ax.reshape(-1, ax.shape[-1])).mul_(scaling)
+        if need_x or need_a:
+            g_ax = (g @ weight_b).mul_(scaling)  # d loss / d (A x_dropped), shape (tokens, r)
+            if need_a:
+                x_in = x if mask is None else x * mask * (1.0 / (1.0 - p))
+                grad_a = g_ax.t() @ x_in.reshape(-1, x_in.shape[-1])
+                del x_in
+            if need_x:
+                grad_x = (g_ax @ weight_a).reshape(x.shape)
+                if mask is not None:
+                    grad_x.mul_(mask).mul_(1.0 / (1.0 - p))
+        return grad_x, grad_a, grad_b, None, None
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+class LoraLinear(nn.Module):
+    """A frozen linear layer plus named LoRA adapters.
+
+    Args:
+        base_layer: the ``nn.Linear`` (or transformers ``Conv1D``) to adapt; kept as ``base_layer``.
+    """
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__()
+        if not is_linear(base_layer):
+            raise TypeError(f"LoraLinear wraps nn.Linear or Conv1D, not {type(base_layer).__name__}")
+        self.base_layer = base_layer
+        self.fan_in_fan_out = is_conv1d(base_layer)
+        w = base_layer.weight
+        self.in_features, self.out_features = (
+            (w.shape[0], w.shape[1]) if self.fan_in_fan_out else (w.shape[1], w.shape[0])
+        )
+        self.lora_A = nn.ModuleDict()
+        self.lora_B = nn.ModuleDict()
+        self.scaling: dict[str, float] = {}
+        self.lora_dropout: dict[str, float] = {}
+        self.active_adapter: str | None = None
+        self.merged_adapters: list[str] = []
+        self.disabled = False
+        self.mixed: MixedRouting | None = None
+        self.train(base_layer.training)  # a wrapped eval-mode model stays in eval mode
+
+    # ---------------------------------------------------------------- adapters
+    def add_adapter(
+        self, name: str, r: int, scaling: float, dropout: float = 0.0, init: bool | str = True
+    ) -> None:
+        """Add adapter ``name`` of rank ``r``; A Kaiming-uniform (or gaussian), B zero."""
+        w = self.base_layer.weight
+        kwargs = {"device": w.device, "dtype": w.dtype if w.dtype.is_floating_point else torch.float32}
+        self.lora_A[name] = nn.Linear(self.in_features, r, bias=False, **kwargs)
+        self.lora_B[name] = nn.Linear(r, self.out_features, bias=False, **kwargs)
+        self.lora_A[name].train(self.training)
+        self.lora_B[name].train(self.training)
+        self.scaling[name] = float(scaling)
+        self.lora_dropout[name] = float(dropout)
+        self.reset_adapter(name, init)
+
+    @torch.no_grad()
+    def reset_adapter(self, name: str, init: bool | str = True) -> None:
+        """(Re)initialise adapter ``name``: A Kaiming-uniform (a=sqrt(5)) or N(0, 1/r), B zero."""
+        a, b = self.lora_A[name].weight, self.lora_B[name].weight
+        if init == "gaussian":
+            nn.init.normal_(a, std=1.0 / a.shape[0])
+        else:
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        if init is False:
+            nn.init.kaiming_uniform_(b, a=math.sqrt(5))
+        else:
+            nn.init.zeros_(b)
+
+    def has_adapter(self, name: str) -> bool:
+        return name in self.lora_A
+
+    def delete_adapter(self, name: str) -> None:
+        if name in self.merged_adapters:
+            self.unmerge()
+        del self.lora_A[name], self.lora_B[name], self.scaling[name], self.lora_dropout[name]
+        if self.active_adapter == name:
+            self.active_adapter = None
+
+    # ---------------------------------------------------------------- merge
+    def delta_weight(self, name: str) -> torch.Tensor:
+        """``scaling * B A`` in the base weight's layout (transposed for Conv1D), computed in fp32."""
+        a = self.lora_A[name].weight.float()
+        b = self.lora_B[name].weight.float()
+        delta = (b @ a) * self.scaling[name]
+        return delta.t() if self.fan_in_fan_out else delta
+
+    @torch.no_grad()
+    def merge(self, name: str) -> None:
+        """Add adapter ``name`` into the base weight, so that the forward costs nothing extra."""
+        if name in self.merged_adapters:
+            return
+        w = self.base_layer.weight
+        w.copy_((w.float() + self.delta_weight(name)).to(w.dtype))
+        self.merged_adapters.append(name)
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract every merged adapter from the base weight again."""
+        w = self.base_layer.weight
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            w.copy_((w.float() - self.delta_weight(name)).to(w.dtype))
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base_layer(x)
+        if self.disabled:
+            return result
+        if self.mixed is not None:
+            return result + self._mixed_delta(x, self.mixed).to(result.dtype)
+        name = self.active_adapter
+        if name is None or name in self.merged_adapters or name not in self.lora_A:
+            return result
+        return result + self._delta(x, name).to(result.dtype)
+
+    def _delta(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        a, b = self.lora_A[name].weight, self.lora_B[name].weight
+        dtype = _autocast_dtype(x.device.type) or a.dtype
+        x, a, b = x.to(dtype), a.to(dtype), b.to(dtype)
+        p = self.lora_dropout[name] if self.training else 0.0
+        if not torch.is_grad_enabled() or not (x.requires_grad or a.requires_grad or b.requires_grad):
+            if p > 0.0:
+                x = F.dropout(x, p, training=True)
+            return F.linear(F.linear(x, a), b) * self.scaling[name]
+        return _LoraDelta.apply(x, a, b, self.scaling[name], p)
+
+    def _mixed_delta(self, x: torch.Tensor, routing: MixedRouting) -> torch.Tensor:
+        """All adapters of a mixed batch in two batched matmuls (no loop over examples).
+
+        The adapters' A and B are stacked, zero-padded to the largest rank, with the scaling folded
+        into B; row 0 is all zeros, for examples routed to the base model. Each example gathers its
+        own A and B, then ``torch.bmm`` applies them.
+        """
+        batch = routing.ids.shape[0]
+        if x.shape[0] != batch:
+            raise ValueError(f"mixed batch: {batch} adapter names for a batch of {x.shape[0]} examples")
+        names = [n if n in self.lora_A else None for n in routing.names]
+        ranks = [self.lora_A[n].weight.shape[0] for n in names if n is not None]
+        dtype = _autocast_dtype(x.device.type) or x.dtype
+        if not ranks:
+            return x.new_zeros((*x.shape[:-1], self.out_features), dtype=dtype)
+        r_max = max(ranks)
+        stack_a = x.new_zeros((len(names) + 1, r_max, self.in_features), dtype=dtype)
+        stack_b = x.new_zeros((len(names) + 1, self.out_features, r_max), dtype=dtype)
+        for i, n in enumerate(names, start=1):
+            if n is not None:
+                r = self.lora_A[n].weight.shape[0]
+                stack_a[i, :r] = self.lora_A[n].weight.to(dtype)
+                stack_b[i, :, :r] = self.lora_B[n].weight.to(dtype) * self.scaling[n]
+        sel = routing.ids.to(x.device) + 1
+        x3 = x.to(dtype).reshape(batch, -1, self.in_features)
+        h = torch.bmm(x3, stack_a[sel].transpose(1, 2))
+        out = torch.bmm(h, stack_b[sel].transpose(1, 2))
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        ranks = {n: m.weight.shape[0] for n, m in self.lora_A.items()}
+        return f"adapters={ranks}, active={self.active_adapter!r}, merged={self.merged_adapters}"
+
+
+class ModulesToSaveWrapper(nn.Module):
+    """A module trained in full per adapter (a task head): the frozen original plus one copy each.
+
+    The forward uses the active adapter's copy, the original when none is active or adapters are
+    disabled, and in a mixed batch each example's own copy (grouped by adapter, whatever the
+    module's type; its first argument must be batch-first).
+    """
+
+    def __init__(self, original_module: nn.Module) -> None:
+        super().__init__()
+        self.original_module = original_module
+        self.modules_to_save = nn.ModuleDict()
+        self.active_adapter: str | None = None
+        self.disabled = False
+        self.mixed: MixedRouting | None = None
+        self.train(original_module.training)
+
+    def add_adapter(self, name: str) -> None:
+        self.modules_to_save[name] = copy.deepcopy(self.original_module)
+
+    def has_adapter(self, name: str) -> bool:
+        return name in self.modules_to_save
+
+    def delete_adapter(self, name: str) -> None:
+        del self.modules_to_save[name]
+        if self.active_adapter == name:
+            self.active_adapter = None
+
+    def _module_for(self, name: str | None) -> nn.Module:
+        if name is None or self.disabled or name not in self.modules_to_save:
+            return self.original_module
+        return self.modules_to_save[name]
+
+    def forward(self, x: torch.Tensor, *args, **kwargs):
+        if self.mixed is None or self.disabled:
+            return self._module_for(self.active_adapter)(x, *args, **kwargs)
+        routing = self.mixed
+        ids = routing.ids.to(x.device)
+        if x.shape[0] != ids.shape[0]:
+            raise ValueError(
+                f"mixed batch: {ids.shape[0]} adapter names for a batch of {x.shape[0]} examples"
+            )
+        out = None
+        for k in torch.unique(ids).tolist():
+            rows = (ids == k).nonzero().squeeze(1)
+            y = self._module_for(routing.names[k] if k >= 0 else None)(x[rows], *args, **kwargs)
+            if out is None:
+                out = y.new_empty((x.shape[0], *y.shape[1:]))
+            out[rows] = y
+        return out

@@ -1,0 +1,133 @@
+"""LoraLinear on its own: forward maths, the lean autograd function, merge, Conv1D."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from loratune.lora.layer import LoraLinear, MixedRouting
+
+
+def _layer(p: float = 0.0, r: int = 4, seed: int = 0) -> LoraLinear:
+    torch.manual_seed(seed)
+    layer = LoraLinear(nn.Linear(16, 24))
+    layer.add_adapter("a", r=r, scaling=2.0, dropout=p)
+    nn.init.normal_(layer.lora_B["a"].weight)  # trained-looking B
+    layer.active_adapter = "a"
+    layer.base_layer.requires_grad_(False)
+    return layer
+
+
+def test_fresh_adapter_is_identity_and_init_is_kaiming_zero():
+    layer = LoraLinear(nn.Linear(16, 24))
+    layer.add_adapter("a", r=4, scaling=2.0)
+    layer.active_adapter = "a"
+    x = torch.randn(3, 5, 16)
+    assert torch.equal(layer(x), layer.base_layer(x))
+    assert torch.count_nonzero(layer.lora_B["a"].weight) == 0
+    bound = 1 / 16**0.5  # kaiming_uniform(a=sqrt(5)) bound = 1/sqrt(fan_in)
+    a = layer.lora_A["a"].weight
+    assert a.abs().max() <= bound and a.std() > bound / 4
+
+
+def test_forward_matches_formula():
+    layer = _layer()
+    x = torch.randn(3, 5, 16)
+    a, b = layer.lora_A["a"].weight, layer.lora_B["a"].weight
+    expected = layer.base_layer(x) + 2.0 * (x @ a.t() @ b.t())
+    torch.testing.assert_close(layer(x), expected)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_lean_autograd_matches_reference_gradients(p):
+    layer = _layer(p=p).train()
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    torch.manual_seed(123)
+    y = layer(x)
+    (y * torch.linspace(-1, 1, 24)).sum().backward()
+    got = (x.grad.clone(), layer.lora_A["a"].weight.grad.clone(), layer.lora_B["a"].weight.grad.clone())
+
+    # Reference: plain autograd with the very same dropout mask (same RNG draw).
+    x2 = x.detach().clone().requires_grad_(True)
+    a = layer.lora_A["a"].weight.detach().clone().requires_grad_(True)
+    b = layer.lora_B["a"].weight.detach().clone().requires_grad_(True)
+    torch.manual_seed(123)
+    xin = x2
+    if p > 0:
+        mask = torch.empty(x2.shape, dtype=torch.bool).bernoulli_(1 - p)
+        xin = x2 * mask / (1 - p)
+    y2 = layer.base_layer(x2) + 2.0 * F.linear(F.linear(xin, a), b)
+    (y2 * torch.linspace(-1, 1, 24)).sum().backward()
+    torch.testing.assert_close(y, y2)
+    for g, ref in zip(got, (x2.grad, a.grad, b.grad), strict=True):
+        torch.testing.assert_close(g, ref)
+
+
+def test_dropout_only_in_training():
+    layer = _layer(p=0.5)
+    x = torch.randn(2, 16)
+    layer.eval()
+    assert torch.equal(layer(x), layer(x))
+    layer.train()
+    torch.manual_seed(0)
+    y1 = layer(x)
+    torch.manual_seed(1)
+    assert not torch.allclose(y1, layer(x))
+
+
+def test_merge_unmerge_roundtrip():
+    layer = _layer().eval()
+    x = torch.randn(4, 16)
+    w0 = layer.base_layer.weight.detach().clone()
+    before = layer(x)
+    layer.merge("a")
+    torch.testing.assert_close(layer(x), before, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(layer.base_layer(x), before, rtol=1e-4, atol=1e-5)
+    layer.unmerge()
+    torch.testing.assert_close(layer.base_layer.weight, w0, rtol=0, atol=1e-6)
+    torch.testing.assert_close(layer(x), before)
+
+
+def test_conv1d_fan_in_fan_out():
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    conv = Conv1D(24, 16)  # nf=out, nx=in; weight is (in, out)
+    layer = LoraLinear(conv)
+    assert layer.fan_in_fan_out and (layer.in_features, layer.out_features) == (16, 24)
+    layer.add_adapter("a", r=4, scaling=1.5)
+    nn.init.normal_(layer.lora_B["a"].weight)
+    layer.active_adapter = "a"
+    x = torch.randn(2, 3, 16)
+    expected = conv(x) + 1.5 * (x @ layer.lora_A["a"].weight.t() @ layer.lora_B["a"].weight.t())
+    torch.testing.assert_close(layer(x), expected)
+    before = layer(x)
+    layer.merge("a")
+    torch.testing.assert_close(conv(x), before, rtol=1e-4, atol=1e-5)
+
+
+def test_mixed_delta_with_different_ranks_equals_per_example():
+    layer = _layer(r=4)
+    layer.add_adapter("b", r=2, scaling=0.5)
+    nn.init.normal_(layer.lora_B["b"].weight)
+    layer.eval()
+    x = torch.randn(4, 3, 16)
+    layer.mixed = MixedRouting(ids=torch.tensor([1, -1, 0, 1]), names=["a", "b"])
+    mixed = layer(x)
+    layer.mixed = None
+    for i, name in enumerate(["b", None, "a", "b"]):
+        layer.active_adapter = name
+        torch.testing.assert_close(mixed[i], layer(x[i : i + 1])[0], rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_autocast_keeps_fp32_params_and_trains():
+    layer = _layer(p=0.1).train()
+    x = torch.randn(2, 5, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert layer.lora_A["a"].weight.grad.dtype == torch.float32
+    assert layer.lora_A["a"].weight.grad.abs().sum() > 0
