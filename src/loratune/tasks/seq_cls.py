@@ -1,0 +1,118 @@
+"""Sequence classification: the Auto class, scoring (accuracy, macro F1, confusion matrix), and how a
+prediction is shown (label plus per-label softmax confidences)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+from loratune.errors import DataError
+
+TASK_TYPE = "SEQ_CLS"  # PEFT's task_type in adapter_config.json
+AUTO_CLASS = "AutoModelForSequenceClassification"
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().float().cpu().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def classification_metrics(preds: Any, labels: Any, num_labels: int) -> dict[str, Any]:
+    """Accuracy, macro F1 over all ``num_labels`` classes, and the confusion matrix.
+
+    ``preds`` are class ids, or logits/probabilities of shape ``(n, num_labels)`` (argmax is taken).
+    ``confusion_matrix[i][j]`` counts examples of true class ``i`` predicted as ``j``.
+    """
+    p = _as_numpy(preds)
+    y = _as_numpy(labels).reshape(-1)
+    if p.ndim == 2:
+        p = p.argmax(axis=-1)
+    p = p.reshape(-1).astype(np.int64)
+    y = y.astype(np.int64)
+    if len(p) != len(y):
+        raise DataError(f"{len(p)} predictions for {len(y)} labels; pass one prediction per example.")
+    if len(y) == 0:
+        raise DataError("no examples to score; pass a non-empty eval set.")
+    classes = list(range(num_labels))
+    return {
+        "accuracy": float(accuracy_score(y, p)),
+        "macro_f1": float(f1_score(y, p, labels=classes, average="macro", zero_division=0)),
+        "confusion_matrix": confusion_matrix(y, p, labels=classes).tolist(),
+        "num_examples": len(y),
+    }
+
+
+def format_confusion_matrix(cm: Sequence[Sequence[int]], labels: Sequence[str]) -> str:
+    """A plain-text table: one row per true label, one column per predicted label."""
+    corner = "true \\ pred"
+    names = [str(name) for name in labels]
+    first = max(len(corner), *(len(n) for n in names))
+    width = max(5, *(len(n) for n in names), *(len(str(v)) for row in cm for v in row))
+    lines = [corner.ljust(first) + "".join(f"  {n:>{width}}" for n in names)]
+    for name, row in zip(names, cm, strict=True):
+        lines.append(name.ljust(first) + "".join(f"  {int(v):>{width}d}" for v in row))
+    return "\n".join(lines)
+
+
+def prediction_dict(text: str, probs: Any, labels: Sequence[str]) -> dict[str, Any]:
+    """JSON-ready prediction: ``{"text", "label", "label_id", "confidence", "probs": {name: p}}``."""
+    p = _as_numpy(probs).astype(np.float64).reshape(-1)
+    if len(p) != len(labels):
+        raise DataError(f"{len(p)} probabilities for {len(labels)} labels; pass one probability per label.")
+    best = int(p.argmax())
+    return {
+        "text": text,
+        "label": str(labels[best]),
+        "label_id": best,
+        "confidence": float(p[best]),
+        "probs": {str(name): float(v) for name, v in zip(labels, p, strict=True)},
+    }
+
+
+def format_prediction(text: str, probs: Any, labels: Sequence[str], *, max_text: int = 60) -> str:
+    """One line: ``positive (0.973)  [negative 0.027 | positive 0.973]  "the text..."``."""
+    d = prediction_dict(text, probs, labels)
+    per_label = " | ".join(f"{name} {p:.3f}" for name, p in d["probs"].items())
+    snippet = " ".join(str(text).split())
+    if len(snippet) > max_text:
+        snippet = snippet[: max_text - 3].rstrip() + "..."
+    return f'{d["label"]} ({d["confidence"]:.3f})  [{per_label}]  "{snippet}"'
+
+
+@torch.no_grad()
+def predict_proba(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    max_length: int = 256,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+) -> np.ndarray:
+    """Softmax class probabilities, shape ``(len(texts), num_labels)``, in eval mode, batch by batch."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out: list[np.ndarray] = []
+    try:
+        for lo in range(0, len(texts), batch_size):
+            enc = tokenizer(
+                [str(t) for t in texts[lo : lo + batch_size]],
+                truncation=True,
+                max_length=max_length,
+                padding=True,
+                return_tensors="pt",
+            ).to(device)
+            logits = model(**enc).logits
+            out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+    finally:
+        model.train(was_training)
+    if not out:
+        n = int(getattr(getattr(model, "config", None), "num_labels", 0))
+        return np.zeros((0, n), dtype=np.float32)
+    return np.concatenate(out)
