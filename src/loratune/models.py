@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from loratune.errors import LoratuneError, ModelNotFoundError
+from loratune.hub import use_cache_only_if_unreachable
 
 
 def _minilm_path() -> str:
@@ -123,9 +124,7 @@ def resolve_model(name: str) -> str:
     if path.is_dir():
         return str(path)
     if path.exists():
-        raise ModelNotFoundError(
-            f"model '{name}' is a file, not a folder; pass the folder that holds config.json."
-        )
+        raise ModelNotFoundError(f"model '{name}' is a file, not a folder; pass the folder that holds config.json.")
     if key.startswith((".", "/", "~")) or "\\" in key or key.count("/") > 1:
         raise ModelNotFoundError(
             f"model folder '{name}' does not exist; check the path, or use --model minilm or a hub id."
@@ -137,7 +136,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
     """``AutoTokenizer`` for ``name`` (alias, folder or hub id); a missing pad token becomes EOS."""
     from transformers import AutoTokenizer
 
-    path = _checked(name)
+    path = _checked(name, need_config=False)
     with _model_errors(name):
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
@@ -259,10 +258,16 @@ def head_module_names(model: nn.Module) -> list[str]:
     return names
 
 
-def _checked(name: str) -> str:
-    """Resolve ``name``; a local folder must hold ``config.json``."""
+def _checked(name: str, *, need_config: bool = True) -> str:
+    """Resolve ``name``; a local folder must hold ``config.json`` (a tokenizer folder need not).
+
+    For a hub id on a machine that cannot reach the hub, switch to cache-only mode first, so that
+    a model that is not cached fails at once instead of after a minute of retries.
+    """
     path = resolve_model(name)
-    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+    if not os.path.isdir(path):
+        use_cache_only_if_unreachable()
+    elif need_config and not os.path.isfile(os.path.join(path, "config.json")):
         raise ModelNotFoundError(
             f"folder '{path}' is not a model folder (no config.json); pass a folder saved with "
             "save_pretrained, or use --model minilm."
@@ -278,9 +283,7 @@ def _model_errors(name: str) -> Iterator[None]:
     except (OSError, ValueError) as err:
         text = str(err)
         low = text.lower()
-        if isinstance(err, OSError) and (
-            "connect" in low or "offline" in low or "cached files" in low or "hub" in low
-        ):
+        if isinstance(err, OSError) and ("connect" in low or "offline" in low or "cached files" in low or "hub" in low):
             raise ModelNotFoundError(_UNREACHABLE.format(name=name)) from err
         if os.path.isdir(name_path := resolve_model(name)) and (
             "does not appear to have" in low or "no file named" in low
@@ -289,11 +292,7 @@ def _model_errors(name: str) -> Iterator[None]:
                 f"model folder '{name_path}' has no weights file (model.safetensors or pytorch_model.bin); "
                 "save the model into it with save_pretrained, or use --model minilm."
             ) from err
-        if (
-            "not a valid model identifier" in low
-            or "does not appear to have" in low
-            or "repository not found" in low
-        ):
+        if "not a valid model identifier" in low or "does not appear to have" in low or "repository not found" in low:
             raise ModelNotFoundError(
                 f"model '{name}' is not a model on the Hugging Face hub nor a local folder with config.json; "
                 "check the name, or use --model minilm."

