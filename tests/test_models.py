@@ -87,9 +87,7 @@ def test_resolve_folder_and_hub_id(tmp_path: Path) -> None:
 
 def test_load_tiny_local_model_with_fresh_head(tiny_bert_folder: Path) -> None:
     id2label = {0: "negative", 1: "positive"}
-    model = load_model_for_sequence_classification(
-        str(tiny_bert_folder), 2, id2label, {"negative": 0, "positive": 1}
-    )
+    model = load_model_for_sequence_classification(str(tiny_bert_folder), 2, id2label, {"negative": 0, "positive": 1})
     assert isinstance(model, BertForSequenceClassification)
     assert model.config.id2label == id2label and model.config.label2id == {"negative": 0, "positive": 1}
     assert model.classifier.out_features == 2
@@ -115,9 +113,7 @@ def test_new_pooler_is_saved_with_the_head(tmp_path: Path) -> None:
 
 def test_decoder_gets_a_pad_token_id(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    GPT2LMHeadModel(
-        GPT2Config(vocab_size=60, n_embd=32, n_layer=2, n_head=4, n_positions=32)
-    ).save_pretrained(tmp_path)
+    GPT2LMHeadModel(GPT2Config(vocab_size=60, n_embd=32, n_layer=2, n_head=4, n_positions=32)).save_pretrained(tmp_path)
     model = load_model_for_sequence_classification(str(tmp_path), 2)
     assert model.config.pad_token_id == model.config.eos_token_id
     assert head_module_names(model) == ["score"]
@@ -162,9 +158,7 @@ def test_errors_name_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert error_of(ModelNotFoundError, load_tokenizer, "org/model") == UNREACHABLE.format("org/model")
     msg = error_of(ModelNotFoundError, load_model_for_sequence_classification, "bert-base-uncased", 2)
     assert msg == UNREACHABLE.format("bert-base-uncased")
-    assert "id2label has 1 entries" in error_of(
-        LoratuneError, load_model_for_sequence_classification, "x", 2, {0: "a"}
-    )
+    assert "id2label has 1 entries" in error_of(LoratuneError, load_model_for_sequence_classification, "x", 2, {0: "a"})
 
 
 def test_unreachable_hub_for_real() -> None:
@@ -204,9 +198,7 @@ def test_default_target_modules(model_type: str, task: str, expected) -> None:
 
 
 def test_default_target_modules_unknown_task() -> None:
-    assert "use one of seq_cls, token_cls, causal_lm" in error_of(
-        LoratuneError, default_target_modules, "bert", "qa"
-    )
+    assert "use one of seq_cls, token_cls, causal_lm" in error_of(LoratuneError, default_target_modules, "bert", "qa")
 
 
 def test_default_targets_exist_in_the_architectures() -> None:

@@ -59,9 +59,7 @@ def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory):
     from transformers import BertTokenizer
 
     folder = tmp_path_factory.mktemp("tinytok")
-    (folder / "vocab.txt").write_text(
-        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n"
-    )
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
     return BertTokenizer.from_pretrained(str(folder))
 
 

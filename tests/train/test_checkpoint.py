@@ -247,6 +247,4 @@ def test_without_rng_restore_resume_differs(tmp_path):
         for name, p in trainable(fresh).items():
             p.copy_(state.trainable_state[name])
     train_steps(fresh, opt2, sched2, 2)
-    assert not all(
-        torch.equal(p, q) for p, q in zip(trainable(fresh).values(), trainable(model).values(), strict=True)
-    )
+    assert not all(torch.equal(p, q) for p, q in zip(trainable(fresh).values(), trainable(model).values(), strict=True))

@@ -9,9 +9,7 @@ def _records(epochs, steps_per_epoch, with_eval=True, f1=True):
     for ep in range(1, epochs + 1):
         for _ in range(steps_per_epoch):
             step += 1
-            recs.append(
-                {"type": "train", "step": step, "epoch": ep, "loss": 1.0 / (1 + 0.1 * step), "lr": 1e-3}
-            )
+            recs.append({"type": "train", "step": step, "epoch": ep, "loss": 1.0 / (1 + 0.1 * step), "lr": 1e-3})
         if with_eval:
             ev = {"type": "eval", "step": step, "epoch": ep, "accuracy": 0.7 + 0.05 * ep}
             if f1:

@@ -46,9 +46,7 @@ def tokenize_dataset(
     label_column = next((c for c in ("label", "labels") if c in ds.column_names), None)
 
     def encode(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        enc = tokenizer(
-            [str(t) for t in batch[text_column]], truncation=True, max_length=max_length, padding=False
-        )
+        enc = tokenizer([str(t) for t in batch[text_column]], truncation=True, max_length=max_length, padding=False)
         out = {key: enc[key] for key in MODEL_INPUTS if key in enc}
         out["length"] = [len(ids) for ids in enc["input_ids"]]
         if label_column is not None:
@@ -67,9 +65,7 @@ def tokenize_dataset(
     )
 
 
-def _fingerprint(
-    ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int, column: str
-) -> str:
+def _fingerprint(ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int, column: str) -> str:
     """A cheap fingerprint for the map (hashing a tokenizer object with dill can be slow)."""
     name = getattr(tokenizer, "name_or_path", "")
     tag = f"{ds._fingerprint}|{type(tokenizer).__name__}|{name}|{len(tokenizer)}|{max_length}|{column}"
@@ -170,9 +166,7 @@ class LengthGroupedBatchSampler:
             for lo in range(0, n, mega):
                 bucket = perm[lo : lo + mega]
                 bucket = bucket[np.argsort(-self.lengths[bucket], kind="stable")]
-                out.extend(
-                    bucket[i : i + self.batch_size].tolist() for i in range(0, len(bucket), self.batch_size)
-                )
+                out.extend(bucket[i : i + self.batch_size].tolist() for i in range(0, len(bucket), self.batch_size))
             out = self._drop(out)
             order = rng.permutation(len(out))
             out = [out[i] for i in order]
@@ -207,9 +201,7 @@ class LengthGroupedBatchSampler:
         return max(0, num - self.start)
 
 
-def padding_fraction(
-    lengths: Sequence[int] | np.ndarray, batch_indices_list: Sequence[Sequence[int]]
-) -> float:
+def padding_fraction(lengths: Sequence[int] | np.ndarray, batch_indices_list: Sequence[Sequence[int]]) -> float:
     """Fraction of token slots that are padding when each batch is padded to its longest member."""
     lengths = np.asarray(lengths, dtype=np.int64)
     padded = real = 0

@@ -57,17 +57,13 @@ class LoraConfig:
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}; use e.g. dropout=0.1")
         if not self.target_modules or (
-            isinstance(self.target_modules, list)
-            and not all(isinstance(t, str) and t for t in self.target_modules)
+            isinstance(self.target_modules, list) and not all(isinstance(t, str) and t for t in self.target_modules)
         ):
             raise ValueError(
-                "target_modules is empty: pass module names such as ['query', 'value'], "
-                "a regex string, or 'all-linear'"
+                "target_modules is empty: pass module names such as ['query', 'value'], a regex string, or 'all-linear'"
             )
         if self.init_lora_weights not in (True, False, "gaussian"):
-            raise ValueError(
-                f"init_lora_weights must be True, False or 'gaussian', got {self.init_lora_weights!r}"
-            )
+            raise ValueError(f"init_lora_weights must be True, False or 'gaussian', got {self.init_lora_weights!r}")
         for name, rank in self.rank_pattern.items():
             if not isinstance(rank, int) or rank < 1:
                 raise ValueError(f"rank_pattern[{name!r}] must be an integer >= 1, got {rank!r}")
@@ -90,10 +86,6 @@ def _pattern_key(patterns: dict, module_path: str) -> str | None:
     import re
 
     for key in patterns:
-        if (
-            module_path == key
-            or module_path.endswith("." + key)
-            or re.fullmatch(rf"(.*\.)?{key}", module_path)
-        ):
+        if module_path == key or module_path.endswith("." + key) or re.fullmatch(rf"(.*\.)?{key}", module_path):
             return key
     return None

@@ -120,9 +120,7 @@ def read_adapter_config(path: str | Path) -> dict[str, Any]:
     """Read ``adapter_config.json`` from an adapter folder, with clear errors."""
     folder = Path(path)
     if not folder.is_dir():
-        raise AdapterFileError(
-            f"adapter folder {folder} does not exist; pass the folder that holds {CONFIG_NAME}"
-        )
+        raise AdapterFileError(f"adapter folder {folder} does not exist; pass the folder that holds {CONFIG_NAME}")
     cfg_file = folder / CONFIG_NAME
     if not cfg_file.is_file():
         raise AdapterFileError(f"{folder} has no {CONFIG_NAME}; pass a folder saved by loratune or PEFT")
@@ -139,9 +137,7 @@ def read_adapter_config(path: str | Path) -> dict[str, Any]:
         if config.get(key):
             raise AdapterFileError(f"{cfg_file} uses {key}={config[key]!r}, which loratune does not support")
     if config.get("bias", "none") != "none":
-        raise AdapterFileError(
-            f"{cfg_file} trains biases (bias={config['bias']!r}); loratune supports bias='none'"
-        )
+        raise AdapterFileError(f"{cfg_file} trains biases (bias={config['bias']!r}); loratune supports bias='none'")
     return config
 
 
@@ -153,9 +149,7 @@ def read_adapter_weights(path: str | Path, *, allow_pickle: bool = False) -> dic
         try:
             return load_file(str(st_file))
         except (SafetensorError, OSError, ValueError) as exc:
-            raise AdapterFileError(
-                f"{st_file} is corrupt or truncated ({exc}); re-save the adapter"
-            ) from None
+            raise AdapterFileError(f"{st_file} is corrupt or truncated ({exc}); re-save the adapter") from None
     if bin_file.is_file():
         if not allow_pickle:
             raise AdapterFileError(
@@ -184,9 +178,7 @@ def _split_keys(
                 if tail.split(".")[0] in adapter_name_in_keys:  # very old PEFT kept the adapter name
                     tail = tail.split(".", 1)[1]
                 if tail != "weight":
-                    raise AdapterFileError(
-                        f"unexpected adapter tensor {key!r}; loratune reads LoRA A/B weights"
-                    )
+                    raise AdapterFileError(f"unexpected adapter tensor {key!r}; loratune reads LoRA A/B weights")
                 lora.setdefault(path, {})[part[-1]] = value
                 break
         else:
@@ -271,9 +263,7 @@ def _check_fits(
         key_a = f"{PREFIX}{module_path}.lora_A.weight"
         if set(ab) != {"A", "B"}:
             missing = "lora_B" if "A" in ab else "lora_A"
-            raise AdapterFileError(
-                f"adapter layer {module_path!r} lacks its {missing} tensor; re-save the adapter"
-            )
+            raise AdapterFileError(f"adapter layer {module_path!r} lacks its {missing} tensor; re-save the adapter")
         try:
             module = model.get_submodule(module_path)
         except AttributeError:
@@ -287,9 +277,7 @@ def _check_fits(
             w = module.weight
             in_f, out_f = (w.shape[0], w.shape[1]) if is_conv1d(module) else (w.shape[1], w.shape[0])
         else:
-            raise AdapterShapeError(
-                f"adapter layer {module_path!r} is a {type(module).__name__}, not a linear layer"
-            )
+            raise AdapterShapeError(f"adapter layer {module_path!r} is a {type(module).__name__}, not a linear layer")
         _check_shape(key_a, ab["A"].shape, (config.rank_for(module_path), in_f))
         _check_shape(f"{PREFIX}{module_path}.lora_B.weight", ab["B"].shape, (out_f, ab["A"].shape[0]))
     for head_path, state in head_tensors.items():

@@ -123,9 +123,7 @@ class LoraLinear(nn.Module):
         self.train(base_layer.training)  # a wrapped eval-mode model stays in eval mode
 
     # ---------------------------------------------------------------- adapters
-    def add_adapter(
-        self, name: str, r: int, scaling: float, dropout: float = 0.0, init: bool | str = True
-    ) -> None:
+    def add_adapter(self, name: str, r: int, scaling: float, dropout: float = 0.0, init: bool | str = True) -> None:
         """Add adapter ``name`` of rank ``r``; A Kaiming-uniform (or gaussian), B zero."""
         w = self.base_layer.weight
         kwargs = {"device": w.device, "dtype": w.dtype if w.dtype.is_floating_point else torch.float32}
@@ -281,9 +279,7 @@ class ModulesToSaveWrapper(nn.Module):
         routing = self.mixed
         ids = routing.ids.to(x.device)
         if x.shape[0] != ids.shape[0]:
-            raise ValueError(
-                f"mixed batch: {ids.shape[0]} adapter names for a batch of {x.shape[0]} examples"
-            )
+            raise ValueError(f"mixed batch: {ids.shape[0]} adapter names for a batch of {x.shape[0]} examples")
         out = None
         for k in torch.unique(ids).tolist():
             rows = (ids == k).nonzero().squeeze(1)

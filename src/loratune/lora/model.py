@@ -312,10 +312,7 @@ class ParameterReport:
         return 100.0 * self.trainable / self.total if self.total else 0.0
 
     def __str__(self) -> str:
-        return (
-            f"trainable params: {self.trainable:,d} || all params: {self.total:,d} "
-            f"|| trainable%: {self.percent:.4f}"
-        )
+        return f"trainable params: {self.trainable:,d} || all params: {self.total:,d} || trainable%: {self.percent:.4f}"
 
 
 def parameter_report(model: nn.Module) -> ParameterReport:

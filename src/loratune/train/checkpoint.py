@@ -316,9 +316,7 @@ def load_checkpoint(
 
     try:
         weights = load_file(folder / WEIGHTS)
-        opt_state = _decode(
-            json.loads((folder / OPT_JSON).read_text("utf-8")), load_file(folder / OPT_TENSORS)
-        )
+        opt_state = _decode(json.loads((folder / OPT_JSON).read_text("utf-8")), load_file(folder / OPT_TENSORS))
         sched_state = None
         if SCHED_JSON in files:
             sched_tensors = load_file(folder / SCHED_TENSORS) if SCHED_TENSORS in files else {}

@@ -57,9 +57,7 @@ def _series(evals: list[dict[str, Any]], keys: tuple[str, ...]) -> list[tuple[fl
     return pts
 
 
-def plot_training_curves(
-    records: list[dict[str, Any]], out_png: str | os.PathLike[str], *, title: str = ""
-) -> Path:
+def plot_training_curves(records: list[dict[str, Any]], out_png: str | os.PathLike[str], *, title: str = "") -> Path:
     """Write a two-panel PNG: training loss per step with per-epoch means; validation metrics per epoch.
 
     Works with a single epoch, and with no eval records (the right panel then says so).
@@ -114,9 +112,7 @@ def plot_training_curves(
             xs, ys = zip(*pts, strict=True)
             ax_eval.plot(xs, ys, "o-", color=color, label=label, ms=6)
             for x, y in pts:
-                ax_eval.annotate(
-                    f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8
-                )
+                ax_eval.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
         all_y = [y for _, pts in plotted for _, y in pts]
         lo, hi = min(all_y), max(all_y)
         pad = max((hi - lo) * 0.15, 0.02 * max(abs(hi), 1.0))
