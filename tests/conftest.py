@@ -82,3 +82,59 @@ def shared_data() -> Path:
 def tokens() -> torch.Tensor:
     g = torch.Generator().manual_seed(1)
     return torch.randint(3, 120, (4, 12), generator=g)
+
+
+# ------------------------------------------------------------------ tiny runnable models and data
+POSITIVE = ["good", "great", "fun", "wonderful", "superb", "enjoyable", "brilliant", "lovely"]
+NEGATIVE = ["bad", "awful", "boring", "terrible", "dull", "poor", "horrible", "weak"]
+FILLER = ["the", "movie", "was", "really", "and", "plot", "acting", "a", "film", "quite"]
+
+
+def toy_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """``n`` (text, label) rows whose label a small model can learn from one sentiment word."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "positive" if i % 2 == 0 else "negative"
+        words = [rng.choice(FILLER) for _ in range(rng.randint(2, 12))]
+        words.insert(rng.randint(0, len(words)), rng.choice(POSITIVE if label == "positive" else NEGATIVE))
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]], header: str = "text,label") -> Path:
+    path.write_text(header + "\n" + "".join(f'"{t}",{lab}\n' for t, lab in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer BERT (hidden 32) saved with the packaged MiniLM tokenizer: a real, loadable folder."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from loratune.models import resolve_model
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(cfg).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(resolve_model("minilm")).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory) -> Path:
+    """A folder with train.csv (96 rows) and test.csv (32 rows)."""
+    folder = tmp_path_factory.mktemp("toy-data")
+    write_csv(folder / "train.csv", toy_rows(96, seed=1))
+    write_csv(folder / "test.csv", toy_rows(32, seed=2))
+    return folder

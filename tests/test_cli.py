@@ -1,0 +1,269 @@
+"""The `loratune` command end to end on a tiny local model: train, eval, predict, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import toy_rows, write_csv
+from loratune.cli import main
+
+
+def train_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train", "--model", str(model), "--dataset", str(data), "--output", str(out),
+        "--max-length", "32", "--batch-size", "8", "--precision", "fp32", "--no-progress",
+        "--r", "4", "--alpha", "8", "--lr", "5e-3", *extra,
+    ]  # fmt: skip
+
+
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    capsys.readouterr()  # drop what the test itself printed before
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_all_option_groups_then_eval_and_predict(tiny_model_dir, toy_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = run(
+        train_args(
+            tiny_model_dir, toy_data, out,
+            "--epochs", "3", "--grad-accum", "2", "--weight-decay", "0.0", "--warmup-ratio", "0.2",
+            "--dropout", "0.05", "--target-modules", "query,key,value", "--rslora", "--seed", "7",
+            "--eval-every", "4", "--save-every", "3", "--early-stopping-patience", "5",
+            "--text-column", "text", "--label-column", "label", "--train-size", "80", "--eval-size", "30",
+            "--log-every", "2",
+        ),
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "accuracy (best)" in stdout and "trainable params" in stdout
+    adapter = out / "adapter"
+    assert {"adapter_config.json", "adapter_model.safetensors", "loratune.json", "tokenizer.json"} <= {
+        p.name for p in adapter.iterdir()
+    }
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["target_modules"] == ["key", "query", "value"] and config["use_rslora"] is True
+    assert config["r"] == 4 and config["lora_dropout"] == 0.05 and config["modules_to_save"]
+    keys = load_file(str(adapter / "adapter_model.safetensors"))
+    assert "base_model.model.classifier.weight" in keys
+    info = json.loads((adapter / "loratune.json").read_text())
+    assert info["labels"] == ["negative", "positive"]
+
+    summary = json.loads((out / "summary.json").read_text())
+    for key in (
+        "final",
+        "best",
+        "wall_seconds",
+        "examples_per_s",
+        "peak_memory_bytes",
+        "trainable_params",
+        "total_params",
+        "artifact_bytes",
+        "precision",
+        "device",
+        "environment",
+    ):
+        assert key in summary
+    assert summary["train_examples"] == 80 and summary["eval_examples"] == 30
+    assert 0.0 <= summary["final"]["accuracy"] <= 1.0  # learning is checked on real weights below
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["type"] == "eval"]
+    steps_per_epoch = 5  # 10 batches of 8, accumulated by 2
+    assert [r["step"] for r in evals] == [4, 5, 8, 10, 12, 15]  # every 4 steps and at each epoch end
+    assert all(r["type"] in ("train", "eval") for r in records)
+    assert max(r["step"] for r in records) == 3 * steps_per_epoch
+    assert (out / "curves.png").stat().st_size > 1000
+    assert len(list((out / "checkpoints").iterdir())) == 2  # pruned to the newest two
+
+    code, stdout, err = run(["eval", "--adapter", str(adapter)], capsys)
+    assert code == 0, err
+    assert f"accuracy  {summary['best']['accuracy']:.4f}" in stdout  # the same data as in training
+    assert "true \\ pred" in stdout
+    code, stdout, _ = run(["eval", "--adapter", str(adapter), "--json"], capsys)
+    assert json.loads(stdout)["accuracy"] == pytest.approx(summary["best"]["accuracy"])
+
+    code, stdout, _ = run(["predict", "--adapter", str(adapter), "a wonderful superb film", "awful dull"], capsys)
+    lines = stdout.splitlines()
+    assert code == 0 and len(lines) == 2
+    assert all(
+        re.match(r'^(positive|negative) \(0\.\d{3}\)  \[negative 0\.\d{3} \| positive 0\.\d{3}\]  "', x) for x in lines
+    )
+    texts = tmp_path / "texts.txt"
+    texts.write_text("great fun\n\nterrible plot\n")
+    code, stdout, _ = run(["predict", "--adapter", str(adapter), "--file", str(texts), "--json"], capsys)
+    preds = [json.loads(line) for line in stdout.splitlines()]
+    assert [p["text"] for p in preds] == ["great fun", "terrible plot"]  # the blank line is skipped
+    assert set(preds[0]["probs"]) == {"negative", "positive"} and sum(preds[0]["probs"].values()) == pytest.approx(1)
+
+
+def test_minilm_lora_learns_toy_sentiment(toy_data, tmp_path, capsys):
+    """Real pretrained weights (the packaged MiniLM): LoRA must learn a one-word sentiment rule."""
+    out = tmp_path / "minilm"
+    code, stdout, err = run(
+        ["train", "--dataset", str(toy_data), "--output", str(out), "--max-length", "32", "--batch-size", "8",
+         "--epochs", "2", "--lr", "2e-3", "--no-progress"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == "minilm" and summary["trainable_params"] == 74_498  # q,v r=8 + head
+    assert summary["best"]["accuracy"] >= 0.8
+    code, stdout, _ = run(["predict", "--adapter", str(out / "adapter"), "--json", "a wonderful superb film",
+                           "the plot was awful and dull"], capsys)  # fmt: skip
+    assert [json.loads(x)["label"] for x in stdout.splitlines()] == ["positive", "negative"]
+
+
+def test_full_finetuning_writes_model_and_evaluates(tiny_model_dir, toy_data, tmp_path, capsys):
+    out = tmp_path / "full"
+    code, stdout, err = run(train_args(tiny_model_dir, toy_data, out, "--method", "full", "--epochs", "1",
+                                       "--lr", "1e-3"), capsys)  # fmt: skip
+    assert code == 0, err
+    assert (out / "model" / "model.safetensors").is_file() and not (out / "adapter").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trainable_params"] == summary["total_params"]
+    code, stdout, err = run(["predict", "--adapter", str(out / "model"), "superb"], capsys)
+    assert code == 0, err
+
+
+def test_recipe_with_flag_override(tiny_model_dir, toy_data, tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {tiny_model_dir}\ndataset: {toy_data}\nmax-length: 32\nepochs: 1\nr: 2\n"
+                      "precision: fp32\nprogress: false\n")  # fmt: skip
+    out = tmp_path / "run"
+    code, _, err = run(["train", "--config", str(recipe), "--r", "3", "--output", str(out)], capsys)
+    assert code == 0, err
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 3
+    assert json.loads((out / "run_config.json").read_text())["epochs"] == 1
+    recipe.write_text("modle: x\n")
+    code, _, err = run(["train", "--config", str(recipe)], capsys)
+    assert code == 2 and "unknown option 'modle'" in err
+
+
+def _adapter_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "adapter" / "adapter_model.safetensors"))
+
+
+def test_interrupt_and_resume_equals_uninterrupted_run(tiny_model_dir, toy_data, tmp_path, capsys, monkeypatch):
+    args = ("--epochs", "2", "--dropout", "0.1", "--eval-every", "5")
+    whole = tmp_path / "whole"
+    assert run(train_args(tiny_model_dir, toy_data, whole, *args), capsys)[0] == 0
+
+    # Ctrl-C at the 7th optimizer step (mid-epoch 1): the loop checkpoints and exits with 130.
+    import loratune.train.loop as loop
+
+    calls = {"n": 0}
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def clip_then_sigint(params, max_norm):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            signal.raise_signal(signal.SIGINT)
+        return real_clip(params, max_norm)
+
+    monkeypatch.setattr(loop.torch.nn.utils, "clip_grad_norm_", clip_then_sigint)
+    parted = tmp_path / "parted"
+    code, _, err = run(train_args(tiny_model_dir, toy_data, parted, *args), capsys)
+    assert code == 130
+    assert "checkpoint saved at step 7/24" in err and "--resume" in err
+    monkeypatch.undo()
+
+    code, _, err = run(train_args(tiny_model_dir, toy_data, parted, *args, "--resume"), capsys)
+    assert code == 0, err
+    a = json.loads((whole / "summary.json").read_text())
+    b = json.loads((parted / "summary.json").read_text())
+    assert b["resumed_from_step"] == 7
+    assert a["final"]["accuracy"] == b["final"]["accuracy"] and a["best"]["step"] == b["best"]["step"]
+    assert a["final"]["loss"] == pytest.approx(b["final"]["loss"], rel=1e-5)
+    ta, tb = _adapter_tensors(whole), _adapter_tensors(parted)
+    assert ta.keys() == tb.keys()
+    for key in ta:
+        torch.testing.assert_close(ta[key], tb[key], rtol=1e-5, atol=1e-6)
+    steps = [json.loads(x)["step"] for x in (parted / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [json.loads(x)["step"] for x in (whole / "metrics.jsonl").read_text().splitlines()]
+
+
+# ------------------------------------------------------------------------------------ bad input
+def _one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    "make,extra,needles",
+    [
+        (lambda d: write_csv(d / "t.csv", toy_rows(20)), ["--text-column", "body"], ["'body'", "text, label"]),
+        (lambda d: write_csv(d / "t.csv", []), [], ["has no rows"]),
+        (lambda d: write_csv(d / "t.csv", [(t, "positive") for t, _ in toy_rows(20)]), [], ["single class"]),
+        (
+            lambda d: (d / "t.csv").write_text('text,label\n"a",positive\n"b",\n"c",negative\n' * 5),
+            [],
+            ["5 of 19 rows", "no label"],
+        ),
+        (lambda d: (d / "t.csv").write_bytes(b"\x00\x01\x02garbage"), [], ["t.csv"]),
+    ],
+    ids=["unknown-column", "empty", "single-class", "missing-labels", "unreadable"],
+)
+def test_bad_data_is_one_line_exit_2_and_writes_nothing(
+    make, extra, needles, tiny_model_dir, tmp_path, capsys
+):  # fmt: skip
+    data = tmp_path / "data"
+    data.mkdir()
+    make(data)
+    out = tmp_path / "out"
+    code, _, err = run(train_args(tiny_model_dir, data / "t.csv", out, *extra), capsys)
+    _one_line_error(code, err, *needles)
+    assert not out.exists()
+
+
+def test_bad_run_options(tiny_model_dir, toy_data, tmp_path, capsys):
+    code, _, err = run(train_args(tmp_path / "no-such-model", toy_data, tmp_path / "o"), capsys)
+    _one_line_error(code, err, "does not exist", "minilm")
+    code, _, err = run(train_args("not-a-cached/hub-model", toy_data, tmp_path / "o"), capsys)
+    _one_line_error(code, err, "minilm")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    code, _, err = run(train_args(tiny_model_dir, toy_data, busy), capsys)
+    _one_line_error(code, err, "not empty", "--overwrite", "--resume")
+    assert (busy / "keep.txt").read_text() == "mine"
+    code, _, err = run(train_args(tiny_model_dir, toy_data, tmp_path / "fresh", "--resume"), capsys)
+    _one_line_error(code, err, "no checkpoint", "drop --resume")
+    code, _, err = run(train_args(tiny_model_dir, toy_data, tmp_path / "o", "--r", "0"), capsys)
+    _one_line_error(code, err, "--r must be >= 1")
+
+
+def test_adapter_from_another_base_model_is_refused(tiny_model_dir, toy_data, tmp_path, capsys):
+    from transformers import BertConfig, BertModel
+
+    out = tmp_path / "run"
+    assert run(train_args(tiny_model_dir, toy_data, out, "--epochs", "1"), capsys)[0] == 0
+    same_shape = tmp_path / "same-shape"  # same architecture, other weights
+    torch.manual_seed(99)
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(same_shape)  # fmt: skip
+    code, _, err = run(["predict", "--adapter", str(out / "adapter"), "--model", str(same_shape), "x"], capsys)
+    _one_line_error(code, err, "different model", "--model")
+    wider = tmp_path / "wider"
+    BertModel(BertConfig(vocab_size=30522, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(wider)  # fmt: skip
+    code, _, err = run(["eval", "--adapter", str(out / "adapter"), "--model", str(wider)], capsys)
+    _one_line_error(code, err, "different model")
+    # Without the fingerprint (e.g. an adapter saved by PEFT), the shape check names key and shapes.
+    info_file = out / "adapter" / "loratune.json"
+    info_file.write_text(json.dumps({**json.loads(info_file.read_text()), "base_model_fingerprint": None}))
+    code, _, err = run(["eval", "--adapter", str(out / "adapter"), "--model", str(wider)], capsys)
+    _one_line_error(code, err, "lora_A.weight", "(4, 32)", "(4, 48)")
+    code, _, err = run(["predict", "--adapter", str(out), "x"], capsys)
+    _one_line_error(code, err, "adapter/ subfolder")
