@@ -123,13 +123,13 @@ def test_minilm_lora_learns_toy_sentiment(toy_data, tmp_path, capsys):
 
 def test_full_finetuning_writes_model_and_evaluates(tiny_model_dir, toy_data, tmp_path, capsys):
     out = tmp_path / "full"
-    code, stdout, err = run(train_args(tiny_model_dir, toy_data, out, "--method", "full", "--epochs", "1",
+    code, _, err = run(train_args(tiny_model_dir, toy_data, out, "--method", "full", "--epochs", "1",
                                        "--lr", "1e-3"), capsys)  # fmt: skip
     assert code == 0, err
     assert (out / "model" / "model.safetensors").is_file() and not (out / "adapter").exists()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trainable_params"] == summary["total_params"]
-    code, stdout, err = run(["predict", "--adapter", str(out / "model"), "superb"], capsys)
+    code, _, err = run(["predict", "--adapter", str(out / "model"), "superb"], capsys)
     assert code == 0, err
 
 
