@@ -267,7 +267,10 @@ def _checked(name: str, *, need_config: bool = True) -> str:
     path = resolve_model(name)
     if not os.path.isdir(path):
         use_cache_only_if_unreachable()
-    elif need_config and not os.path.isfile(os.path.join(path, "config.json")):
+    elif not any(
+        os.path.isfile(os.path.join(path, f))
+        for f in ("config.json", *(() if need_config else ("tokenizer_config.json", "tokenizer.json")))
+    ):
         raise ModelNotFoundError(
             f"folder '{path}' is not a model folder (no config.json); pass a folder saved with "
             "save_pretrained, or use --model minilm."
