@@ -142,6 +142,11 @@ def test_recipe_with_flag_override(tiny_model_dir, toy_data, tmp_path, capsys):
     assert code == 0, err
     assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 3
     assert json.loads((out / "run_config.json").read_text())["epochs"] == 1
+    (out / "stale.txt").write_text("from an older run")
+    code, _, err = run(["train", "--config", str(recipe), "--r", "2", "--output", str(out), "--overwrite"], capsys)
+    assert code == 0, err
+    assert not (out / "stale.txt").exists()
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 2
     recipe.write_text("modle: x\n")
     code, _, err = run(["train", "--config", str(recipe)], capsys)
     assert code == 2 and "unknown option 'modle'" in err
@@ -237,6 +242,9 @@ def test_bad_run_options(tiny_model_dir, toy_data, tmp_path, capsys):
     (busy / "keep.txt").write_text("mine")
     code, _, err = run(train_args(tiny_model_dir, toy_data, busy), capsys)
     _one_line_error(code, err, "not empty", "--overwrite", "--resume")
+    assert (busy / "keep.txt").read_text() == "mine"
+    code, _, err = run(train_args(tiny_model_dir, toy_data, busy, "--overwrite"), capsys)
+    _one_line_error(code, err, "not a loratune run folder", "new or empty folder")
     assert (busy / "keep.txt").read_text() == "mine"
     code, _, err = run(train_args(tiny_model_dir, toy_data, tmp_path / "fresh", "--resume"), capsys)
     _one_line_error(code, err, "no checkpoint", "drop --resume")

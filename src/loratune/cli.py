@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from loratune.errors import LoratuneError
+from loratune.errors import Interrupted, LoratuneError
 
 DEFAULTS_NOTE = "defaults: the offline demo (--model minilm --dataset tweets)"
 
@@ -246,6 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _quiet_libraries()
         return COMMANDS[args.command](args)
+    except Interrupted as err:  # a clean stop with a checkpoint, not an error
+        print(f"\n{err}", file=sys.stderr)
+        return err.exit_code
     except LoratuneError as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"error: {message}", file=sys.stderr)

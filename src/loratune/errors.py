@@ -46,3 +46,9 @@ class ModelNotFoundError(LoratuneError):
 
 class RunError(LoratuneError):
     """A run that cannot start or resume as asked (output folder, checkpoints)."""
+
+
+class Interrupted(LoratuneError):
+    """Training stopped by Ctrl-C after saving a checkpoint; ``--resume`` continues it."""
+
+    exit_code = 130

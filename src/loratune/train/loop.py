@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup
 
-from loratune.errors import LoratuneError
+from loratune.errors import Interrupted
 from loratune.train.checkpoint import (
     checkpoint_dir,
     latest_checkpoint,
@@ -42,12 +42,6 @@ from loratune.train.checkpoint import (
 from loratune.train.logging import MetricsLogger
 from loratune.train.precision import autocast_context
 from loratune.train.progress import progress_bar
-
-
-class Interrupted(LoratuneError):
-    """Training stopped by SIGINT after saving a checkpoint; ``--resume`` continues it."""
-
-    exit_code = 130
 
 
 @dataclass
@@ -173,11 +167,9 @@ def train(
         result.examples_seen, result.tokens_seen = extra.get("examples_seen", 0), extra.get("tokens_seen", 0)
         result.resumed_from = ckpt.step
 
-    metrics_log = MetricsLogger(run_dir / "metrics.jsonl", resume_step=state["step"] if resume else None)
     if not resume:
-        metrics_log.close()
-        (run_dir / "metrics.jsonl").write_text("")
-        metrics_log = MetricsLogger(run_dir / "metrics.jsonl")
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    metrics_log = MetricsLogger(run_dir / "metrics.jsonl", resume_step=state["step"] if resume else None)
 
     def checkpoint() -> None:
         save_checkpoint(

@@ -48,8 +48,10 @@ from loratune.train.loop import LoopConfig, LoopResult, train
 from loratune.train.memory import dir_size_bytes, peak_memory_bytes, reset_peak_cuda
 from loratune.train.plots import plot_training_curves
 from loratune.train.precision import autocast_context, resolve_device, resolve_precision
+from loratune.train.progress import progress_bar
 
 ADAPTER_DIR, MODEL_DIR = "adapter", "model"
+RUN_CONFIG = "run_config.json"  # marks a folder as a loratune run (so --overwrite may replace it)
 
 
 def seed_everything(seed: int) -> None:
@@ -71,6 +73,11 @@ def check_output_dir(cfg: RunConfig) -> Path:
         raise RunError(
             f"--output {out} exists and is not empty; pass --overwrite to replace it, "
             "--resume to continue it, or another --output"
+        )
+    elif non_empty and not (out / RUN_CONFIG).is_file():
+        raise RunError(
+            f"--output {out} is not a loratune run folder (no {RUN_CONFIG}), so --overwrite will not delete it; "
+            "pass a new or empty folder"
         )
     return out
 
@@ -158,7 +165,7 @@ def save_artifact(prep: Prepared, out: Path, metrics: dict[str, Any] | None = No
     """Write the adapter (or full model) with tokenizer and task info, atomically."""
     info = task_info(prep)
     if metrics is not None:
-        info["metrics"] = {k: v for k, v in metrics.items() if k != "confusion_matrix"}
+        info["metrics"] = _without_matrix(metrics)
     target = out / (ADAPTER_DIR if prep.cfg.method == "lora" else MODEL_DIR)
     with atomic_dir(target) as tmp:
         if prep.cfg.method == "lora":
@@ -189,8 +196,6 @@ def make_loaders(prep: Prepared) -> tuple[DataLoader, DataLoader]:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, *, device, precision, num_labels: int) -> dict[str, Any]:
     """Accuracy, macro-F1, confusion matrix and mean loss over ``loader``."""
-    from loratune.train.progress import progress_bar
-
     model.eval()
     logits, labels, loss_sum, n = [], [], 0.0, 0
     bar = progress_bar(len(loader), "eval", every_pct=None, unit="batch")
@@ -221,7 +226,7 @@ def run_training(cfg: RunConfig) -> dict[str, Any]:
     if cfg.overwrite and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "run_config.json", asdict(cfg))
+    atomic_write_json(out / RUN_CONFIG, asdict(cfg))
     reset_peak_cuda(prep.device)
     report = parameter_report(prep.model)
     loop_cfg = LoopConfig(
@@ -263,10 +268,13 @@ def run_training(cfg: RunConfig) -> dict[str, Any]:
     return summary
 
 
+def _without_matrix(metrics: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (metrics or {}).items() if k != "confusion_matrix"}
+
+
 def build_summary(prep: Prepared, result: LoopResult, report, out: Path, wall: float) -> dict[str, Any]:
     cfg = prep.cfg
     artifact = out / (ADAPTER_DIR if cfg.method == "lora" else MODEL_DIR)
-    strip = lambda m: {k: v for k, v in (m or {}).items() if k != "confusion_matrix"}  # noqa: E731
     return {
         "title": f"{cfg.model} on {prep.data.source}: {cfg.method}" + (f" r={cfg.r}" if cfg.method == "lora" else ""),
         "task": "seq_cls",
@@ -276,8 +284,8 @@ def build_summary(prep: Prepared, result: LoopResult, report, out: Path, wall: f
         "labels": prep.data.labels,
         "train_examples": len(prep.data.train),
         "eval_examples": len(prep.data.eval),
-        "final": strip(result.last_eval),
-        "best": strip(result.best),
+        "final": _without_matrix(result.last_eval),
+        "best": _without_matrix(result.best),
         "confusion_matrix": (result.best or {}).get("confusion_matrix"),
         "steps": result.steps,
         "epochs": round(result.epochs_done, 4),
