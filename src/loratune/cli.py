@@ -90,6 +90,28 @@ def build_parser() -> argparse.ArgumentParser:
     _inference_options(pr)
     pr.add_argument("texts", nargs="*", help="texts to label")
     pr.add_argument("--file", help="a file with one text per line ('-' for stdin)")
+    cmp = sub.add_parser(
+        "compare",
+        help="measure full fine-tuning vs LoRA, sweep ranks, pick a rank",
+        description="Each run is its own process; outputs in --output (default runs/compare). " + DEFAULTS_NOTE,
+    )
+    _train_options(cmp)
+    group = cmp.add_argument_group("compare")
+    group.add_argument("--methods", help="comma-separated methods, each its own run (default full,lora)")
+    group.add_argument("--ranks", help="comma-separated LoRA ranks: one run per rank (ranks.json, ranks.png)")
+    group.add_argument(
+        "--auto-rank",
+        action="store_true",
+        help="pick the smallest rank within --tolerance of the best by successive halving over --ranks "
+        "(default 1,2,4,8,16), then train it fully into OUT/auto-rank",
+    )
+    group.add_argument("--tolerance", type=float, default=0.5, help="auto-rank: accuracy points (default 0.5)")
+    group.add_argument(
+        "--first-budget",
+        type=float,
+        default=1 / 16,
+        help="auto-rank: the first round's steps as a fraction of a full run (default 1/16); doubled each round",
+    )
     return parser
 
 
@@ -226,7 +248,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict}
+def cmd_compare(args: argparse.Namespace) -> int:
+    from loratune.compare import run_compare
+
+    return run_compare(args)
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "compare": cmd_compare}
 
 
 def _quiet_libraries() -> None:
