@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -43,50 +45,104 @@ class MixedRouting:
     names: list[str]
 
 
-class _LoraDelta(torch.autograd.Function):
-    """``scaling * B A dropout(x)`` with a lean autograd footprint.
+_CASTS = threading.local()  # the most recent autocast copy of a layer input, see _shared_cast
 
-    Autograd through ``nn.Dropout`` and two ``nn.Linear`` would save the dropped-out copy of ``x``
-    (4 bytes per element in fp32) *and* the dropout mask, for every adapted layer. This function saves
-    ``x`` itself (the same tensor object that sibling layers such as query and value also save, so
-    it is stored once), a 1-byte mask, and the small ``A x`` (r per token). The dropped-out input is
-    recomputed in the backward pass.
+
+def _shared_cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` in ``dtype``, made once per input tensor: sibling layers (query, value) share the copy.
+
+    Under bf16 autocast each adapted layer would otherwise cast the same input again, and each
+    would save its own bf16 copy for the backward pass. The cache holds weak references only:
+    the copy lives exactly as long as some autograd graph saves it, and an in-place change of
+    ``x`` (its version counter) invalidates it.
+    """
+    if x.dtype == dtype:
+        return x
+    cached = getattr(_CASTS, "entry", None)
+    if cached is not None:
+        src, version, cdtype, copy_ref = cached
+        if src() is x and version == x._version and cdtype == dtype:
+            copy_ = copy_ref()
+            if copy_ is not None:
+                return copy_
+    copy_ = x.detach().to(dtype)
+    _CASTS.entry = (weakref.ref(x), x._version, dtype, weakref.ref(copy_))
+    return copy_
+
+
+class _LoraLinearFn(torch.autograd.Function):
+    """``W x + b + scaling * B A dropout(x)`` for a frozen ``W``, with a lean autograd footprint.
+
+    Plain autograd through ``nn.Linear``, ``nn.Dropout`` and two more ``nn.Linear`` would keep,
+    per adapted layer, the dropped-out copy of ``x`` and a 4-byte-per-element dropout mask (CPU
+    dropout multiplies by a float noise tensor), and under autocast a bf16 copy of ``x`` and of
+    the frozen ``W``. This function keeps only:
+
+    * ``x`` in the compute dtype: the input itself, or under autocast one bf16 copy shared by the
+      sibling layers that read the same input (``_shared_cast``);
+    * the dropout mask as booleans (1 byte per element); the dropped-out input is recomputed;
+    * the small ``A dropout(x)`` (r values per token);
+    * references to the parameters (no copies: ``W`` is cast again in the backward pass).
+
+    The LoRA product is accumulated in place into the base output (one ``addmm_``), and the
+    dropout scale ``1/(1-p)`` is applied to the r-wide tensors, not the full-width ones.
+    ``weight=None`` computes the LoRA term alone (for a base layer that must run on its own).
     """
 
     @staticmethod
-    def forward(ctx, x, weight_a, weight_b, scaling: float, p: float):  # type: ignore[override]
+    def forward(ctx, x, weight, bias, weight_a, weight_b, scaling, p, dtype, transposed):  # type: ignore[override]
+        xc = _shared_cast(x, dtype)
+        x2 = xc.reshape(-1, xc.shape[-1])
+        a, b = weight_a.to(dtype), weight_b.to(dtype)
+        out_features = b.shape[0]
         mask = None
         if p > 0.0:
-            mask = torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(1.0 - p)
-            ax = F.linear(x * mask * (1.0 / (1.0 - p)), weight_a)
+            mask = torch.empty(xc.shape, dtype=torch.bool, device=xc.device).bernoulli_(1.0 - p)
+            # Multiply by the mask in x's dtype: a bool operand would be cast at every use.
+            ax = F.linear(x2 * mask.reshape(x2.shape).to(dtype), a).mul_(1.0 / (1.0 - p))
         else:
-            ax = F.linear(x, weight_a)
-        out = F.linear(ax, weight_b)
-        out.mul_(scaling)
-        ctx.save_for_backward(x, mask, ax, weight_a, weight_b)
-        ctx.scaling, ctx.p = scaling, p
-        return out
+            ax = F.linear(x2, a)
+        if weight is None:
+            out = torch.mm(ax, b.t()).mul_(scaling)
+        else:
+            w = weight.to(dtype)
+            w_t = w if transposed else w.t()  # (in, out)
+            out = torch.addmm(bias.to(dtype), x2, w_t) if bias is not None else torch.mm(x2, w_t)
+            out.addmm_(ax, b.t(), alpha=scaling)
+        ctx.save_for_backward(xc, mask, ax, weight, weight_a, weight_b)
+        ctx.scaling, ctx.p, ctx.dtype, ctx.transposed = scaling, p, dtype, transposed
+        ctx.x_meta = (x.shape, x.dtype)
+        return out.reshape(*x.shape[:-1], out_features)
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        x, mask, ax, weight_a, weight_b = ctx.saved_tensors
-        scaling, p = ctx.scaling, ctx.p
-        need_x, need_a, need_b = ctx.needs_input_grad[:3]
-        g = grad_out.reshape(-1, grad_out.shape[-1])
+        xc, mask, ax, weight, weight_a, weight_b = ctx.saved_tensors
+        scaling, p, dtype = ctx.scaling, ctx.p, ctx.dtype
+        x_shape, x_dtype = ctx.x_meta
+        need_x, need_a, need_b = ctx.needs_input_grad[0], *ctx.needs_input_grad[3:5]
+        g = grad_out.reshape(-1, grad_out.shape[-1]).to(dtype)
         grad_x = grad_a = grad_b = None
         if need_b:
-            grad_b = (g.t() @ ax.reshape(-1, ax.shape[-1])).mul_(scaling)
+            grad_b = (g.t() @ ax).mul_(scaling).to(weight_b.dtype)
         if need_x or need_a:
-            g_ax = (g @ weight_b).mul_(scaling)  # d loss / d (A x_dropped), shape (tokens, r)
+            g_ax = (g @ weight_b.to(dtype)).mul_(scaling)  # d loss / d (A x_dropped), (tokens, r)
+            if p > 0.0:
+                g_ax.mul_(1.0 / (1.0 - p))  # the dropout scale, on r columns instead of in_features
+            x2 = xc.reshape(-1, xc.shape[-1])
+            keep = None if mask is None else mask.reshape(x2.shape).to(dtype)  # cast once, used twice
             if need_a:
-                x_in = x if mask is None else x * mask * (1.0 / (1.0 - p))
-                grad_a = g_ax.t() @ x_in.reshape(-1, x_in.shape[-1])
+                x_in = x2 if keep is None else x2 * keep
+                grad_a = (g_ax.t() @ x_in).to(weight_a.dtype)
                 del x_in
             if need_x:
-                grad_x = (g_ax @ weight_a).reshape(x.shape)
-                if mask is not None:
-                    grad_x.mul_(mask).mul_(1.0 / (1.0 - p))
-        return grad_x, grad_a, grad_b, None, None
+                grad_x = g_ax @ weight_a.to(dtype)
+                if keep is not None:
+                    grad_x.mul_(keep)
+                if weight is not None:
+                    w = weight.to(dtype)
+                    grad_x.addmm_(g, w.t() if ctx.transposed else w)
+                grad_x = grad_x.reshape(x_shape).to(x_dtype)
+        return grad_x, None, None, grad_a, grad_b, None, None, None, None
 
 
 def _autocast_dtype(device_type: str) -> torch.dtype | None:
@@ -185,26 +241,48 @@ class LoraLinear(nn.Module):
 
     # ---------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self.base_layer(x)
         if self.disabled:
-            return result
+            return self.base_layer(x)
         if self.mixed is not None:
+            result = self.base_layer(x)
             return result + self._mixed_delta(x, self.mixed).to(result.dtype)
         name = self.active_adapter
         if name is None or name in self.merged_adapters or name not in self.lora_A:
-            return result
-        return result + self._delta(x, name).to(result.dtype)
-
-    def _delta(self, x: torch.Tensor, name: str) -> torch.Tensor:
+            return self.base_layer(x)
         a, b = self.lora_A[name].weight, self.lora_B[name].weight
-        dtype = _autocast_dtype(x.device.type) or a.dtype
-        x, a, b = x.to(dtype), a.to(dtype), b.to(dtype)
         p = self.lora_dropout[name] if self.training else 0.0
+        autocast = _autocast_dtype(x.device.type) if x.is_floating_point() else None
+        dtype = autocast or a.dtype
         if not torch.is_grad_enabled() or not (x.requires_grad or a.requires_grad or b.requires_grad):
+            result = self.base_layer(x)  # inference: plain ops, nothing is saved anyway
+            x = x.to(dtype)
             if p > 0.0:
                 x = F.dropout(x, p, training=True)
-            return F.linear(F.linear(x, a), b) * self.scaling[name]
-        return _LoraDelta.apply(x, a, b, self.scaling[name], p)
+            return result + (F.linear(F.linear(x, a.to(dtype)), b.to(dtype)) * self.scaling[name]).to(result.dtype)
+        args = (a, b, self.scaling[name], p, dtype, self.fan_in_fan_out)
+        if self._fusable(x, dtype):
+            base = self.base_layer
+            return _LoraLinearFn.apply(x, base.weight, base.bias, *args)
+        result = self.base_layer(x)
+        return result + _LoraLinearFn.apply(x, None, None, *args).to(result.dtype)
+
+    def _fusable(self, x: torch.Tensor, dtype: torch.dtype) -> bool:
+        """Whether the frozen base product can run inside ``_LoraLinearFn`` (same result, less memory).
+
+        It needs a plain ``nn.Linear``/``Conv1D`` without hooks, frozen weight and bias, and
+        matching dtypes (or autocast, which computes in ``dtype`` anyway).
+        """
+        base = self.base_layer
+        if not (type(base) is nn.Linear or self.fan_in_fan_out):
+            return False
+        if base._forward_hooks or base._forward_pre_hooks:
+            return False
+        params = [base.weight] + ([base.bias] if base.bias is not None else [])
+        if any(t.requires_grad for t in params):
+            return False
+        autocast = _autocast_dtype(x.device.type) == dtype
+        ok = {torch.float32, dtype} if autocast else {dtype}
+        return x.dtype in ok and all(t.dtype in ok for t in params)
 
     def _mixed_delta(self, x: torch.Tensor, routing: MixedRouting) -> torch.Tensor:
         """All adapters of a mixed batch in two batched matmuls (no loop over examples).
