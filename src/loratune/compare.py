@@ -494,18 +494,9 @@ def successive_halving(
 
 def full_budget(cfg) -> tuple[int, int]:
     """(optimizer steps of one full run, steps per epoch) for ``cfg``, from its train split's size."""
-    from loratune.data.sources import load_text_classification
+    from loratune.train.run import load_data
 
-    data = load_text_classification(
-        cfg.dataset,
-        train_file=cfg.train_file,
-        eval_file=cfg.eval_file,
-        text_column=cfg.text_column,
-        label_column=cfg.label_column,
-        train_size=cfg.train_size,
-        eval_size=cfg.eval_size,
-        seed=cfg.seed,
-    )
+    data = load_data(cfg)
     batches = math.ceil(len(data.train) / cfg.batch_size)
     per_epoch = max(1, math.ceil(batches / cfg.grad_accum))
     total = cfg.epochs * per_epoch

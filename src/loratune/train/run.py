@@ -95,12 +95,9 @@ class Prepared:
     fingerprint: str | None
 
 
-def prepare(cfg: RunConfig) -> Prepared:
-    """Load data, tokenizer and model; add LoRA (or unfreeze all for full fine-tuning)."""
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
-    data = load_text_classification(
+def load_data(cfg: RunConfig) -> TextClassificationData:
+    """The train and eval data that ``cfg`` names (subsampled and split with its seed)."""
+    return load_text_classification(
         cfg.dataset,
         train_file=cfg.train_file,
         eval_file=cfg.eval_file,
@@ -110,6 +107,14 @@ def prepare(cfg: RunConfig) -> Prepared:
         eval_size=cfg.eval_size,
         seed=cfg.seed,
     )
+
+
+def prepare(cfg: RunConfig) -> Prepared:
+    """Load data, tokenizer and model; add LoRA (or unfreeze all for full fine-tuning)."""
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    data = load_data(cfg)
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     torch.manual_seed(cfg.seed)  # the new head's initialisation
     model = load_model_for_sequence_classification(
