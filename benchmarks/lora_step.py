@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 import warnings
@@ -45,6 +46,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from _common import (
+    MALLOC_MODES,
     cpu_ticks,
     current_rss_bytes,
     emit_result,
@@ -189,10 +191,11 @@ def run_one(spec: dict) -> dict:
     rss_model = current_rss_bytes()
     phases: dict[str, int] = {}
     heap: list[dict] = []  # per step, at the end of the forward pass: RSS and glibc heap statistics
+    kernel: list[dict] = []  # per step: system CPU time and minor page faults (fresh pages touched)
     loads: list[float] = []  # per step: share of the CPUs that other processes took meanwhile
 
     def step() -> float:
-        ticks, t0 = cpu_ticks(), time.perf_counter()
+        ru0, ticks, t0 = resource.getrusage(resource.RUSAGE_SELF), cpu_ticks(), time.perf_counter()
         with autocast:
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         phases["forward"] = peak_rss_bytes()
@@ -204,6 +207,8 @@ def run_one(spec: dict) -> dict:
         phases["optimizer"] = peak_rss_bytes()
         wall = time.perf_counter() - t0
         loads.append(interference(ticks, cpu_ticks(), wall))
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        kernel.append({"sys_s": ru1.ru_stime - ru0.ru_stime, "minor_faults": ru1.ru_minflt - ru0.ru_minflt})
         return wall
 
     warmup = step()
@@ -237,6 +242,7 @@ def run_one(spec: dict) -> dict:
         "step_s": median(clean or times),
         "times_s": times,
         "interference": step_loads,
+        "kernel": kernel,
         "clean_steps": len(clean),
         "clean_times_s": clean,
         "warmup_s": warmup,
@@ -264,21 +270,27 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}" if a and b else "-"
 
 
+def sys_per_step(r: dict) -> float:
+    """Median system CPU seconds (mostly page faults) per timed step, over all runs of a config."""
+    return median([k["sys_s"] for run in r.get("runs", [r]) for k in run["kernel"][1:]])
+
+
 def markdown_table(results: list[dict], peaks: dict[str, float]) -> str:
-    index = {(r["model"], r["precision"], r["attn"], r["method"]): r for r in results if "error" not in r}
+    def key(r: dict) -> tuple:
+        return r["model"], r["precision"], r["attn"], r["malloc"]
+
+    index = {(*key(r), r["method"]): r for r in results if "error" not in r}
     lines = [
-        "| model | precision | attn | method | s/step | peak RSS GB | TFLOP/step | MFU | "
+        "| model | precision | attn | malloc | method | s/step | sys s/step | peak RSS GB | TFLOP/step | MFU | "
         "time vs PEFT | mem vs PEFT | time vs full | mem vs full | clean steps |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
+        head = " | ".join(str(v) for v in (*key(r), r["method"]))
         if "error" in r:
-            lines.append(
-                f"| {r['model']} | {r['precision']} | {r['attn']} | {r['method']} | error: {r['error'][:60]} |"
-            )
+            lines.append(f"| {head} | error: {r['error'][:60]} |")
             continue
-        key = (r["model"], r["precision"], r["attn"])
-        peft, full = index.get((*key, "peft")), index.get((*key, "full"))
+        peft, full = index.get((*key(r), "peft")), index.get((*key(r), "full"))
         mfu = r["flops"] / r["step_s"] / peaks[r["precision"]]
         vs_peft = (
             (ratio(r["step_s"], peft["step_s"]), ratio(r["peak_rss"], peft["peak_rss"]))
@@ -291,9 +303,8 @@ def markdown_table(results: list[dict], peaks: dict[str, float]) -> str:
             else ("", "")
         )
         lines.append(
-            f"| {r['model']} | {r['precision']} | {r['attn']} | {r['method']} | {r['step_s']:.2f} | "
-            f"{gb(r['peak_rss'])} | {r['flops'] / 1e12:.2f} | {100 * mfu:.0f} % | "
-            f"{vs_peft[0]} | {vs_peft[1]} | {vs_full[0]} | {vs_full[1]} | "
+            f"| {head} | {r['step_s']:.2f} | {sys_per_step(r):.2f} | {gb(r['peak_rss'])} | "
+            f"{r['flops'] / 1e12:.2f} | {100 * mfu:.0f} % | {' | '.join(vs_peft + vs_full)} | "
             f"{r['clean_steps']}/{len(r['times_s'])} |"
         )
     return "\n".join(lines)
@@ -354,6 +365,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precisions", default=",".join(PRECISIONS), help="comma list: fp32, bf16")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma list: loratune, peft, full")
     ap.add_argument("--attn", default="sdpa", help="comma list of attention implementations: sdpa, eager")
+    ap.add_argument(
+        "--malloc",
+        default="default",
+        help="comma list of glibc malloc modes: default, live (peak RSS ~ live bytes), heap (no page faults)",
+    )
     ap.add_argument("--steps", type=int, default=3, help="timed steps after 1 warm-up step (median)")
     ap.add_argument(
         "--rounds",
@@ -386,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     precisions = parse_list(args.precisions, PRECISIONS, "precision")
     methods = parse_list(args.methods, METHODS, "method")
     attns = parse_list(args.attn, ("sdpa", "eager"), "attention implementation")
+    mallocs = parse_list(args.malloc, tuple(MALLOC_MODES), "malloc mode")
     info = machine_info()
     if not args.saved:
         wait_until_idle(args.idle_wait)
@@ -401,9 +418,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
     specs = [
-        {"model": m, "precision": pr, "attn": at, "method": me, "steps": args.steps, "saved": args.saved,
+        {"model": m, "precision": pr, "attn": at, "malloc": ma, "method": me, "steps": args.steps,
+         "saved": args.saved,
          "max_interference": args.max_interference}
-        for m in models for pr in precisions for at in attns for me in methods
+        for m in models for pr in precisions for at in attns for ma in mallocs for me in methods
     ]  # fmt: skip
     runs: list[list[dict]] = [[] for _ in specs]
     for rnd in range(1, (1 if args.saved else args.rounds) + 1):
@@ -411,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.saved:
                 spec = {**spec, "load_before": wait_until_idle(args.idle_wait)}
             t0 = time.perf_counter()
-            result = {**spec, **run_isolated(__file__, ["--one", json.dumps(spec)])}
+            result = {**spec, **run_isolated(__file__, ["--one", json.dumps(spec)], malloc=spec["malloc"])}
             spec_runs.append(result)
             if "error" in result:
                 msg = result["error"]
@@ -422,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{result['step_s']:.2f} s/step, peak RSS {gb(result['peak_rss'])} GB, "
                     f"{result['clean_steps']}/{len(result['times_s'])} clean steps"
                 )
-            name = " ".join(spec[k] for k in ("model", "precision", "attn", "method"))
+            name = " ".join(spec[k] for k in ("model", "precision", "attn", "malloc", "method"))
             print(f"[{rnd}] {name}: {msg} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
     results = [merge_rounds(spec_runs) for spec_runs in runs]
     print(saved_table(results) if args.saved else markdown_table(results, peaks))
