@@ -164,12 +164,25 @@ def emit_result(result: dict) -> None:
     print(RESULT_MARK + json.dumps(result), flush=True)
 
 
-def run_isolated(script: str, args: list[str], timeout: float | None = None) -> dict:
+#: glibc malloc settings a child can run under (environment variables, read at process start)
+MALLOC_MODES: dict[str, dict[str, str]] = {
+    # glibc as it comes: requests above a dynamic threshold (at most 32 MiB) get their own mapping,
+    # unmapped on free, so each such tensor faults its pages in again.
+    "default": {},
+    # every request >= 64 KiB is its own mapping, returned on free: peak RSS ~ peak live bytes.
+    "live": {"MALLOC_MMAP_THRESHOLD_": str(64 * 1024)},
+    # everything from the heap, never trimmed: no page faults once warm; RSS = heap high-water mark.
+    "heap": {"MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**40)},
+}
+
+
+def run_isolated(script: str, args: list[str], timeout: float | None = None, malloc: str = "default") -> dict:
     """Run ``python script *args`` in a fresh process and return the JSON dict it emitted.
 
-    The child's stderr passes through (progress); a failed child gives ``{"error": ...}``.
+    ``malloc`` picks one of ``MALLOC_MODES``. The child's stderr passes through (progress); a
+    failed child gives ``{"error": ...}``.
     """
-    env = dict(os.environ, HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"))
+    env = dict(os.environ, HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"), **MALLOC_MODES[malloc])
     proc = subprocess.run(
         [sys.executable, script, *args],
         stdout=subprocess.PIPE,
