@@ -51,6 +51,12 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     opt.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     opt.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
     opt.add_argument("--gradient-checkpointing", action="store_true", default=None)
+    opt.add_argument(
+        "--kernels",
+        choices=["lean", "torch"],
+        help="lean (default): loratune's attention and dropout kernels, same maths, less memory and time; "
+        "torch: the model's own",
+    )
     opt.add_argument("--trust-remote-code", action="store_true", default=None, help="run the model's own code")
     run = p.add_argument_group("run")
     run.add_argument("--output", help="run folder (default runs/demo)")

@@ -17,6 +17,7 @@ from loratune.errors import LoratuneError
 
 METHODS = ("lora", "full")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+KERNELS = ("lean", "torch")
 
 
 @dataclass
@@ -52,6 +53,7 @@ class RunConfig:
     precision: str = "auto"
     device: str | None = None
     gradient_checkpointing: bool = False
+    kernels: str = "lean"  # "lean": loratune.kernels for attention and dropout; "torch": the model's own
     trust_remote_code: bool = False
     # run management
     output: str = "runs/demo"
@@ -75,6 +77,7 @@ class RunConfig:
         checks = [
             (self.method in METHODS, f"--method must be one of {', '.join(METHODS)}, got {self.method!r}"),
             (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
+            (self.kernels in KERNELS, f"--kernels must be one of {', '.join(KERNELS)}, got {self.kernels!r}"),
             (self.r >= 1, f"--r must be >= 1, got {self.r}"),
             (self.alpha > 0, f"--alpha must be > 0, got {self.alpha}"),
             (0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),

@@ -32,6 +32,7 @@ from loratune.artifacts import TASK_FILE, base_fingerprint
 from loratune.data.batching import DynamicPaddingCollator, LengthGroupedBatchSampler, tokenize_dataset
 from loratune.data.sources import TextClassificationData, load_text_classification
 from loratune.errors import RunError
+from loratune.fastpath import use_lean_kernels
 from loratune.fsutil import atomic_dir, atomic_write_json
 from loratune.lora import LoraConfig, add_lora, parameter_report, write_adapter
 from loratune.models import (
@@ -138,6 +139,8 @@ def prepare(cfg: RunConfig) -> Prepared:
         model.requires_grad_(True)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.kernels == "lean":
+        use_lean_kernels(model)
     model.to(device)
     return Prepared(cfg, data, tokenizer, model, device, precision, fingerprint)
 
@@ -309,6 +312,7 @@ def build_summary(prep: Prepared, result: LoopResult, report, out: Path, wall: f
         "weights_bytes": sum(f.stat().st_size for f in artifact.glob("*.safetensors")),
         "precision": prep.precision,
         "device": str(prep.device),
+        "kernels": cfg.kernels,
         "config": asdict(cfg),
         "environment": environment_info(prep.device),
     }

@@ -1,0 +1,101 @@
+"""fastpath: the lean kernels inside real transformers models compute what the model's own do."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import loratune.kernels.lean_attention as attn_module
+import loratune.kernels.lean_dropout as dropout_module
+from conftest import tiny_bert_cls, tiny_llama_lm
+from loratune import LoraConfig, add_lora
+from loratune.fastpath import LEAN_ATTENTION, restore_torch_kernels, use_lean_kernels
+from loratune.kernels import LeanDropout
+
+
+def _keep_all(shape, p, device="cpu", generator=None):
+    return torch.ones(shape, dtype=torch.bool), 1.0
+
+
+@pytest.fixture
+def no_drops(monkeypatch):
+    """Masks that keep everything: a training-mode forward then equals the eval-mode one."""
+    monkeypatch.setattr(attn_module, "dropout_mask", _keep_all)
+    monkeypatch.setattr(dropout_module, "dropout_mask", _keep_all)
+    calls = []
+    real = attn_module._AttentionFn.apply
+    monkeypatch.setattr(attn_module._AttentionFn, "apply", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+def _grads(model, **batch):
+    loss = model(**batch).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    return loss.detach(), grads
+
+
+def _compare(lean, ref, batch):
+    lean.train()
+    ref.eval()  # the reference drops nothing
+    loss_a, grads_a = _grads(lean, **batch)
+    loss_b, grads_b = _grads(ref, **batch)
+    torch.testing.assert_close(loss_a, loss_b)
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], msg=name)
+
+
+def test_bert_with_padding_lora(no_drops):
+    batch = {
+        "input_ids": torch.randint(0, 120, (4, 12)),
+        "attention_mask": torch.tensor([[1] * 12, [1] * 8 + [0] * 4, [1] * 5 + [0] * 7, [1] * 12]),
+        "labels": torch.tensor([0, 1, 2, 1]),
+    }
+    config = LoraConfig(r=4, alpha=8, target_modules=["query", "value"], modules_to_save=["classifier"])
+    lean, ref = (add_lora(tiny_bert_cls(), config) for _ in range(2))
+    ref.load_state_dict(lean.state_dict())
+    report = use_lean_kernels(lean)
+    assert report.attention and lean.config._attn_implementation == LEAN_ATTENTION
+    assert report.dropouts == sum(isinstance(m, LeanDropout) for m in lean.modules()) > 0
+    _compare(lean, ref, batch)
+    assert len(no_drops) == 2  # both layers' attention went through the lean kernel
+
+
+def test_llama_causal_grouped_query_full_finetuning(no_drops):
+    lean, ref = tiny_llama_lm(), tiny_llama_lm()
+    for m in (lean, ref):
+        m.config.attention_dropout = 0.1
+        for layer in m.model.layers:
+            layer.self_attn.attention_dropout = 0.1
+    use_lean_kernels(lean)
+    ids = torch.randint(0, 120, (2, 9))
+    _compare(lean, ref, {"input_ids": ids, "labels": ids})
+    assert len(no_drops) == 2
+
+
+def test_inference_and_restore_leave_the_model_as_it_was(tmp_path):
+    model = tiny_bert_cls()
+    ids = torch.randint(0, 120, (2, 7))
+    before = model(input_ids=ids).logits
+    use_lean_kernels(model)
+    torch.testing.assert_close(model(input_ids=ids).logits, before)
+    model.save_pretrained(tmp_path)
+    assert LEAN_ATTENTION not in json.dumps(json.loads((tmp_path / "config.json").read_text()))
+    restore_torch_kernels(model)
+    assert model.config._attn_implementation == "sdpa"
+    assert not any(isinstance(m, LeanDropout) for m in model.modules())
+
+
+def test_eager_models_keep_their_attention():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    model = BertForSequenceClassification(cfg)
+    model.set_attn_implementation("eager")
+    report = use_lean_kernels(model)
+    assert not report.attention and model.config._attn_implementation == "eager"
+    assert report.dropouts > 0
