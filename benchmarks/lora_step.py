@@ -62,7 +62,8 @@ from _common import (
 
 MODELS = ("minilm", "bert-base")
 PRECISIONS = ("fp32", "bf16")
-METHODS = ("loratune", "peft", "full")
+METHODS = ("loratune", "loratune-lean", "loratune-lean-gc", "peft", "full", "full-lean")
+DEFAULT_METHODS = ("loratune", "loratune-lean", "peft", "full")
 BATCH, SEQ, RANK, ALPHA, DROPOUT = 16, 256, 8, 32, 0.1
 TARGETS = ["query", "value"]
 
@@ -89,6 +90,15 @@ def build_model(name: str, attn: str):
 
 
 def apply_method(model, method: str):
+    """``-lean``: also loratune's attention and dropout kernels; ``-gc``: also activation checkpointing."""
+    if method.endswith("-gc"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        method = method.removesuffix("-gc")
+    if method.endswith("-lean"):
+        from loratune.fastpath import use_lean_kernels
+
+        use_lean_kernels(model)
+        method = method.removesuffix("-lean")
     if method == "loratune":
         from loratune import LoraConfig, add_lora
 
@@ -119,7 +129,7 @@ def model_flops(config, method: str) -> float:
     tokens = BATCH * SEQ
     p_enc = n_layers * (4 * h * h + 2 * h * inter)
     attn = n_layers * 4 * BATCH * SEQ * SEQ * h
-    if method == "full":
+    if method.startswith("full"):
         return 6 * p_enc * tokens + 3 * attn + 6 * (h * h + 2 * h) * BATCH
     p_lora = 2 * n_layers * RANK * 2 * h
     frozen = 4 * p_enc * tokens - 2 * 3 * h * h * tokens
@@ -256,7 +266,9 @@ def run_one(spec: dict) -> dict:
         "total_params": total,
         "flops": model_flops(config, spec["method"]),
         "engine_file": (
-            __import__("loratune.lora.layer", fromlist=["x"]).__file__ if spec["method"] == "loratune" else None
+            __import__("loratune.lora.layer", fromlist=["x"]).__file__
+            if spec["method"].startswith("loratune")
+            else None
         ),
     }
 
@@ -294,12 +306,12 @@ def markdown_table(results: list[dict], peaks: dict[str, float]) -> str:
         mfu = r["flops"] / r["step_s"] / peaks[r["precision"]]
         vs_peft = (
             (ratio(r["step_s"], peft["step_s"]), ratio(r["peak_rss"], peft["peak_rss"]))
-            if peft and r["method"] == "loratune"
+            if peft and r["method"].startswith("loratune")
             else ("", "")
         )
         vs_full = (
             (ratio(r["step_s"], full["step_s"]), ratio(r["peak_rss"], full["peak_rss"]))
-            if full and r["method"] != "full"
+            if full and not r["method"].startswith("full")
             else ("", "")
         )
         lines.append(
@@ -363,7 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=",".join(MODELS), help="comma list of " + ", ".join(MODELS))
     ap.add_argument("--precisions", default=",".join(PRECISIONS), help="comma list: fp32, bf16")
-    ap.add_argument("--methods", default=",".join(METHODS), help="comma list: loratune, peft, full")
+    ap.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help="comma list of " + ", ".join(METHODS) + " (-lean: with loratune's attention and dropout kernels)",
+    )
     ap.add_argument("--attn", default="sdpa", help="comma list of attention implementations: sdpa, eager")
     ap.add_argument(
         "--malloc",

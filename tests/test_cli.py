@@ -133,6 +133,26 @@ def test_full_finetuning_writes_model_and_evaluates(tiny_model_dir, toy_data, tm
     assert code == 0, err
 
 
+def test_padded_baseline_options_count_more_flops(tiny_model_dir, toy_data, tmp_path, capsys):
+    """--padding max_length --no-group-by-length --kernels torch: the padded baseline of the benchmarks."""
+    summaries = {}
+    for name, extra in {
+        "default": (),
+        "padded": ("--padding", "max_length", "--no-group-by-length", "--kernels", "torch"),
+    }.items():
+        out = tmp_path / name
+        code, _, err = run(train_args(tiny_model_dir, toy_data, out, "--epochs", "1", *extra), capsys)
+        assert code == 0, err
+        summaries[name] = json.loads((out / "summary.json").read_text())
+    default, padded = summaries["default"], summaries["padded"]
+    assert default["kernels"] == "lean" and padded["kernels"] == "torch"
+    assert padded["config"]["padding"] == "max_length" and padded["config"]["group_by_length"] is False
+    assert padded["tokens_seen"] == default["tokens_seen"]  # the same real tokens...
+    assert padded["model_flops"] > 1.5 * default["model_flops"] > 0  # ...padded to 32 costs more
+    for s in summaries.values():
+        assert s["matmul_peak_flops_per_s"] > 0 and 0 < s["mfu"] < 1.5
+
+
 def test_recipe_with_flag_override(tiny_model_dir, toy_data, tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"model: {tiny_model_dir}\ndataset: {toy_data}\nmax-length: 32\nepochs: 1\nr: 2\n"

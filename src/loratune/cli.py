@@ -52,6 +52,19 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     opt.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
     opt.add_argument("--gradient-checkpointing", action="store_true", default=None)
     opt.add_argument(
+        "--padding",
+        choices=["longest", "max_length"],
+        help="longest (default): pad each batch to its longest text; max_length: pad all to --max-length",
+    )
+    opt.add_argument(
+        "--no-group-by-length",
+        dest="group_by_length",
+        action="store_const",
+        const=False,
+        default=None,
+        help="random batches instead of batches of similar lengths",
+    )
+    opt.add_argument(
         "--kernels",
         choices=["lean", "torch"],
         help="lean (default): loratune's attention and dropout kernels, same maths, less memory and time; "

@@ -79,7 +79,14 @@ class DynamicPaddingCollator:
     (e.g. ``length``, ``text``) are dropped. ``labels`` come back as ``torch.long``.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, *, pad_to_multiple_of: int | None = None) -> None:
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        pad_to_multiple_of: int | None = None,
+        max_length: int | None = None,
+    ) -> None:
+        """``max_length``: pad every batch to this length instead (the padded baseline of benchmarks)."""
         if tokenizer.pad_token is None:
             raise DataError(
                 "the tokenizer has no pad token; load it with loratune.models.load_tokenizer "
@@ -87,7 +94,11 @@ class DynamicPaddingCollator:
             )
         self.tokenizer = tokenizer
         self._collator = DataCollatorWithPadding(
-            tokenizer, padding="longest", pad_to_multiple_of=pad_to_multiple_of, return_tensors="pt"
+            tokenizer,
+            padding="max_length" if max_length else "longest",
+            max_length=max_length,
+            pad_to_multiple_of=pad_to_multiple_of,
+            return_tensors="pt",
         )
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:

@@ -13,6 +13,7 @@ the kept values are scaled by its exact inverse, so the output's expectation is 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 _BITS = 15  # uniform bits per 16-bit word: int64 ``random_()`` leaves the top bit zero
@@ -58,11 +59,13 @@ class _DropoutFn(torch.autograd.Function):
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
-    """Functional dropout with the lean mask; the identity when not training or ``p == 0``."""
+    """Functional dropout with the lean mask on CPU (``F.dropout`` elsewhere); the identity when not training."""
     if not training or p == 0.0:
         return x
     if p == 1.0:
         return torch.zeros_like(x)
+    if x.device.type != "cpu":  # CUDA's fused dropout already saves a 1-byte mask, and is faster
+        return F.dropout(x, p, training=True)
     return _DropoutFn.apply(x, p)
 
 

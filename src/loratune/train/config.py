@@ -18,6 +18,7 @@ from loratune.errors import LoratuneError
 METHODS = ("lora", "full")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 KERNELS = ("lean", "torch")
+PADDINGS = ("longest", "max_length")
 
 
 @dataclass
@@ -34,6 +35,8 @@ class RunConfig:
     train_size: int | None = None
     eval_size: int | None = None
     max_length: int = 256
+    padding: str = "longest"  # "longest": each batch to its longest sequence; "max_length": all to max_length
+    group_by_length: bool = True  # batches of similar lengths (less padding)
     # how
     method: str = "lora"
     r: int = 8
@@ -77,6 +80,7 @@ class RunConfig:
         checks = [
             (self.method in METHODS, f"--method must be one of {', '.join(METHODS)}, got {self.method!r}"),
             (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
+            (self.padding in PADDINGS, f"--padding must be one of {', '.join(PADDINGS)}, got {self.padding!r}"),
             (self.kernels in KERNELS, f"--kernels must be one of {', '.join(KERNELS)}, got {self.kernels!r}"),
             (self.r >= 1, f"--r must be >= 1, got {self.r}"),
             (self.alpha > 0, f"--alpha must be > 0, got {self.alpha}"),

@@ -39,6 +39,7 @@ from loratune.train.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
+from loratune.train.flops import FlopSampler
 from loratune.train.logging import MetricsLogger
 from loratune.train.precision import autocast_context
 from loratune.train.progress import progress_bar
@@ -61,6 +62,7 @@ class LoopConfig:
     log_every: int = 10
     keep_checkpoints: int = 2
     metric: str = "accuracy"  # higher is better
+    flop_sample_every: int = 20  # count the matmul FLOPs of every N-th batch (0: never)
 
 
 @dataclass
@@ -72,6 +74,7 @@ class LoopResult:
     train_seconds: float = 0.0
     examples_seen: int = 0
     tokens_seen: int = 0
+    flops: float = 0.0  # estimated model FLOPs of all training batches (see train/flops.py)
     best: dict[str, Any] | None = None
     last_eval: dict[str, Any] | None = None
     evals: list[dict[str, Any]] = field(default_factory=list)
@@ -149,6 +152,7 @@ def train(
     )
     params = [p for p in model.parameters() if p.requires_grad]
     result = LoopResult()
+    flop_sampler = FlopSampler(every=config.flop_sample_every)
     state = {"step": 0, "epoch": 0, "batch": 0, "bad_evals": 0}
 
     if resume:
@@ -166,6 +170,7 @@ def train(
         result.train_seconds = extra.get("train_seconds", 0.0)
         result.examples_seen, result.tokens_seen = extra.get("examples_seen", 0), extra.get("tokens_seen", 0)
         result.resumed_from = ckpt.step
+        flop_sampler.load_state(extra.get("flops", {}))
 
     if not resume:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
@@ -187,6 +192,7 @@ def train(
                 "train_seconds": result.train_seconds,
                 "examples_seen": result.examples_seen,
                 "tokens_seen": result.tokens_seen,
+                "flops": flop_sampler.state(),
             },
         )
         prune_checkpoints(run_dir, keep=config.keep_checkpoints)
@@ -220,9 +226,10 @@ def train(
                 for batch in train_loader:
                     t0 = time.perf_counter()
                     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                    with autocast_context(precision, device):
-                        loss = model(**batch).loss
-                    (loss / config.grad_accum).backward()
+                    with flop_sampler.batch(state["batch"], batch["input_ids"].numel()):
+                        with autocast_context(precision, device):
+                            loss = model(**batch).loss
+                        (loss / config.grad_accum).backward()
                     state["batch"] += 1
                     accum += 1
                     n_examples = int(batch["input_ids"].shape[0])
@@ -292,5 +299,6 @@ def train(
         bar.close()
         metrics_log.close()
     result.steps = state["step"]
+    result.flops = flop_sampler.total
     result.epochs_done = state["epoch"] + state["batch"] / batches_per_epoch
     return result

@@ -44,6 +44,7 @@ from loratune.models import (
 from loratune.tasks.seq_cls import TASK_TYPE, classification_metrics
 from loratune.train.checkpoint import latest_checkpoint
 from loratune.train.config import RunConfig
+from loratune.train.flops import matmul_peak_flops
 from loratune.train.logging import environment_info, read_metrics
 from loratune.train.loop import LoopConfig, LoopResult, train
 from loratune.train.memory import dir_size_bytes, peak_memory_bytes, reset_peak_cuda
@@ -187,10 +188,18 @@ def save_artifact(prep: Prepared, out: Path, metrics: dict[str, Any] | None = No
 
 def make_loaders(prep: Prepared) -> tuple[DataLoader, DataLoader]:
     cfg = prep.cfg
-    collator = DynamicPaddingCollator(prep.tokenizer)
+    collator = DynamicPaddingCollator(
+        prep.tokenizer, max_length=cfg.max_length if cfg.padding == "max_length" else None
+    )
     train_tok = tokenize_dataset(prep.data.train, prep.tokenizer, cfg.max_length)
     eval_tok = tokenize_dataset(prep.data.eval, prep.tokenizer, cfg.max_length)
-    train_sampler = LengthGroupedBatchSampler(train_tok["length"], cfg.batch_size, shuffle=True, seed=cfg.seed)
+    train_sampler = LengthGroupedBatchSampler(
+        train_tok["length"],
+        cfg.batch_size,
+        shuffle=True,
+        seed=cfg.seed,
+        mega_batches=50 if cfg.group_by_length else 1,  # 1: random batches, nothing grouped
+    )
     eval_sampler = LengthGroupedBatchSampler(eval_tok["length"], cfg.batch_size * 2, shuffle=False)
     # A private generator: creating the loader's iterator must not draw from the global RNG,
     # or a resumed run's dropout masks would differ from an uninterrupted run's.
@@ -270,7 +279,8 @@ def run_training(cfg: RunConfig) -> dict[str, Any]:
         show_progress=cfg.progress,
     )
     wall = time.perf_counter() - started
-    summary = build_summary(prep, result, report, out, wall)
+    peak = matmul_peak_flops(prep.device, prep.precision)
+    summary = build_summary(prep, result, report, out, wall, peak)
     atomic_write_json(out / "summary.json", summary)
     plot_training_curves(read_metrics(out / "metrics.jsonl"), out / "curves.png", title=summary["title"])
     return summary
@@ -280,7 +290,9 @@ def _without_matrix(metrics: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (metrics or {}).items() if k != "confusion_matrix"}
 
 
-def build_summary(prep: Prepared, result: LoopResult, report, out: Path, wall: float) -> dict[str, Any]:
+def build_summary(
+    prep: Prepared, result: LoopResult, report, out: Path, wall: float, matmul_peak: float | None = None
+) -> dict[str, Any]:
     cfg = prep.cfg
     artifact = out / (ADAPTER_DIR if cfg.method == "lora" else MODEL_DIR)
     return {
@@ -303,6 +315,10 @@ def build_summary(prep: Prepared, result: LoopResult, report, out: Path, wall: f
         "train_seconds": round(result.train_seconds, 2),
         "examples_per_s": round(result.examples_per_s, 2),
         "tokens_seen": result.tokens_seen,
+        "model_flops": result.flops,
+        "achieved_flops_per_s": result.flops / result.train_seconds if result.train_seconds > 0 else 0.0,
+        "matmul_peak_flops_per_s": matmul_peak,
+        "mfu": (result.flops / result.train_seconds / matmul_peak) if matmul_peak and result.train_seconds else None,
         "peak_memory_bytes": peak_memory_bytes(prep.device),
         "trainable_params": report.trainable,
         "total_params": report.total,

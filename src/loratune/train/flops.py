@@ -1,0 +1,74 @@
+"""Model FLOPs of a run and the machine's matmul peak, for the MFU in ``summary.json``.
+
+FLOPs are counted, not modelled: every ``flop_sample_every``-th batch runs its forward and backward
+pass under ``torch.utils.flop_counter.FlopCounterMode``, which adds up the matmul FLOPs actually
+dispatched (linear layers, LoRA, attention; elementwise work counts zero, as in the usual MFU). The
+run's total is the sampled FLOPs per padded token times all padded tokens. The peak is the best of
+a few square matmuls in the run's compute dtype on its device, measured once after training.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class FlopSampler:
+    """Counts the FLOPs of sampled batches and extrapolates to every batch by padded tokens."""
+
+    every: int = 20
+    sampled_flops: float = 0.0
+    sampled_tokens: int = 0
+    tokens: int = 0  # padded tokens of all batches
+
+    @contextmanager
+    def batch(self, index: int, padded_tokens: int):
+        """Context for one batch's forward and backward pass (counted when ``index % every == 0``)."""
+        self.tokens += padded_tokens
+        if self.every <= 0 or index % self.every:
+            yield
+            return
+        counter = FlopCounterMode(display=False)
+        with counter:
+            yield
+        self.sampled_flops += counter.get_total_flops()
+        self.sampled_tokens += padded_tokens
+
+    @property
+    def total(self) -> float:
+        """Estimated FLOPs of all batches so far."""
+        return self.sampled_flops / self.sampled_tokens * self.tokens if self.sampled_tokens else 0.0
+
+    def state(self) -> dict[str, float]:
+        return {"sampled_flops": self.sampled_flops, "sampled_tokens": self.sampled_tokens, "tokens": self.tokens}
+
+    def load_state(self, state: dict[str, float]) -> None:
+        self.sampled_flops = float(state.get("sampled_flops", 0.0))
+        self.sampled_tokens = int(state.get("sampled_tokens", 0))
+        self.tokens = int(state.get("tokens", 0))
+
+
+def matmul_peak_flops(device: torch.device | str = "cpu", precision: str = "fp32", n: int = 2048, repeats: int = 5):
+    """Best-of-``repeats`` FLOP/s of an ``n x n`` matmul in the precision's dtype (``auto``: fp32)."""
+    device = torch.device(device)
+    dtype = _DTYPES.get(precision, torch.float32)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with torch.no_grad():
+        torch.mm(a, b)  # warm-up: kernel selection, page faults
+        sync()
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            sync()
+            best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best
