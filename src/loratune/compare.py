@@ -96,10 +96,10 @@ def parse_methods(text: str | None) -> list[str]:
 # ----------------------------------------------------------------------------------- child processes
 def _train_flag_specs() -> list[tuple[str, str, bool, Any]]:
     """(flag, dest, takes_no_value, const) of every `train` option, read from the CLI's own parser."""
-    from loratune.cli import _train_options
+    from loratune.train.options import add_train_options
 
     parser = argparse.ArgumentParser(add_help=False)
-    _train_options(parser)
+    add_train_options(parser)
     return [(a.option_strings[-1], a.dest, a.nargs == 0, a.const) for a in parser._actions if a.option_strings]
 
 
