@@ -99,3 +99,21 @@ def test_eager_models_keep_their_attention():
     report = use_lean_kernels(model)
     assert not report.attention and model.config._attn_implementation == "eager"
     assert report.dropouts > 0
+
+
+def test_gradient_checkpointing_redraws_the_same_masks():
+    """Non-reentrant checkpointing restores the RNG, so recomputed lean dropouts drop the same entries."""
+    batch = {"input_ids": torch.randint(0, 120, (3, 10)), "labels": torch.tensor([0, 1, 2])}
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_bert_cls()
+        use_lean_kernels(model)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        torch.manual_seed(11)
+        grads.append(_grads(model, **batch))
+    (loss_a, grads_a), (loss_b, grads_b) = grads
+    torch.testing.assert_close(loss_a, loss_b)
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], msg=name)

@@ -51,3 +51,12 @@ def test_bad_recipes(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(LoratuneError, match="mapping"):
         load_recipe(bad)
+
+
+def test_train_file_alone_is_not_mixed_with_the_demo_dataset():
+    from loratune.train.config import DEMO, build_config
+
+    cfg = build_config(train_file="train.csv", eval_file="test.csv")
+    assert cfg.dataset is None and cfg.train_file == "train.csv" and cfg.train_size is None
+    demo = build_config()
+    assert demo.dataset == "tweets" and demo.train_size == DEMO["train_size"]

