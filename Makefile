@@ -5,7 +5,7 @@ VENV := .venv
 PIP := $(VENV)/bin/pip -q --disable-pip-version-check
 CONSTRAINTS := constraints.txt
 
-.PHONY: setup test lint fmt bench clean
+.PHONY: setup test lint fmt bench bench-quick clean
 
 setup: $(VENV)/.installed
 
@@ -29,8 +29,18 @@ fmt: setup
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 	$(VENV)/bin/ruff format src tests benchmarks
 
-bench: setup
-	HF_HUB_OFFLINE=1 $(VENV)/bin/python benchmarks/lora_step.py
+# Every benchmark, one script each (benchmarks/README.md). The last two need ../shared/data and take
+# about an hour on 2 cores; `make bench-quick` runs the first three (about 15 minutes).
+BENCH_ENV := HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+bench-quick: setup
+	$(BENCH_ENV) $(VENV)/bin/python benchmarks/kernels.py
+	$(BENCH_ENV) $(VENV)/bin/python benchmarks/lora_layer.py
+	$(BENCH_ENV) $(VENV)/bin/python benchmarks/lora_step.py
+
+bench: bench-quick
+	$(BENCH_ENV) $(VENV)/bin/python benchmarks/epoch.py --models minilm,bert-base
+	$(BENCH_ENV) $(VENV)/bin/python benchmarks/auto_rank_agreement.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info src/*.egg-info .pytest_cache .ruff_cache

@@ -42,6 +42,11 @@ def _probs(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None) -> torch
 class _AttentionFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, bias, scale, p):  # type: ignore[override]
+        with torch.autocast(q.device.type, enabled=False):  # dtypes are explicit here
+            return _AttentionFn._forward(ctx, q, k, v, bias, scale, p)
+
+    @staticmethod
+    def _forward(ctx, q, k, v, bias, scale, p):
         batch, heads, lq, _ = q.shape
         keep, keep_scale = dropout_mask((batch, heads, lq, k.shape[-2]), p, q.device)
         qs = q * scale
@@ -59,6 +64,11 @@ class _AttentionFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
+        with torch.autocast(grad_out.device.type, enabled=False):
+            return _AttentionFn._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out):
         q, k, v, bias, keep = ctx.saved_tensors
         scale, step = ctx.scale, ctx.step
         grad_out = grad_out.to(q.dtype) * ctx.keep_scale
