@@ -87,9 +87,10 @@ def test_saves_no_l_by_l_float_tensor():
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         attention(q, k, v, _masks()["bool"], dropout_p=0.1)
-    big_float = [t for t in saved if t.dim() == 4 and t.shape[-1] == L and t.shape[-2] == L and t.is_floating_point()]
-    assert big_float == []
-    assert any(t.dtype == torch.bool and t.shape == (B, H, L, L) for t in saved)
+    per_head = [t for t in saved if t.dim() == 4 and t.shape[1:] == (H, L, L)]
+    assert [(t.dtype, t.element_size()) for t in per_head] == [(torch.uint8, 1)]  # only the dropout mask
+    masks = [t for t in saved if t.dim() == 4 and t.shape[1] == 1]  # the padding mask, made additive once
+    assert len(masks) == 1
 
 
 def test_bf16_close_to_fp32():
@@ -103,3 +104,11 @@ def test_bf16_close_to_fp32():
     out.float().sum().backward()
     assert qb.grad.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), ref, atol=5e-2, rtol=5e-2)
+
+
+def test_layers_share_one_additive_mask():
+    mask = _masks()["bool"]
+    first = attention_module._additive(mask, torch.float32)
+    assert attention_module._additive(mask, torch.float32) is first
+    assert attention_module._additive(mask.clone(), torch.float32) is not first
+    assert torch.equal(first == 0, mask)

@@ -13,6 +13,9 @@ It computes exactly what SDPA's math path computes (``softmax(q k^T * scale + ma
 
 from __future__ import annotations
 
+import threading
+import weakref
+
 import torch
 import torch.nn.functional as F
 
@@ -28,14 +31,31 @@ def _batch_rows(t: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor | None
     return t[lo:hi]
 
 
+_BIAS = threading.local()  # the most recent bool mask -> additive bias conversion, see _additive
+
+
+def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A bool mask (True = attend) as an additive bias; a fully masked row stays finite.
+
+    Every layer of a model gets the same mask tensor: the conversion is made once and shared
+    (weak references only, so it lives as long as some layer's saved tensors need it).
+    """
+    cached = getattr(_BIAS, "entry", None)
+    if cached is not None:
+        src, version, cdtype, bias_ref = cached
+        bias = bias_ref()
+        if bias is not None and src() is mask and version == mask._version and cdtype == dtype:
+            return bias
+    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+    _BIAS.entry = (weakref.ref(mask), mask._version, dtype, weakref.ref(bias))
+    return bias
+
+
 def _probs(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``softmax(q k^T + bias)`` for an already scaled ``q``; a bool ``bias`` marks what is seen."""
+    """``softmax(q k^T + bias)`` for an already scaled ``q`` and an additive ``bias``."""
     s = torch.matmul(q, k.transpose(-2, -1))
     if bias is not None:
-        if bias.dtype == torch.bool:
-            s.masked_fill_(~bias, torch.finfo(s.dtype).min)  # a fully masked row stays finite
-        else:
-            s.add_(bias)
+        s.add_(bias)
     return torch.softmax(s, dim=-1)
 
 
@@ -49,13 +69,14 @@ class _AttentionFn(torch.autograd.Function):
     def _forward(ctx, q, k, v, bias, scale, p):
         batch, heads, lq, _ = q.shape
         keep, keep_scale = dropout_mask((batch, heads, lq, k.shape[-2]), p, q.device)
+        keep = keep.view(torch.uint8)  # multiplying by 0/1 bytes vectorises; a bool operand does not
         qs = q * scale
         out = torch.empty((*q.shape[:-1], v.shape[-1]), dtype=q.dtype, device=q.device)
         step = max(1, _CHUNK_ELEMENTS // (heads * lq * k.shape[-2]))
         for lo in range(0, batch, step):
             hi = min(batch, lo + step)
             probs = _probs(qs[lo:hi], _batch_rows(k, lo, hi), _batch_rows(bias, lo, hi))
-            probs = torch.where(keep[lo:hi], probs, 0.0)
+            probs.mul_(keep[lo:hi])
             torch.matmul(probs, _batch_rows(v, lo, hi), out=out[lo:hi])
         out.mul_(keep_scale)
         ctx.save_for_backward(q, k, v, bias, keep)
@@ -83,10 +104,11 @@ class _AttentionFn(torch.autograd.Function):
             k_c, v_c, keep_c = _batch_rows(k, lo, hi), _batch_rows(v, lo, hi), keep[lo:hi]
             probs = _probs(qs[lo:hi], k_c, _batch_rows(bias, lo, hi))
             g = grad_out[lo:hi]
-            g_v = torch.matmul(torch.where(keep_c, probs, 0.0).transpose(-2, -1), g)
-            g_probs = torch.where(keep_c, torch.matmul(g, v_c.transpose(-2, -1)), 0.0)
+            g_probs = torch.matmul(g, v_c.transpose(-2, -1)).mul_(keep_c)
             g_s = torch._softmax_backward_data(g_probs, probs, -1, probs.dtype)
-            del probs, g_probs
+            del g_probs
+            g_v = torch.matmul(probs.mul_(keep_c).transpose(-2, -1), g)  # the dropped-out probabilities
+            del probs
             torch.matmul(g_s, k_c, out=grad_q[lo:hi])
             g_k = torch.matmul(g_s.transpose(-2, -1), qs[lo:hi])
             if k.shape[0] < batch:
@@ -124,12 +146,12 @@ def attention(
         )
     if is_causal:
         mask = _with_causal(mask, q, k)
+    bias = None
     if mask is not None:
         while mask.dim() < 4:
             mask = mask.unsqueeze(0)
-        if mask.dtype != torch.bool:
-            mask = mask.to(q.dtype)
-    return _AttentionFn.apply(q, k, v, mask, scale, dropout_p)
+        bias = _additive(mask, q.dtype) if mask.dtype == torch.bool else mask.to(q.dtype)
+    return _AttentionFn.apply(q, k, v, bias, scale, dropout_p)
 
 
 def _with_causal(mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

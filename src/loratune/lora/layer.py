@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loratune.kernels.lean_dropout import dropout_mask
+from loratune.kernels.lean_dropout import apply_mask, dropout_mask
 
 BASE = "__base__"  # name, in a mixed batch, of "no adapter": the base model's own output
 
@@ -101,7 +101,7 @@ class _LoraLinearFn(torch.autograd.Function):
         mask, keep_scale = None, 1.0
         if p > 0.0:
             mask, keep_scale = dropout_mask(x2.shape, p, x2.device)
-            ax = F.linear(torch.where(mask, x2, 0.0), a).mul_(keep_scale)
+            ax = F.linear(apply_mask(x2, mask), a).mul_(keep_scale)
         else:
             ax = F.linear(x2, a)
         if weight is None:
@@ -131,13 +131,13 @@ class _LoraLinearFn(torch.autograd.Function):
             g_ax = (g @ weight_b.to(dtype)).mul_(scaling * ctx.keep_scale)
             x2 = xc.reshape(-1, xc.shape[-1])
             if need_a:
-                x_in = x2 if mask is None else torch.where(mask, x2, 0.0)
+                x_in = x2 if mask is None else apply_mask(x2, mask)
                 grad_a = (g_ax.t() @ x_in).to(weight_a.dtype)
                 del x_in
             if need_x:
                 grad_x = g_ax @ weight_a.to(dtype)
                 if mask is not None:
-                    grad_x = torch.where(mask, grad_x, 0.0)
+                    grad_x.mul_(mask.view(torch.uint8))
                 if weight is not None:
                     w = weight.to(dtype)
                     grad_x.addmm_(g, w.t() if ctx.transposed else w)
