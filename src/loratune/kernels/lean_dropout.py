@@ -4,8 +4,8 @@
 project's 2-core machine BERT's dropouts took a third of a training step. ``dropout_mask`` instead
 takes one seed from torch's generator, fills 64-bit words with NumPy's PCG64 bit stream (about
 1 ns per word; the raw stream of a NumPy bit generator is stable across releases), cuts each word
-into four 16-bit integers and compares them with a threshold: about 6x faster than
-``bernoulli_``, and as deterministic under ``torch.manual_seed`` (or a given generator).
+into four 16-bit integers and compares them with a threshold: 5-6x faster than ``bernoulli_``
+(``benchmarks/kernels.py``), and as deterministic under ``torch.manual_seed`` (or a given generator).
 
 The keep probability is ``round((1 - p) * 2**16) / 2**16`` (within 7.7e-6 of ``1 - p``), and the
 kept values are scaled by its exact inverse, so the output's expectation is the input, as with
