@@ -37,6 +37,7 @@ class RunConfig:
     max_length: int = 256
     padding: str = "longest"  # "longest": each batch to its longest sequence; "max_length": all to max_length
     group_by_length: bool = True  # batches of similar lengths (less padding)
+    pad_to_multiple_of: int = 16  # batch lengths round up to this: few distinct shapes (time, memory)
     # how
     method: str = "lora"
     r: int = 8
@@ -94,6 +95,7 @@ class RunConfig:
             (self.grad_accum >= 1, f"--grad-accum must be >= 1, got {self.grad_accum}"),
             (self.learning_rate > 0, f"--lr must be > 0, got {self.lr}"),
             (0 <= self.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}"),
+            (self.pad_to_multiple_of >= 1, f"--pad-to-multiple-of must be >= 1, got {self.pad_to_multiple_of}"),
             (self.max_length >= 8, f"--max-length must be >= 8, got {self.max_length}"),
             (not (self.resume and self.overwrite), "--resume and --overwrite exclude each other; pick one"),
         ]

@@ -47,6 +47,11 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
         help="longest (default): pad each batch to its longest text; max_length: pad all to --max-length",
     )
     opt.add_argument(
+        "--pad-to-multiple-of",
+        type=int,
+        help="round each batch's length up to a multiple of N (default 16; 1: exact): fewer distinct shapes",
+    )
+    opt.add_argument(
         "--no-group-by-length",
         dest="group_by_length",
         action="store_const",

@@ -189,7 +189,9 @@ def save_artifact(prep: Prepared, out: Path, metrics: dict[str, Any] | None = No
 def make_loaders(prep: Prepared) -> tuple[DataLoader, DataLoader]:
     cfg = prep.cfg
     collator = DynamicPaddingCollator(
-        prep.tokenizer, max_length=cfg.max_length if cfg.padding == "max_length" else None
+        prep.tokenizer,
+        max_length=cfg.max_length if cfg.padding == "max_length" else None,
+        pad_to_multiple_of=cfg.pad_to_multiple_of if cfg.pad_to_multiple_of > 1 else None,
     )
     train_tok = tokenize_dataset(prep.data.train, prep.tokenizer, cfg.max_length)
     eval_tok = tokenize_dataset(prep.data.eval, prep.tokenizer, cfg.max_length)
