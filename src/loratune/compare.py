@@ -138,6 +138,14 @@ def child_mode(run_dir: Path, *, resume: bool, overwrite: bool) -> str:
     return "fresh"
 
 
+def majority_accuracy(matrix: Sequence[Sequence[int]] | None) -> float | None:
+    """Accuracy of always predicting the eval set's most frequent class (rows of ``matrix`` are true classes)."""
+    if not matrix:
+        return None
+    rows = [sum(row) for row in matrix]
+    return max(rows) / sum(rows) if sum(rows) else None
+
+
 def run_measures(summary: Mapping[str, Any], *, run_dir: Path, pid: int | None, elapsed: float | None) -> dict:
     """The numbers compare reports for one finished run, from its ``summary.json``."""
     best, final = summary.get("best") or {}, summary.get("final") or {}
@@ -166,6 +174,7 @@ def run_measures(summary: Mapping[str, Any], *, run_dir: Path, pid: int | None, 
         "artifact_bytes": int(summary.get("artifact_bytes") or 0),
         "weights_bytes": int(summary.get("weights_bytes") or 0),
         "accuracy": best.get("accuracy"),
+        "majority_accuracy": majority_accuracy(summary.get("confusion_matrix")),
         "macro_f1": best.get("macro_f1"),
         "best_epoch": best.get("epoch"),
         "final_accuracy": final.get("accuracy"),
@@ -459,10 +468,13 @@ def successive_halving(
 
     1. Train every candidate from scratch for ``first_steps`` optimizer steps (a short run with its
        own warm-up and decay; ``train(rank, steps, round)`` returns its measures incl. accuracy).
-    2. Keep the better half by accuracy (ties go to the smaller rank) plus the current choice, the
+    2. A round whose best accuracy is within ``tolerance_pt`` of always predicting the majority
+       class (``majority_accuracy`` in the measures) has not learned yet and tells the ranks apart
+       by noise: nobody is dropped, the budget doubles.
+    3. Otherwise keep the better half by accuracy (ties go to the smaller rank) plus the current choice, the
        smallest rank within tolerance of this round's best, since that is the answer so far. If this
        does not shrink the field (e.g. two candidates), the current choice alone goes on.
-    3. Double the budget (at most ``full_steps``) and repeat with the survivors until one is left
+    4. Double the budget (at most ``full_steps``) and repeat with the survivors until one is left
        or a round ran with the full budget; the last round's choice is the answer.
 
     With five candidates and ``first_steps = full_steps / 16`` this typically costs 5/16 + 3/8 + 2/4 ≈
@@ -484,6 +496,12 @@ def successive_halving(
         if steps >= full_steps:  # the full budget: this round is the sweep itself
             rnd.kept = [rnd.choice]
             return rnd.choice, rounds
+        majority = [results[r].get("majority_accuracy") for r in survivors]
+        chance = max((m for m in majority if m is not None), default=None)
+        if chance is not None and acc[rnd.best] <= chance + tolerance_pt / 100:
+            rnd.kept = list(survivors)  # not learned yet: the ranks differ by noise only
+            steps = min(2 * steps, full_steps)
+            continue
         better_half = sorted(survivors, key=lambda r: (-acc[r], r))[: math.ceil(len(survivors) / 2)]
         kept = sorted({*better_half, rnd.choice})
         rnd.kept = kept if len(kept) < len(survivors) else [rnd.choice]

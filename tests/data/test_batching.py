@@ -89,6 +89,7 @@ def test_collator_pads_to_the_longest_in_each_batch(tiny_tokenizer) -> None:
     assert full["input_ids"].shape == (4, max(tok["length"][:]))
     assert collate([tok[1], tok[3]])["input_ids"].shape == (2, 3)
     assert DynamicPaddingCollator(tiny_tokenizer, pad_to_multiple_of=8)([tok[1]])["input_ids"].shape == (1, 8)
+    assert DynamicPaddingCollator(tiny_tokenizer, max_length=12)([tok[0], tok[1]])["input_ids"].shape == (2, 12)
 
 
 def test_collator_needs_a_pad_token(tiny_tokenizer) -> None:
