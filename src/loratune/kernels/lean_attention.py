@@ -13,13 +13,11 @@ It computes exactly what SDPA's math path computes (``softmax(q k^T * scale + ma
 
 from __future__ import annotations
 
-import threading
-import weakref
-
 import torch
 import torch.nn.functional as F
 
 from loratune.kernels.lean_dropout import dropout_mask
+from loratune.kernels.memo import LastConversion
 
 _CHUNK_ELEMENTS = 1 << 21  # L x L scores per chunk (8 MiB in fp32): the batch is cut to fit
 
@@ -31,24 +29,19 @@ def _batch_rows(t: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor | None
     return t[lo:hi]
 
 
-_BIAS = threading.local()  # the most recent bool mask -> additive bias conversion, see _additive
+_BIAS = LastConversion()  # bool padding mask -> additive bias, shared by every layer of a model
 
 
 def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A bool mask (True = attend) as an additive bias; a fully masked row stays finite.
 
-    Every layer of a model gets the same mask tensor: the conversion is made once and shared
-    (weak references only, so it lives as long as some layer's saved tensors need it).
+    Every layer of a model gets the same mask tensor: the conversion is made once and shared.
     """
-    cached = getattr(_BIAS, "entry", None)
-    if cached is not None:
-        src, version, cdtype, bias_ref = cached
-        bias = bias_ref()
-        if bias is not None and src() is mask and version == mask._version and cdtype == dtype:
-            return bias
-    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
-    _BIAS.entry = (weakref.ref(mask), mask._version, dtype, weakref.ref(bias))
-    return bias
+    return _BIAS.get(
+        mask,
+        dtype,
+        lambda: torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min),
+    )
 
 
 def _probs(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
