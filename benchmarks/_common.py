@@ -135,24 +135,13 @@ def machine_info() -> dict:
 
 
 def matmul_peak_flops(n: int = 4096, repeats: int = 8) -> dict[str, float]:
-    """Best-of-``repeats`` FLOP/s of an ``n x n`` by ``n x n`` matmul, in fp32 and in bf16.
+    """Best-of-``repeats`` FLOP/s of an ``n x n`` matmul on CPU, fp32 and bf16 (``loratune.train.flops``).
 
     The best of several is robust against other processes: they can only make a run slower.
     """
-    import torch
+    from loratune.train.flops import matmul_peak_flops as peak
 
-    peaks = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a = torch.randn(n, n).to(dtype)
-        b = torch.randn(n, n).to(dtype)
-        torch.mm(a, b)  # warm-up (oneDNN primitive creation, page faults)
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            torch.mm(a, b)
-            best = min(best, time.perf_counter() - t0)
-        peaks[name] = 2.0 * n**3 / best
-    return peaks
+    return {name: peak("cpu", name, n=n, repeats=repeats) for name in ("fp32", "bf16")}
 
 
 def median(values: list[float]) -> float:

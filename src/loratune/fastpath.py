@@ -21,7 +21,6 @@ from torch import nn
 from loratune.kernels import LeanDropout, attention
 
 LEAN_ATTENTION = "loratune_sdpa"
-KERNELS = ("lean", "torch")
 
 
 def _lean_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
@@ -54,12 +53,8 @@ def _register() -> None:
 class KernelReport:
     """What ``use_lean_kernels`` changed."""
 
-    attention: bool
-    dropouts: int
-
-    def describe(self) -> str:
-        attn = "lean attention" if self.attention else "model's own attention"
-        return f"{attn}, {self.dropouts} lean dropout layer(s)"
+    attention: bool  # the model now runs loratune_sdpa
+    dropouts: int  # nn.Dropout layers swapped for LeanDropout
 
 
 def _swap_dropouts(model: nn.Module, to_lean: bool) -> int:

@@ -16,6 +16,8 @@ vectorise (``torch.where`` on a bool mask is about 2.5x slower). Other devices u
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -44,9 +46,7 @@ def dropout_mask(
         keep = 1.0 - p
         return torch.empty(shape, dtype=torch.bool, device=device).bernoulli_(keep, generator=generator), 1.0 / keep
     threshold = min(max(round((1.0 - p) * _LEVELS), 1), _LEVELS - 1)
-    numel = 1
-    for n in shape:
-        numel *= n
+    numel = math.prod(shape)
     halves = random_words((numel + 3) // 4, generator).view(torch.int16)[:numel]
     # a uniform int16 is below ``threshold - 2**15`` with probability threshold / 2**16
     return halves.lt(threshold - _LEVELS // 2).view(shape), _LEVELS / threshold

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from loratune.train.config import KERNELS, METHODS, PADDINGS, PRECISIONS
+
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
     """Flags of `train` (and `compare`); every default is None so that a recipe can set it."""
@@ -22,7 +24,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     data.add_argument("--eval-size", type=int, help="subsample the eval split to N examples (seeded)")
     data.add_argument("--max-length", type=int, help="truncate to N tokens")
     lora = p.add_argument_group("method and LoRA")
-    lora.add_argument("--method", choices=["lora", "full"], help="lora (default) or full fine-tuning")
+    lora.add_argument("--method", choices=METHODS, help="lora (default) or full fine-tuning")
     lora.add_argument("--r", type=int, help="LoRA rank (default 8)")
     lora.add_argument("--alpha", type=float, help="LoRA alpha (default 32)")
     lora.add_argument("--dropout", type=float, help="LoRA dropout (default 0.1)")
@@ -38,12 +40,12 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     opt.add_argument("--warmup-ratio", type=float)
     opt.add_argument("--max-grad-norm", type=float, help="gradient clipping (default 1.0)")
     opt.add_argument("--seed", type=int)
-    opt.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    opt.add_argument("--precision", choices=PRECISIONS)
     opt.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
     opt.add_argument("--gradient-checkpointing", action="store_true", default=None)
     opt.add_argument(
         "--padding",
-        choices=["longest", "max_length"],
+        choices=PADDINGS,
         help="longest (default): pad each batch to its longest text; max_length: pad all to --max-length",
     )
     opt.add_argument(
@@ -61,7 +63,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     )
     opt.add_argument(
         "--kernels",
-        choices=["lean", "torch"],
+        choices=KERNELS,
         help="lean (default): loratune's attention and dropout kernels, same maths, less memory and time; "
         "torch: the model's own",
     )
