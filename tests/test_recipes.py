@@ -60,3 +60,17 @@ def test_train_file_alone_is_not_mixed_with_the_demo_dataset():
     assert cfg.dataset is None and cfg.train_file == "train.csv" and cfg.train_size is None
     demo = build_config()
     assert demo.dataset == "tweets" and demo.train_size == DEMO["train_size"]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("pad_to_multiple_of", 0, "--pad-to-multiple-of must be >= 1, got 0"),
+        ("kernels", "fast", "--kernels must be one of lean, torch, got 'fast'"),
+        ("padding", "max", "--padding must be one of longest, max_length, got 'max'"),
+    ],
+)
+def test_new_options_are_checked_with_the_fix_in_the_message(option, value, message):
+    with pytest.raises(LoratuneError) as err:
+        build_config(**{option: value})
+    assert str(err.value) == message
