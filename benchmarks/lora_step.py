@@ -90,14 +90,16 @@ def build_model(name: str, attn: str):
 
 
 def apply_method(model, method: str):
-    """``-lean``: also loratune's attention and dropout kernels; ``-gc``: also activation checkpointing."""
+    """``-lean``: also loratune's kernels (attention, dropout, freed memory kept); ``-gc``: also activation checkpointing."""
     if method.endswith("-gc"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         method = method.removesuffix("-gc")
     if method.endswith("-lean"):
         from loratune.fastpath import use_lean_kernels
+        from loratune.kernels import keep_freed_memory
 
         use_lean_kernels(model)
+        keep_freed_memory()  # as `loratune train --kernels lean` does on CPU
         method = method.removesuffix("-lean")
     if method == "loratune":
         from loratune import LoraConfig, add_lora

@@ -34,6 +34,7 @@ from loratune.data.sources import TextClassificationData, load_text_classificati
 from loratune.errors import RunError
 from loratune.fastpath import use_lean_kernels
 from loratune.fsutil import atomic_dir, atomic_write_json
+from loratune.kernels import keep_freed_memory
 from loratune.lora import LoraConfig, add_lora, parameter_report, write_adapter
 from loratune.models import (
     default_target_modules,
@@ -95,6 +96,7 @@ class Prepared:
     device: torch.device
     precision: str
     fingerprint: str | None
+    freed_memory_kept: bool = False  # glibc keeps freed blocks for reuse (kernels.host_memory)
 
 
 def load_data(cfg: RunConfig) -> TextClassificationData:
@@ -140,10 +142,12 @@ def prepare(cfg: RunConfig) -> Prepared:
         model.requires_grad_(True)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kept = False
     if cfg.kernels == "lean":
         use_lean_kernels(model)
+        kept = device.type == "cpu" and keep_freed_memory()
     model.to(device)
-    return Prepared(cfg, data, tokenizer, model, device, precision, fingerprint)
+    return Prepared(cfg, data, tokenizer, model, device, precision, fingerprint, kept)
 
 
 def task_info(prep: Prepared) -> dict[str, Any]:
@@ -331,6 +335,7 @@ def build_summary(
         "precision": prep.precision,
         "device": str(prep.device),
         "kernels": cfg.kernels,
+        "freed_memory_kept": prep.freed_memory_kept,
         "config": asdict(cfg),
         "environment": environment_info(prep.device),
     }
