@@ -90,7 +90,7 @@ def build_model(name: str, attn: str):
 
 
 def apply_method(model, method: str):
-    """``-lean``: also loratune's kernels (attention, dropout, freed memory kept); ``-gc``: also activation checkpointing."""
+    """``-lean``: also loratune's kernels (attention, dropout, freed memory kept); ``-gc``: checkpointing."""
     if method.endswith("-gc"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         method = method.removesuffix("-gc")
