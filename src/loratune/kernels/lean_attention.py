@@ -63,6 +63,9 @@ class _AttentionFn(torch.autograd.Function):
         batch, heads, lq, _ = q.shape
         keep, keep_scale = dropout_mask((batch, heads, lq, k.shape[-2]), p, q.device)
         keep = keep.view(torch.uint8)  # multiplying by 0/1 bytes vectorises; a bool operand does not
+        # Heads usually arrive as a transposed view of (batch, L, heads, dim): one copy each here
+        # saves a copy of every chunk in every matmul below (and in the backward pass).
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         qs = q * scale
         out = torch.empty((*q.shape[:-1], v.shape[-1]), dtype=q.dtype, device=q.device)
         step = max(1, _CHUNK_ELEMENTS // (heads * lq * k.shape[-2]))
@@ -85,7 +88,7 @@ class _AttentionFn(torch.autograd.Function):
     def _backward(ctx, grad_out):
         q, k, v, bias, keep = ctx.saved_tensors
         scale, step = ctx.scale, ctx.step
-        grad_out = grad_out.to(q.dtype) * ctx.keep_scale
+        grad_out = grad_out.to(q.dtype).contiguous() * ctx.keep_scale
         qs = q * scale
         batch = q.shape[0]
         # k and v may be shared by the whole batch (batch 1): their gradients are summed over it.
@@ -94,7 +97,8 @@ class _AttentionFn(torch.autograd.Function):
         grad_v = torch.zeros(v.shape, dtype=torch.float32 if v.shape[0] < batch else v.dtype, device=v.device)
         for lo in range(0, batch, step):
             hi = min(batch, lo + step)
-            k_c, v_c, keep_c = _batch_rows(k, lo, hi), _batch_rows(v, lo, hi), keep[lo:hi]
+            k_c, v_c = _batch_rows(k, lo, hi), _batch_rows(v, lo, hi)
+            keep_c = keep[lo:hi].to(q.dtype)  # used twice: converted once
             probs = _probs(qs[lo:hi], k_c, _batch_rows(bias, lo, hi))
             g = grad_out[lo:hi]
             g_probs = torch.matmul(g, v_c.transpose(-2, -1)).mul_(keep_c)
