@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from loratune.kernels.host_memory import _libc
+from loratune.kernels.host_memory import supported
 
 CHILD = """
 import json, resource, sys, torch
@@ -33,7 +33,7 @@ def run_child(mode: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(_libc() is None, reason="needs glibc")
+@pytest.mark.skipif(not supported(), reason="needs glibc")
 def test_freed_blocks_are_reused_instead_of_faulted_in_again():
     default, kept = run_child("default"), run_child("keep")
     assert kept["kept"] is True

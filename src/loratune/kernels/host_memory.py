@@ -39,6 +39,11 @@ def _libc() -> ctypes.CDLL | None:
     return libc
 
 
+def supported() -> bool:
+    """Whether this process runs on glibc, whose allocator ``keep_freed_memory`` tunes."""
+    return _libc() is not None
+
+
 def keep_freed_memory() -> bool:
     """Make glibc keep freed blocks up to 1 GiB for reuse; True if the setting took effect."""
     libc = _libc()
