@@ -48,6 +48,11 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/loratune-auto-rank"))
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--reuse-sweeps",
+        action="store_true",
+        help="reuse a finished sweep in --workdir (its time: the sum of its runs' wall seconds)",
+    )
     args = ap.parse_args()
     if not SST2.exists():
         print(f"needs {SST2}", file=sys.stderr)
@@ -57,7 +62,10 @@ def main() -> int:
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
         sweep_dir, auto_dir = args.workdir / f"sweep-{seed}", args.workdir / f"auto-{seed}"
-        sweep_s = compare(sweep_dir, seed, args)
+        if args.reuse_sweeps and (sweep_dir / "ranks.json").is_file():  # the sweep does not depend on auto-rank
+            sweep_s = sum(m["wall_seconds"] for m in json.loads((sweep_dir / "ranks.json").read_text())["ranks"])
+        else:
+            sweep_s = compare(sweep_dir, seed, args)
         auto_s = compare(auto_dir, seed, args, "--auto-rank")
         sweep = json.loads((sweep_dir / "ranks.json").read_text())["ranks"]
         auto = json.loads((auto_dir / "auto_rank.json").read_text())

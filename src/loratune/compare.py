@@ -3,7 +3,7 @@
 Every training run is its own child process (``python -m loratune.cli train ...``), so that each
 run's peak memory (peak RSS on CPU, ``torch.cuda.max_memory_allocated`` on GPU) is its own and not
 the high-water mark of an earlier run. The children take the same model, data and training flags as
-``compare`` was given; only ``--output``, ``--method``, ``--r`` and (auto-rank) ``--max-steps`` differ.
+``compare`` was given; only ``--output``, ``--method``, ``--r`` and (auto-rank) ``--pause-at-step`` differ.
 
 Layout of ``--output OUT`` (default ``runs/compare``)::
 
@@ -11,9 +11,10 @@ Layout of ``--output OUT`` (default ``runs/compare``)::
     comparison.md|json|png  the measured table, with a LoRA / full ratio column
     rank-<r>/               --ranks: one LoRA run per rank
     ranks.json|png          accuracy against trainable parameters and against training time
-    rounds/round<k>-r<r>/   --auto-rank: the short runs of successive halving
-    auto-rank/              --auto-rank: the chosen rank trained with the full budget; the result is
-                            auto-rank/adapter
+    rounds/r<r>/            --auto-rank: one run per candidate rank, on the full schedule, paused
+                            at each round's budget and continued while the rank survives
+    auto-rank/              --auto-rank: the chosen rank's run, continued to the full budget; the
+                            result is auto-rank/adapter
     auto_rank.json          the choice and its evidence (rank, budget, accuracy per round)
     logs/<run>.log          each child's console output
 
@@ -57,7 +58,7 @@ __all__ = [
 DEFAULT_OUTPUT = "runs/compare"
 DEFAULT_METHODS = ("full", "lora")
 DEFAULT_RANKS = (1, 2, 4, 8, 16)
-# Train flags that compare sets itself for each child (--r and --max-steps pass through unless overridden).
+# Train flags that compare sets itself for each child (--r and --pause-at-step pass through unless overridden).
 _CHILD_SET = {"output", "method", "resume", "overwrite"}
 
 
@@ -120,17 +121,22 @@ def child_argv(options: Mapping[str, Any], **overrides: Any) -> list[str]:
     return argv
 
 
-def child_mode(run_dir: Path, *, resume: bool, overwrite: bool) -> str:
+def child_mode(run_dir: Path, *, resume: bool, overwrite: bool, until_step: int | None = None) -> str:
     """How to (re)start the child that writes ``run_dir``: reuse, resume, overwrite or fresh.
 
     With ``--resume`` a finished run (``summary.json``) is reused and one with a checkpoint is
     resumed; a folder holding neither (interrupted before its first checkpoint) is started over.
+    A run that paused (``--pause-at-step``) is resumed, not reused, unless it got as far as
+    ``until_step`` (the step the next child would pause at).
     """
     from loratune.train.checkpoint import latest_checkpoint
 
     non_empty = run_dir.is_dir() and any(run_dir.iterdir())
-    if resume and (run_dir / "summary.json").is_file():
-        return "reuse"
+    summary = run_dir / "summary.json"
+    if resume and summary.is_file():
+        done = json.loads(summary.read_text())
+        if not done.get("paused") or (until_step is not None and int(done.get("steps", 0)) >= until_step):
+            return "reuse"
     if resume and non_empty and latest_checkpoint(run_dir) is not None:
         return "resume"
     if non_empty and (resume or overwrite):
@@ -232,11 +238,18 @@ class Runner:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
         return env
 
-    def run(self, name: str, run_dir: Path, label: str, **overrides: Any) -> dict[str, Any]:
-        """Train one child into ``run_dir`` (or reuse it under --resume); return its measures."""
+    def run(
+        self, name: str, run_dir: Path, label: str, *, continue_run: bool = False, **overrides: Any
+    ) -> dict[str, Any]:
+        """Train one child into ``run_dir`` (or reuse it under --resume); return its measures.
+
+        ``continue_run`` resumes the run already in ``run_dir`` (one that paused at an earlier
+        step) whatever --resume says; ``overrides["pause_at_step"]`` is where it stops next.
+        """
         if self.interrupted:
             raise Interrupted(f"interrupted before the {name} run; continue with the same command plus --resume")
-        mode = child_mode(run_dir, resume=self.resume, overwrite=self.overwrite)
+        until = overrides.get("pause_at_step")
+        mode = child_mode(run_dir, resume=self.resume or continue_run, overwrite=self.overwrite, until_step=until)
         if mode == "reuse":
             m = run_measures(
                 json.loads((run_dir / "summary.json").read_text()), run_dir=run_dir, pid=None, elapsed=None
@@ -466,8 +479,9 @@ def successive_halving(
     The rule is the one a full sweep would apply: the smallest rank whose accuracy is within
     ``tolerance_pt`` points of the best (``choose_rank``). Successive halving estimates it cheaply:
 
-    1. Train every candidate from scratch for ``first_steps`` optimizer steps (a short run with its
-       own warm-up and decay; ``train(rank, steps, round)`` returns its measures incl. accuracy).
+    1. Train every candidate for ``first_steps`` optimizer steps (``train(rank, steps, round)``
+       returns its measures incl. accuracy; ``auto_rank`` makes each round a prefix of one
+       full-schedule run per rank, continued from its checkpoint in the next round).
     2. A round whose best accuracy is within ``tolerance_pt`` of always predicting the majority
        class (``majority_accuracy`` in the measures) has not learned yet and tells the ranks apart
        by noise: nobody is dropped, the budget doubles.
@@ -477,8 +491,9 @@ def successive_halving(
     4. Double the budget (at most ``full_steps``) and repeat with the survivors until one is left
        or a round ran with the full budget; the last round's choice is the answer.
 
-    With five candidates and ``first_steps = full_steps / 16`` this typically costs 5/16 + 3/8 + 2/4 ≈
-    1.2 full runs (5 for the sweep), plus the final full run of the chosen rank that the caller trains.
+    With five candidates, ``first_steps = full_steps / 16`` and prefix rounds, a rank costs the
+    steps it reached: e.g. 2 ranks dropped at 1/4, 1 at 1/2 and the last 2 at the full budget cost
+    3 full runs (5 for the sweep), and the chosen rank's run is the final adapter.
     Short-budget accuracy is a noisy estimate: a rank that learns slowly can be dropped early, and
     ``tolerance_pt`` should exceed the eval set's noise (one example of 1000 is 0.1 pt).
     """
@@ -553,11 +568,16 @@ def auto_rank(
         flush=True,
     )
 
+    reached: dict[int, int] = {}  # rank -> optimizer steps its run has done so far
+
     def train(r: int, steps: int, index: int) -> dict[str, Any]:
-        name = f"round{index}-r{r}"
-        m = runner.run(name, out / "rounds" / name, f"[round {index}, {steps} steps] r={r}", method="lora", r=r,
-                       max_steps=steps)  # fmt: skip
+        """Continue rank ``r``'s one full-schedule run to ``steps`` (a prefix of the full run)."""
+        pause = steps if steps < full_steps else None
+        m = runner.run(f"round{index}-r{r}", out / "rounds" / f"r{r}", f"[round {index}, {steps} steps] r={r}",
+                       continue_run=r in reached, method="lora", r=r, pause_at_step=pause)  # fmt: skip
         m["round_steps"] = steps
+        m["new_steps"] = steps - reached.get(r, 0)
+        reached[r] = steps
         return m
 
     choice, rounds = successive_halving(
@@ -576,19 +596,20 @@ def auto_rank(
     print(f"auto-rank: choice r={choice}: {reason}", flush=True)
 
     final_dir = out / "auto-rank"
-    reuse = next((rnd for rnd in rounds if rnd.steps >= full_steps and choice in rnd.results), None)
-    if reuse is not None:  # that round already trained the choice with the full budget
-        source = Path(reuse.results[choice]["run_dir"])
-        if final_dir.exists():
-            shutil.rmtree(final_dir)
-        shutil.copytree(source, final_dir, ignore=shutil.ignore_patterns("checkpoints"))
-        final = dict(reuse.results[choice], run_dir=str(final_dir), copied_from=str(source))
-        print(f"[final] r={choice}: the full-budget round already trained it; copied {source} to {final_dir}")
+    final_steps = full_steps - reached.get(choice, 0)
+    if reached.get(choice, 0) < full_steps:  # the choice's run continues to the end of its schedule
+        final = train(choice, full_steps, len(rounds) + 1)
     else:
-        final = runner.run("auto-rank", final_dir, f"[final, {full_steps} steps] r={choice}", method="lora", r=choice)
+        final = next(rnd.results[choice] for rnd in reversed(rounds) if choice in rnd.results)
+    source = Path(final["run_dir"])
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    shutil.copytree(source, final_dir, ignore=shutil.ignore_patterns("checkpoints"))
+    final = dict(final, run_dir=str(final_dir), copied_from=str(source))
+    print(f"[final] r={choice}: its run reached the full budget; copied {source} to {final_dir}")
     adapter = final_dir / "adapter"
-    round_steps = sum(rnd.steps * len(rnd.results) for rnd in rounds)
-    final_steps = 0 if reuse is not None else full_steps
+    round_steps = sum(m["new_steps"] for rnd in rounds for m in rnd.results.values())
+    round_seconds = {r: float(m["train_seconds"]) for rnd in rounds for r, m in rnd.results.items()}
     sweep_steps = len(candidates) * full_steps
     cost = {
         "round_steps": round_steps,
@@ -596,8 +617,9 @@ def auto_rank(
         "total_steps": round_steps + final_steps,
         "full_sweep_steps": sweep_steps,
         "fraction_of_full_sweep": round((round_steps + final_steps) / sweep_steps, 4),
-        "round_train_seconds": round(sum(m["train_seconds"] for rnd in rounds for m in rnd.results.values()), 2),
-        "final_train_seconds": final["train_seconds"] if reuse is None else 0.0,
+        # a continued run's train_seconds is cumulative: the last value per rank is its whole cost
+        "round_train_seconds": round(sum(round_seconds.values()), 2),
+        "final_train_seconds": round(final["train_seconds"] - round_seconds.get(choice, 0.0), 2),
     }
     result = {
         "method": "successive halving (see loratune.compare.successive_halving)",

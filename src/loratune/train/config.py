@@ -47,6 +47,7 @@ class RunConfig:
     rslora: bool = False
     epochs: int = 3
     max_steps: int | None = None
+    pause_at_step: int | None = None
     batch_size: int = 16
     grad_accum: int = 1
     lr: float | None = None  # None: 5e-4 for LoRA, 2e-5 for full fine-tuning
@@ -90,6 +91,10 @@ class RunConfig:
             (
                 self.max_steps is None or self.max_steps >= 1,
                 f"--max-steps must be >= 1, got {self.max_steps}",
+            ),
+            (
+                self.pause_at_step is None or self.pause_at_step >= 1,
+                f"--pause-at-step must be >= 1, got {self.pause_at_step}",
             ),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.grad_accum >= 1, f"--grad-accum must be >= 1, got {self.grad_accum}"),

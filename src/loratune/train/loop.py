@@ -51,6 +51,7 @@ class LoopConfig:
 
     epochs: int = 3
     max_steps: int | None = None
+    pause_at_step: int | None = None  # stop here with a checkpoint and an evaluation; the schedule stays whole
     grad_accum: int = 1
     lr: float = 5e-4
     weight_decay: float = 0.01
@@ -79,6 +80,7 @@ class LoopResult:
     last_eval: dict[str, Any] | None = None
     evals: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
+    paused: bool = False  # ended at LoopConfig.pause_at_step, before the schedule's end: resumable
     resumed_from: int | None = None
 
     @property
@@ -146,6 +148,8 @@ def train(
     total_steps = config.epochs * steps_per_epoch
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
+    # a pause ends this invocation early; the learning-rate schedule still spans total_steps
+    limit = total_steps if config.pause_at_step is None else min(total_steps, config.pause_at_step)
     optimizer = build_optimizer(model, config.lr, config.weight_decay)
     scheduler = get_linear_schedule_with_warmup(
         optimizer, math.ceil(config.warmup_ratio * total_steps), max(total_steps, 1)
@@ -219,7 +223,7 @@ def train(
     model.train()
     try:
         with _sigint_flag() as sigint:
-            while state["step"] < total_steps and not result.stopped_early:
+            while state["step"] < limit and not result.stopped_early:
                 sampler.set_epoch(state["epoch"])
                 sampler.set_start(state["batch"])
                 accum = 0
@@ -278,7 +282,7 @@ def train(
                         if (
                             stop
                             or end_of_epoch
-                            or step == total_steps
+                            or step == limit
                             or (config.save_every and step % config.save_every == 0)
                             or sigint["stop"]
                         ):
@@ -288,13 +292,14 @@ def train(
                                 f"interrupted: checkpoint saved at step {step}/{total_steps}; "
                                 f"continue with the same command plus --resume"
                             )
-                        if stop or step >= total_steps:
+                        if stop or step >= limit:
                             break
                     else:
                         result.train_seconds += time.perf_counter() - t0
             if result.last_eval is None or result.last_eval["step"] != state["step"]:
-                run_eval()  # max_steps ended mid-epoch: evaluate the final weights too
+                run_eval()  # max_steps or a pause ended mid-epoch: evaluate these weights too
                 checkpoint()
+            result.paused = state["step"] < total_steps and not result.stopped_early
     finally:
         bar.close()
         metrics_log.close()

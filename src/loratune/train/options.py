@@ -33,6 +33,12 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     opt = p.add_argument_group("training")
     opt.add_argument("--epochs", type=int)
     opt.add_argument("--max-steps", type=int, help="stop after N optimizer steps")
+    opt.add_argument(
+        "--pause-at-step",
+        type=int,
+        help="stop at optimizer step N with a checkpoint and an evaluation, the schedule unchanged; "
+        "continue with --resume (and a later or no --pause-at-step)",
+    )
     opt.add_argument("--batch-size", type=int)
     opt.add_argument("--grad-accum", type=int, help="gradient accumulation steps")
     opt.add_argument("--lr", type=float, help="learning rate (default 5e-4 LoRA, 2e-5 full)")

@@ -255,6 +255,7 @@ def run_training(cfg: RunConfig) -> dict[str, Any]:
     loop_cfg = LoopConfig(
         epochs=cfg.epochs,
         max_steps=cfg.max_steps,
+        pause_at_step=cfg.pause_at_step,
         grad_accum=cfg.grad_accum,
         lr=cfg.learning_rate,
         weight_decay=cfg.weight_decay,
@@ -316,6 +317,7 @@ def build_summary(
         "steps": result.steps,
         "epochs": round(result.epochs_done, 4),
         "stopped_early": result.stopped_early,
+        "paused": result.paused,
         "resumed_from_step": result.resumed_from,
         "wall_seconds": round(wall, 2),
         "train_seconds": round(result.train_seconds, 2),
