@@ -299,14 +299,22 @@ def test_adapter_from_another_base_model_is_refused(tiny_model_dir, toy_data, tm
     _one_line_error(code, err, "adapter/ subfolder")
 
 
-def test_pause_then_resume_runs_the_same_schedule(tiny_model_dir, toy_data, tmp_path, capsys):
+def test_pause_then_resume_runs_the_same_schedule(tiny_model_dir, toy_data, tmp_path, capsys, monkeypatch):
     """--pause-at-step stops with the whole schedule kept; --resume continues to the same weights."""
     args = ("--epochs", "2", "--dropout", "0.1")
     whole = tmp_path / "whole"
     assert run(train_args(tiny_model_dir, toy_data, whole, *args), capsys)[0] == 0
     parted = tmp_path / "parted"
+    import loratune.train.loop as loop
+
+    saved, real_save = [], loop.save_checkpoint
+    monkeypatch.setattr(
+        loop, "save_checkpoint", lambda folder, **kw: saved.append(kw["step"]) or real_save(folder, **kw)
+    )
     code, _, err = run(train_args(tiny_model_dir, toy_data, parted, *args, "--pause-at-step", "7"), capsys)
     assert code == 0, err
+    assert saved == [7]  # mid-epoch: one checkpoint, written after the evaluation at the pause
+    monkeypatch.undo()
     paused = json.loads((parted / "summary.json").read_text())
     assert paused["paused"] is True and paused["final"]["step"] == 7  # evaluated where it paused
     code, _, err = run(train_args(tiny_model_dir, toy_data, parted, *args, "--resume"), capsys)

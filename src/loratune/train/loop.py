@@ -157,7 +157,7 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     result = LoopResult()
     flop_sampler = FlopSampler(every=config.flop_sample_every)
-    state = {"step": 0, "epoch": 0, "batch": 0, "bad_evals": 0}
+    state = {"step": 0, "epoch": 0, "batch": 0, "bad_evals": 0, "saved_step": None}  # saved: last checkpoint
 
     if resume:
         folder = latest_checkpoint(run_dir)
@@ -166,7 +166,7 @@ def train(
         with torch.no_grad():
             for name, tensor in ckpt.trainable_state.items():
                 named[name].copy_(tensor)
-        state.update(step=ckpt.step, epoch=ckpt.epoch, batch=ckpt.batch_in_epoch)
+        state.update(step=ckpt.step, epoch=ckpt.epoch, batch=ckpt.batch_in_epoch, saved_step=ckpt.step)
         extra = ckpt.extra
         state["bad_evals"] = extra.get("bad_evals", 0)
         result.best, result.evals = extra.get("best"), extra.get("evals", [])
@@ -181,6 +181,7 @@ def train(
     metrics_log = MetricsLogger(run_dir / "metrics.jsonl", resume_step=state["step"] if resume else None)
 
     def checkpoint() -> None:
+        state["saved_step"] = state["step"]
         save_checkpoint(
             checkpoint_dir(run_dir, state["step"]),
             trainable_state=trainable_state(model),
@@ -282,7 +283,6 @@ def train(
                         if (
                             stop
                             or end_of_epoch
-                            or step == limit
                             or (config.save_every and step % config.save_every == 0)
                             or sigint["stop"]
                         ):
@@ -298,6 +298,7 @@ def train(
                         result.train_seconds += time.perf_counter() - t0
             if result.last_eval is None or result.last_eval["step"] != state["step"]:
                 run_eval()  # max_steps or a pause ended mid-epoch: evaluate these weights too
+            if state["saved_step"] != state["step"]:  # once, after that evaluation
                 checkpoint()
             result.paused = state["step"] < total_steps and not result.stopped_early
     finally:
