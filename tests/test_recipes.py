@@ -66,6 +66,7 @@ def test_train_file_alone_is_not_mixed_with_the_demo_dataset():
     ("option", "value", "message"),
     [
         ("pad_to_multiple_of", 0, "--pad-to-multiple-of must be >= 1, got 0"),
+        ("pause_at_step", 0, "--pause-at-step must be >= 1, got 0"),
         ("kernels", "fast", "--kernels must be one of lean, torch, got 'fast'"),
         ("padding", "max", "--padding must be one of longest, max_length, got 'max'"),
     ],

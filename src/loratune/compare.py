@@ -597,7 +597,7 @@ def auto_rank(
 
     final_dir = out / "auto-rank"
     final_steps = full_steps - reached.get(choice, 0)
-    if reached.get(choice, 0) < full_steps:  # the choice's run continues to the end of its schedule
+    if final_steps > 0:  # the choice's run continues to the end of its schedule
         final = train(choice, full_steps, len(rounds) + 1)
     else:
         final = next(rnd.results[choice] for rnd in reversed(rounds) if choice in rnd.results)

@@ -33,7 +33,7 @@ def _libc() -> ctypes.CDLL | None:
         libc = ctypes.CDLL(name or "libc.so.6")
         libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         libc.mallopt.restype = ctypes.c_int
-        libc.gnu_get_libc_version.restype = ctypes.c_char_p
+        libc.gnu_get_libc_version.restype = ctypes.c_char_p  # only glibc has it: the AttributeError below
     except (OSError, AttributeError):  # not glibc (macOS, Windows, musl)
         return None
     return libc
