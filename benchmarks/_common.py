@@ -162,6 +162,15 @@ MALLOC_MODES: dict[str, dict[str, str]] = {
     "live": {"MALLOC_MMAP_THRESHOLD_": str(64 * 1024)},
     # everything from the heap, never trimmed: no page faults once warm; RSS = heap high-water mark.
     "heap": {"MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**40)},
+    # as "heap", and torch backs every tensor of 2 MiB or more with transparent huge pages
+    # (THP_MEM_ALLOC_ENABLE, read by torch's CPU allocator at its first allocation).
+    "thp": {"MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**40), "THP_MEM_ALLOC_ENABLE": "1"},
+    # as "heap", and glibc asks for transparent huge pages whenever the heap grows
+    "heap-thp": {
+        "MALLOC_MMAP_THRESHOLD_": str(2**30),
+        "MALLOC_TRIM_THRESHOLD_": str(2**40),
+        "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1",
+    },
 }
 
 

@@ -3,7 +3,10 @@
 For each seed it runs the full sweep (``--ranks``: every rank trained fully) and ``--auto-rank`` over
 the same ranks (successive halving, then the chosen rank trained fully), applies the sweep's own
 rule to the sweep's accuracies (the smallest rank within ``--tolerance`` points of the best), and
-reports both choices, the accuracies, and what each cost in optimizer steps and seconds.
+reports both choices, the accuracies, and what each cost: optimizer steps, training seconds, the
+seconds of the training processes (each round of auto-rank is one process per surviving rank, with
+its start-up, data loading and evaluation), and the wall time of the whole ``compare`` command
+(not with ``--reuse-sweeps``, whose sweep ran at another time).
 
 Usage (needs ../shared/data/sst2)::
 
@@ -62,13 +65,13 @@ def main() -> int:
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
         sweep_dir, auto_dir = args.workdir / f"sweep-{seed}", args.workdir / f"auto-{seed}"
-        if args.reuse_sweeps and (sweep_dir / "ranks.json").is_file():  # the sweep does not depend on auto-rank
-            sweep_s = sum(m["wall_seconds"] for m in json.loads((sweep_dir / "ranks.json").read_text())["ranks"])
-        else:
-            sweep_s = compare(sweep_dir, seed, args)
+        # the sweep does not depend on auto-rank: a finished one may be reused
+        reuse = args.reuse_sweeps and (sweep_dir / "ranks.json").is_file()
+        sweep_s = None if reuse else compare(sweep_dir, seed, args)
         auto_s = compare(auto_dir, seed, args, "--auto-rank")
         sweep = json.loads((sweep_dir / "ranks.json").read_text())["ranks"]
         auto = json.loads((auto_dir / "auto_rank.json").read_text())
+        auto_runs = [m for rnd in auto["rounds"] for m in rnd["results"] if not m.get("reused")] + [auto["final"]]
         acc = {int(m["r"]): float(m["accuracy"]) for m in sweep}
         row = {
             "seed": seed,
@@ -77,20 +80,30 @@ def main() -> int:
             "auto_choice": auto["choice"],
             "auto_final_accuracy": auto.get("final", {}).get("accuracy"),
             "auto_cost_fraction_of_sweep_steps": auto["cost"]["fraction_of_full_sweep"],
-            "sweep_seconds": round(sweep_s, 1),
+            "sweep_train_seconds": round(sum(m["train_seconds"] for m in sweep), 1),
+            "auto_train_seconds": round(auto["cost"]["round_train_seconds"] + auto["cost"]["final_train_seconds"], 1),
+            "sweep_process_seconds": round(sum(m["process_seconds"] for m in sweep), 1),
+            "auto_process_seconds": round(sum(m.get("process_seconds") or 0.0 for m in auto_runs), 1),
+            "sweep_seconds": round(sweep_s, 1) if sweep_s is not None else None,
             "auto_seconds": round(auto_s, 1),
         }
         row["agree"] = row["sweep_choice"] == row["auto_choice"]
         row["auto_choice_sweep_accuracy_gap_pt"] = round(100 * (max(acc.values()) - acc[row["auto_choice"]]), 2)
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
-    print("| seed | sweep accuracy by rank | sweep picks | auto picks | agree | auto cost (steps, time) |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| seed | sweep accuracy by rank | sweep picks | auto picks | agree "
+        "| auto / sweep: steps | training s | process s | wall |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         accs = ", ".join(f"r{k}: {100 * v:.1f}" for k, v in sorted(r["sweep_accuracy"].items()))
+        wall = f"{r['auto_seconds'] / r['sweep_seconds']:.2f}x" if r["sweep_seconds"] else "(sweep reused)"
         print(
-            f"| {r['seed']} | {accs} | {r['sweep_choice']} | {r['auto_choice']} | {'yes' if r['agree'] else 'no'} | "
-            f"{r['auto_cost_fraction_of_sweep_steps']:.2f}x, {r['auto_seconds'] / r['sweep_seconds']:.2f}x |"
+            f"| {r['seed']} | {accs} | {r['sweep_choice']} | {r['auto_choice']} | {'yes' if r['agree'] else 'no'} "
+            f"| {r['auto_cost_fraction_of_sweep_steps']:.2f}x "
+            f"| {r['auto_train_seconds'] / r['sweep_train_seconds']:.2f}x "
+            f"| {r['auto_process_seconds'] / r['sweep_process_seconds']:.2f}x | {wall} |"
         )
     if args.json:
         args.json.write_text(json.dumps({"machine": machine_info(), "args": vars(args) | {"workdir": None,

@@ -63,10 +63,11 @@ class _AttentionFn(torch.autograd.Function):
         batch, heads, lq, _ = q.shape
         keep, keep_scale = dropout_mask((batch, heads, lq, k.shape[-2]), p, q.device)
         keep = keep.view(torch.uint8)  # multiplying by 0/1 bytes vectorises; a bool operand does not
-        # Heads usually arrive as a transposed view of (batch, L, heads, dim): one copy each here
-        # saves a copy of every chunk in every matmul below (and in the backward pass).
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        qs = q * scale
+        # Heads usually arrive as a transposed view of (batch, L, heads, dim): one contiguous copy
+        # each here saves a copy of every chunk in every matmul below (and in the backward pass).
+        # q is scaled in that same pass, and kept scaled for the backward pass.
+        qs = torch.mul(q, scale, out=torch.empty(q.shape, dtype=q.dtype, device=q.device))
+        k, v = k.contiguous(), v.contiguous()
         out = torch.empty((*q.shape[:-1], v.shape[-1]), dtype=q.dtype, device=q.device)
         step = max(1, _CHUNK_ELEMENTS // (heads * lq * k.shape[-2]))
         for lo in range(0, batch, step):
@@ -75,7 +76,7 @@ class _AttentionFn(torch.autograd.Function):
             probs.mul_(keep[lo:hi])
             torch.matmul(probs, _batch_rows(v, lo, hi), out=out[lo:hi])
         out.mul_(keep_scale)
-        ctx.save_for_backward(q, k, v, bias, keep)
+        ctx.save_for_backward(qs, k, v, bias, keep)
         ctx.scale, ctx.keep_scale, ctx.step = scale, keep_scale, step
         return out
 
@@ -86,34 +87,37 @@ class _AttentionFn(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, grad_out):
-        q, k, v, bias, keep = ctx.saved_tensors
+        qs, k, v, bias, keep = ctx.saved_tensors
         scale, step = ctx.scale, ctx.step
-        grad_out = grad_out.to(q.dtype).contiguous() * ctx.keep_scale
-        qs = q * scale
-        batch = q.shape[0]
+        # contiguous and scaled in one pass (the incoming gradient is usually a transposed view)
+        grad_out = torch.mul(grad_out.to(qs.dtype), ctx.keep_scale, out=torch.empty_like(qs))
+        batch = qs.shape[0]
         # k and v may be shared by the whole batch (batch 1): their gradients are summed over it.
-        grad_q = torch.empty_like(q)
-        grad_k = torch.zeros(k.shape, dtype=torch.float32 if k.shape[0] < batch else k.dtype, device=k.device)
-        grad_v = torch.zeros(v.shape, dtype=torch.float32 if v.shape[0] < batch else v.dtype, device=v.device)
+        shared = k.shape[0] < batch
+        grad_q = torch.empty_like(qs)
+        if shared:
+            grad_k = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
+            grad_v = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
+        else:
+            grad_k, grad_v = torch.empty_like(k), torch.empty_like(v)
         for lo in range(0, batch, step):
             hi = min(batch, lo + step)
             k_c, v_c = _batch_rows(k, lo, hi), _batch_rows(v, lo, hi)
-            keep_c = keep[lo:hi].to(q.dtype)  # used twice: converted once
+            keep_c = keep[lo:hi].to(qs.dtype)  # used twice: converted once
             probs = _probs(qs[lo:hi], k_c, _batch_rows(bias, lo, hi))
             g = grad_out[lo:hi]
             g_probs = torch.matmul(g, v_c.transpose(-2, -1)).mul_(keep_c)
             g_s = torch._softmax_backward_data(g_probs, probs, -1, probs.dtype)
             del g_probs
-            g_v = torch.matmul(probs.mul_(keep_c).transpose(-2, -1), g)  # the dropped-out probabilities
-            del probs
+            dropped = probs.mul_(keep_c).transpose(-2, -1)  # the dropped-out probabilities
             torch.matmul(g_s, k_c, out=grad_q[lo:hi])
-            g_k = torch.matmul(g_s.transpose(-2, -1), qs[lo:hi])
-            if k.shape[0] < batch:
-                grad_k += g_k.sum(0, keepdim=True)
-                grad_v += g_v.sum(0, keepdim=True)
+            if shared:
+                grad_v += torch.matmul(dropped, g).sum(0, keepdim=True)
+                grad_k += torch.matmul(g_s.transpose(-2, -1), qs[lo:hi]).sum(0, keepdim=True)
             else:
-                grad_k[lo:hi] = g_k
-                grad_v[lo:hi] = g_v
+                torch.matmul(dropped, g, out=grad_v[lo:hi])
+                torch.matmul(g_s.transpose(-2, -1), qs[lo:hi], out=grad_k[lo:hi])
+            del probs, dropped
         grad_q.mul_(scale)
         return grad_q, grad_k.to(k.dtype), grad_v.to(v.dtype), None, None, None
 

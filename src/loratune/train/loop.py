@@ -17,6 +17,7 @@ saves a checkpoint at the next step and raises ``Interrupted``.
 
 from __future__ import annotations
 
+import functools
 import math
 import signal
 import time
@@ -29,7 +30,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from transformers import get_linear_schedule_with_warmup
 
 from loratune.errors import Interrupted
 from loratune.train.checkpoint import (
@@ -119,6 +119,26 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.o
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
 
 
+def _linear_warmup_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Learning-rate factor: 0 -> 1 over ``warmup_steps``, then linearly down to 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return step / max(1, warmup_steps)
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+def linear_schedule_with_warmup(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The schedule of transformers' ``get_linear_schedule_with_warmup`` (same factors, same state).
+
+    Built on torch's ``LambdaLR`` here because importing ``transformers.optimization`` imports
+    PEFT through ``transformers.trainer_utils``: 5 s of every ``loratune train`` process on the
+    project's 2-core machine (``python -X importtime``), and an auto-rank round is one process.
+    """
+    factor = functools.partial(_linear_warmup_factor, warmup_steps=warmup_steps, total_steps=total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -151,7 +171,7 @@ def train(
     # a pause ends this invocation early; the learning-rate schedule still spans total_steps
     limit = total_steps if config.pause_at_step is None else min(total_steps, config.pause_at_step)
     optimizer = build_optimizer(model, config.lr, config.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(
+    scheduler = linear_schedule_with_warmup(
         optimizer, math.ceil(config.warmup_ratio * total_steps), max(total_steps, 1)
     )
     params = [p for p in model.parameters() if p.requires_grad]
