@@ -254,6 +254,20 @@ def test_auto_rank_picks_a_candidate_trains_it_fully_and_writes_its_evidence(
     assert "| round | steps |" in result["evidence_table"]
     assert not (out / "comparison.json").exists() and not (out / "ranks.json").exists()
 
+    # --resume reuses every run. The chosen rank's run has gone on to 12 steps since round 1, but
+    # round 1 sees it as it was at 3 steps: its later evaluations do not count.
+    code, _, err = run([*args, "--resume"], capsys)
+    assert code == 0, err
+    again = json.loads((out / "auto_rank.json").read_text())
+    assert all(x["reused"] for rnd in again["rounds"] for x in rnd["results"])
+
+    def seen(res: dict) -> list[list[tuple]]:
+        return [
+            [(x["r"], x["steps"], x["accuracy"], x["final_accuracy"]) for x in rnd["results"]] for rnd in res["rounds"]
+        ]
+
+    assert seen(again) == seen(result) and again["choice"] == result["choice"]
+
 
 def test_ctrl_c_stops_the_child_cleanly_and_says_how_to_resume(tiny_model_dir, toy_data, tmp_path):
     """SIGINT to compare reaches the child once: it checkpoints and exits 130; compare exits 130 in one line."""

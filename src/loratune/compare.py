@@ -192,6 +192,41 @@ def run_measures(summary: Mapping[str, Any], *, run_dir: Path, pid: int | None, 
     }
 
 
+def measures_at_step(m: dict[str, Any], step: int) -> dict[str, Any]:
+    """``m`` (a reused run's measures) as they stood at optimizer step ``step``.
+
+    A run that went further than ``step`` (an interrupted ``--auto-rank`` resumed with ``--resume``,
+    whose earlier rounds reuse runs that later rounds continued) must not show an earlier round its
+    later evaluations: accuracy, macro-F1 and the best epoch are taken again from the evaluations in
+    its ``metrics.jsonl`` up to ``step`` (every pause evaluates, so the one at ``step`` is there).
+    """
+    if m["steps"] <= step:
+        return m
+    from loratune.train.logging import read_metrics
+
+    evals = [e for e in read_metrics(m["run_dir"], kind="eval") if int(e["step"]) <= step]
+    at = [e for e in evals if int(e["step"]) == step]
+    if not at:
+        raise RunError(
+            f"{m['run_dir']} has no evaluation at step {step}, which an earlier round of this run needs; "
+            "start the comparison afresh with --overwrite"
+        )
+    best = evals[0]
+    for e in evals[1:]:  # the trainer's rule: the first evaluation with a strictly higher accuracy
+        if e["accuracy"] > best["accuracy"]:
+            best = e
+    return m | {
+        "steps": step,
+        "epochs": at[-1]["epoch"],
+        "accuracy": best["accuracy"],
+        "macro_f1": best.get("macro_f1"),
+        "best_epoch": best.get("epoch"),
+        "final_accuracy": at[-1]["accuracy"],
+        "final_macro_f1": at[-1].get("macro_f1"),
+        "majority_accuracy": majority_accuracy(at[-1].get("confusion_matrix")) or m["majority_accuracy"],
+    }
+
+
 def _short(m: Mapping[str, Any]) -> str:
     from loratune.train.memory import format_bytes
 
@@ -254,6 +289,8 @@ class Runner:
             m = run_measures(
                 json.loads((run_dir / "summary.json").read_text()), run_dir=run_dir, pid=None, elapsed=None
             )
+            if until is not None:
+                m = measures_at_step(m, until)
             print(f"{label}: reusing the finished run in {run_dir}: {_short(m)}", flush=True)
             return m
         argv = child_argv(
