@@ -386,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--malloc",
         default="default",
-        help="comma list of glibc malloc modes: default, live (peak RSS ~ live bytes), heap (no page faults)",
+        help="comma list of malloc modes: default, live (peak RSS ~ live bytes), heap (no page faults), "
+        "thp (heap + torch's huge pages), heap-thp (heap + glibc's huge pages); see _common.MALLOC_MODES",
     )
     ap.add_argument("--steps", type=int, default=3, help="timed steps after 1 warm-up step (median)")
     ap.add_argument(
