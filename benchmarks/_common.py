@@ -153,6 +153,9 @@ def emit_result(result: dict) -> None:
     print(RESULT_MARK + json.dumps(result), flush=True)
 
 
+#: everything from the heap, never trimmed: no page faults once warm; RSS = heap high-water mark
+_HEAP = {"MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**40)}
+
 #: glibc malloc settings a child can run under (environment variables, read at process start)
 MALLOC_MODES: dict[str, dict[str, str]] = {
     # glibc as it comes: requests above a dynamic threshold (at most 32 MiB) get their own mapping,
@@ -160,17 +163,12 @@ MALLOC_MODES: dict[str, dict[str, str]] = {
     "default": {},
     # every request >= 64 KiB is its own mapping, returned on free: peak RSS ~ peak live bytes.
     "live": {"MALLOC_MMAP_THRESHOLD_": str(64 * 1024)},
-    # everything from the heap, never trimmed: no page faults once warm; RSS = heap high-water mark.
-    "heap": {"MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**40)},
+    "heap": _HEAP,
     # as "heap", and torch backs every tensor of 2 MiB or more with transparent huge pages
     # (THP_MEM_ALLOC_ENABLE, read by torch's CPU allocator at its first allocation).
-    "thp": {"MALLOC_MMAP_THRESHOLD_": str(2**30), "MALLOC_TRIM_THRESHOLD_": str(2**40), "THP_MEM_ALLOC_ENABLE": "1"},
+    "thp": {**_HEAP, "THP_MEM_ALLOC_ENABLE": "1"},
     # as "heap", and glibc asks for transparent huge pages whenever the heap grows
-    "heap-thp": {
-        "MALLOC_MMAP_THRESHOLD_": str(2**30),
-        "MALLOC_TRIM_THRESHOLD_": str(2**40),
-        "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1",
-    },
+    "heap-thp": {**_HEAP, "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
 }
 
 

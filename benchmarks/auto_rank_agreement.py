@@ -54,7 +54,7 @@ def main() -> int:
     ap.add_argument(
         "--reuse-sweeps",
         action="store_true",
-        help="reuse a finished sweep in --workdir (its time: the sum of its runs' wall seconds)",
+        help="reuse a finished sweep in --workdir (then no wall-time ratio: the sweep ran at another time)",
     )
     args = ap.parse_args()
     if not SST2.exists():

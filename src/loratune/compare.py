@@ -203,6 +203,7 @@ def measures_at_step(m: dict[str, Any], step: int) -> dict[str, Any]:
     if m["steps"] <= step:
         return m
     from loratune.train.logging import read_metrics
+    from loratune.train.loop import LoopConfig, improves
 
     evals = [e for e in read_metrics(m["run_dir"], kind="eval") if int(e["step"]) <= step]
     at = [e for e in evals if int(e["step"]) == step]
@@ -211,9 +212,9 @@ def measures_at_step(m: dict[str, Any], step: int) -> dict[str, Any]:
             f"{m['run_dir']} has no evaluation at step {step}, which an earlier round of this run needs; "
             "start the comparison afresh with --overwrite"
         )
-    best = evals[0]
-    for e in evals[1:]:  # the trainer's rule: the first evaluation with a strictly higher accuracy
-        if e["accuracy"] > best["accuracy"]:
+    best = None
+    for e in evals:  # the trainer's own rule, on its metric
+        if improves(e, best, LoopConfig.metric):
             best = e
     return m | {
         "steps": step,

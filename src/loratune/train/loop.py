@@ -139,6 +139,11 @@ def linear_schedule_with_warmup(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def improves(record: dict[str, Any], best: dict[str, Any] | None, metric: str) -> bool:
+    """The rule for the best evaluation: the first one with a strictly higher ``metric``."""
+    return best is None or record[metric] > best[metric]
+
+
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -230,7 +235,7 @@ def train(
         metrics_log.log_eval(**record)
         result.evals.append(record)
         result.last_eval = record
-        if result.best is None or metrics[config.metric] > result.best[config.metric]:
+        if improves(record, result.best, config.metric):
             result.best = record
             state["bad_evals"] = 0
             on_best(record)
