@@ -18,7 +18,15 @@ from pathlib import Path
 import pytest
 
 from loratune.cli import main
-from loratune.compare import Round, child_argv, child_mode, choose_rank, parse_ranks, successive_halving
+from loratune.compare import (
+    Round,
+    child_argv,
+    child_mode,
+    choose_rank,
+    measures_at_step,
+    parse_ranks,
+    successive_halving,
+)
 from loratune.errors import LoratuneError
 
 
@@ -267,6 +275,25 @@ def test_auto_rank_picks_a_candidate_trains_it_fully_and_writes_its_evidence(
         ]
 
     assert seen(again) == seen(result) and again["choice"] == result["choice"]
+
+
+def test_measures_at_step_reads_the_evaluations_up_to_that_step(tmp_path):
+    """A reused run that went past a round's step is measured as it was there, or refused in one line."""
+    evals = [(3, 0.5, [[4, 0], [4, 0]]), (6, 0.75, [[3, 1], [1, 3]]), (9, 0.625, [[2, 2], [1, 3]]), (12, 0.875, None)]
+    with open(tmp_path / "metrics.jsonl", "w") as fh:
+        fh.write(json.dumps({"type": "train", "step": 1, "loss": 0.7}) + "\n")
+        for step, acc, cm in evals:
+            fh.write(json.dumps({"type": "eval", "step": step, "epoch": step / 12, "accuracy": acc,
+                                 "macro_f1": acc, "confusion_matrix": cm}) + "\n")  # fmt: skip
+    m = {"run_dir": str(tmp_path), "steps": 12, "epochs": 1.0, "accuracy": 0.875, "final_accuracy": 0.875,
+         "majority_accuracy": 0.5, "train_seconds": 4.0}  # fmt: skip
+    at9 = measures_at_step(m, 9)
+    assert (at9["steps"], at9["accuracy"], at9["best_epoch"], at9["final_accuracy"]) == (9, 0.75, 0.5, 0.625)
+    assert at9["train_seconds"] == 4.0  # the cost stays the run's
+    assert measures_at_step(m, 3)["majority_accuracy"] == 0.5
+    assert measures_at_step(m, 12) is m
+    with pytest.raises(LoratuneError, match=r"no evaluation at step 7.*afresh with --overwrite"):
+        measures_at_step(m, 7)
 
 
 def test_ctrl_c_stops_the_child_cleanly_and_says_how_to_resume(tiny_model_dir, toy_data, tmp_path):
