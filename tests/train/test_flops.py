@@ -6,11 +6,13 @@ import pytest
 import torch
 from torch import nn
 
+from loratune import LoraConfig, add_lora
 from loratune.train.flops import FlopSampler, matmul_peak_flops
 
 
-def _step(layer: nn.Linear, rows: int) -> None:
-    x = torch.randn(rows, layer.in_features, requires_grad=True)
+def _step(layer: nn.Module, rows: int) -> None:
+    n_in = next(m for m in layer.modules() if isinstance(m, nn.Linear)).in_features
+    x = torch.randn(rows, n_in, requires_grad=True)
     layer(x).sum().backward()
 
 
@@ -38,5 +40,40 @@ def test_frozen_weights_count_no_weight_gradient_and_state_round_trips():
     assert FlopSampler(every=0).total == 0.0
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_lora_layer_counts_every_product_including_in_place_ones(dropout):
+    """A LoRA layer accumulates with ``addmm_``, which torch's own counter skips."""
+    n_in, n_out, r, rows = 32, 24, 4, 10
+    model = nn.Sequential(nn.Linear(n_in, n_out))
+    add_lora(model, LoraConfig(r=r, alpha=8, dropout=dropout, target_modules=["0"]))
+    sampler = FlopSampler(every=1)
+    with sampler.batch(0, padded_tokens=rows):
+        _step(model, rows)
+    frozen = 4 * n_in * n_out  # forward and input gradient (the input gradient is an addmm_)
+    lora = 6 * r * (n_in + n_out)  # A and B: forward, input gradient, weight gradient
+    assert sampler.total == (frozen + lora) * rows
+
+
 def test_matmul_peak_is_positive():
     assert matmul_peak_flops("cpu", "fp32", n=256, repeats=2) > 1e8
+
+
+def test_activation_checkpointing_recompute_is_not_counted():
+    from conftest import tiny_bert_cls
+
+    ids, labels = torch.randint(0, 120, (3, 16)), torch.tensor([0, 1, 2])
+    totals = {}
+    for checkpointing, discount in ((False, False), (True, False), (True, True)):
+        model = tiny_bert_cls().train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        sampler = FlopSampler(every=1, recomputes_forward=discount)
+        with sampler.batch(0, padded_tokens=ids.numel()) as forward_done:
+            loss = model(input_ids=ids, labels=labels).loss
+            forward_done()
+            loss.backward()
+        totals[checkpointing, discount] = sampler.total
+    plain, recounted, discounted = totals[False, False], totals[True, False], totals[True, True]
+    assert recounted > 1.2 * plain  # the recomputed forward, counted as if it were model work
+    # taken off again (with the head's small forward: 3 rows of 32 x 32 and 32 x 3)
+    assert discounted == pytest.approx(plain, rel=0.01) and discounted < plain

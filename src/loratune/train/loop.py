@@ -181,7 +181,9 @@ def train(
     )
     params = [p for p in model.parameters() if p.requires_grad]
     result = LoopResult()
-    flop_sampler = FlopSampler(every=config.flop_sample_every)
+    flop_sampler = FlopSampler(
+        every=config.flop_sample_every, recomputes_forward=bool(getattr(model, "is_gradient_checkpointing", False))
+    )
     state = {"step": 0, "epoch": 0, "batch": 0, "bad_evals": 0, "saved_step": None}  # saved: last checkpoint
 
     if resume:
@@ -256,9 +258,10 @@ def train(
                 for batch in train_loader:
                     t0 = time.perf_counter()
                     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                    with flop_sampler.batch(state["batch"], batch["input_ids"].numel()):
+                    with flop_sampler.batch(state["batch"], batch["input_ids"].numel()) as forward_done:
                         with autocast_context(precision, device):
                             loss = model(**batch).loss
+                        forward_done()
                         (loss / config.grad_accum).backward()
                     state["batch"] += 1
                     accum += 1
