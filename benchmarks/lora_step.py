@@ -16,8 +16,14 @@ Model FLOPs per step (matmuls only; T = batch*seq tokens, B = batch, S = seq, L 
 * full FT:  ``6 * P_enc * T + 3 * attn + 6 * (h^2 + 2h) * B`` (pooler and classifier see B rows).
 * LoRA: a frozen weight needs its forward (2) and the input gradient (2), no weight gradient:
   ``4 * P_enc * T - 2 * 3h^2 * T`` (layer 0's Q, K, V need no input gradient: the frozen embeddings
-  take none) ``+ 6 * P_lora * T + 3 * attn + 4 * h^2 * B + 6 * 2h * B``, with
-  ``P_lora = 2L * r * 2h`` (A and B of query and value).
+  take none) ``+ 6 * P_lora * T - 2 * 2rh * T`` (nor do layer 0's LoRA branches) ``+ 3 * attn
+  - 2 * B * S^2 * h`` (nor layer 0's frozen K, through ``Q K^T``) ``+ 4 * h^2 * B + 6 * 2h * B``,
+  with ``P_lora = 2L * r * 2h`` (A and B of query and value). This equals what
+  ``loratune.train.flops.flop_counter`` counts in the step, exactly.
+* With the lean kernels the last layer computes position 0 only (``fastpath``): its query,
+  attention output and feed-forward weights (``2h^2 + 2h * intermediate``) and its query's LoRA
+  see B rows instead of T, and its ``Q K^T`` and ``P V`` one query row per sequence. The count
+  follows: only work that is done is counted.
 
 MFU = model FLOPs / step time / matmul peak of the precision used.
 
@@ -98,7 +104,7 @@ def apply_method(model, method: str):
         from loratune.fastpath import use_lean_kernels
         from loratune.kernels import keep_freed_memory
 
-        use_lean_kernels(model)
+        model.first_token_layer = use_lean_kernels(model).first_token_layer  # for the FLOP count
         keep_freed_memory()  # as `loratune train --kernels lean` does on CPU
         method = method.removesuffix("-lean")
     if method == "loratune":
@@ -125,17 +131,61 @@ def apply_method(model, method: str):
     return model.train()
 
 
-def model_flops(config, method: str) -> float:
+def model_flops(config, method: str, first_token_layer: bool = False) -> float:
     """Matmul FLOPs of one training step (formula in the module docstring)."""
     n_layers, h, inter = config.num_hidden_layers, config.hidden_size, config.intermediate_size
     tokens = BATCH * SEQ
-    p_enc = n_layers * (4 * h * h + 2 * h * inter)
+    layer = 4 * h * h + 2 * h * inter  # matmul weights of one encoder layer
+    lora_layer = 2 * RANK * 2 * h  # A and B of query and value
     attn = n_layers * 4 * BATCH * SEQ * SEQ * h
+    # weights applied to every token, and (the trimmed last layer's) to one row per sequence
+    p_tokens, p_rows = n_layers * layer, 0
+    lora_tokens, lora_rows = n_layers * lora_layer, 0
+    if first_token_layer:
+        p_rows = 2 * h * h + 2 * h * inter
+        p_tokens -= p_rows
+        lora_rows = lora_layer // 2
+        lora_tokens -= lora_rows
+        attn -= 4 * BATCH * (SEQ - 1) * SEQ * h
     if method.startswith("full"):
-        return 6 * p_enc * tokens + 3 * attn + 6 * (h * h + 2 * h) * BATCH
-    p_lora = 2 * n_layers * RANK * 2 * h
-    frozen = 4 * p_enc * tokens - 2 * 3 * h * h * tokens
-    return frozen + 6 * p_lora * tokens + 3 * attn + 4 * h * h * BATCH + 6 * 2 * h * BATCH
+        return 6 * (p_tokens * tokens + p_rows * BATCH) + 3 * attn + 6 * (h * h + 2 * h) * BATCH
+    # layer 0 takes no input gradient (the frozen embeddings need none): not for its Q, K, V,
+    # nor for its LoRA branches, nor through Q K^T to the frozen K
+    frozen = 4 * (p_tokens * tokens + p_rows * BATCH) - 2 * 3 * h * h * tokens
+    lora = 6 * (lora_tokens * tokens + lora_rows * BATCH) - 2 * (2 * RANK * h) * tokens
+    attn_flops = 3 * attn - 2 * BATCH * SEQ * SEQ * h
+    return frozen + lora + attn_flops + 4 * h * h * BATCH + 6 * 2 * h * BATCH
+
+
+def check_flops() -> int:
+    """``model_flops`` against ``flop_counter``'s count of one step of a 3-layer BERT (exact match expected).
+
+    Eager attention: its matmuls are plain ``bmm``s, counted as the model's (``kernels.attention``
+    also recomputes ``Q K^T`` in the backward pass, which is work done but not a model FLOP).
+    """
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from loratune.train.flops import flop_counter
+
+    config = BertConfig(
+        vocab_size=1000, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128
+    )
+    failed = 0
+    for method in ("loratune", "loratune-lean", "full", "full-lean"):
+        torch.manual_seed(0)
+        model = BertForSequenceClassification(config).train()
+        model.set_attn_implementation("eager")
+        model = apply_method(model, method)
+        ids, labels = torch.randint(0, 1000, (BATCH, SEQ)), torch.randint(0, 2, (BATCH,))
+        counter = flop_counter()
+        with counter:
+            model(input_ids=ids, labels=labels).loss.backward()
+        counted = counter.get_total_flops()
+        formula = model_flops(config, method, getattr(model, "first_token_layer", False))
+        failed += counted != formula
+        print(f"{method}: counted {counted}, formula {formula}, ratio {counted / formula:.6f}")
+    return 1 if failed else 0
 
 
 def saved_tensor_report(loss, params) -> dict:
@@ -266,7 +316,7 @@ def run_one(spec: dict) -> dict:
         "peak_after": phases,  # ... and of the last step
         "trainable": trainable,
         "total_params": total,
-        "flops": model_flops(config, spec["method"]),
+        "flops": model_flops(config, spec["method"], getattr(model, "first_token_layer", False)),
         "engine_file": (
             __import__("loratune.lora.layer", fromlist=["x"]).__file__
             if spec["method"].startswith("loratune")
@@ -410,12 +460,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--json", type=Path, help="write machine info, peaks and all results here")
     ap.add_argument("--saved", action="store_true", help="report what autograd saves instead of timing")
+    ap.add_argument(
+        "--check-flops", action="store_true", help="check model_flops against counted FLOPs on a small BERT, and exit"
+    )
     ap.add_argument("--one", help=argparse.SUPPRESS)  # child mode: a JSON spec of one config
     args = ap.parse_args(argv)
 
     if args.one:
         emit_result(run_one(json.loads(args.one)))
         return 0
+    if args.check_flops:
+        return check_flops()
 
     models = parse_list(args.models, MODELS, "model")
     precisions = parse_list(args.precisions, PRECISIONS, "precision")

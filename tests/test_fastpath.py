@@ -61,8 +61,79 @@ def test_bert_with_padding_lora(no_drops):
     report = use_lean_kernels(lean)
     assert report.attention and lean.config._attn_implementation == LEAN_ATTENTION
     assert report.dropouts == sum(isinstance(m, LeanDropout) for m in lean.modules()) > 0
+    assert report.first_token_layer  # the pooler reads position 0 only
     _compare(lean, ref, batch)
     assert len(no_drops) == 2  # both layers' attention went through the lean kernel
+
+
+def _tiny_classifier(kind: str):
+    import transformers
+
+    config_cls = getattr(transformers, f"{kind}Config")
+    model_cls = getattr(transformers, f"{kind}ForSequenceClassification")
+    torch.manual_seed(0)
+    cfg = config_cls(
+        vocab_size=120,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=70,
+        num_labels=3,
+        **({"embedding_size": 32} if kind == "Electra" else {}),
+    )
+    return model_cls(cfg).eval()
+
+
+@pytest.mark.parametrize("kind", ["Bert", "Roberta", "Electra"])
+def test_first_token_layer_gives_the_same_loss_and_gradients(kind, no_drops):
+    """The last layer computes position 0 only: logits, loss and every gradient stay the same."""
+    lean, ref = _tiny_classifier(kind), _tiny_classifier(kind)
+    config = LoraConfig(r=4, alpha=8, target_modules=["query", "value"], modules_to_save=["classifier"])
+    lean, ref = add_lora(lean, config), add_lora(ref, config)
+    ref.load_state_dict(lean.state_dict())
+    assert use_lean_kernels(lean).first_token_layer
+    batch = {
+        "input_ids": torch.randint(3, 120, (3, 11)),
+        "attention_mask": torch.tensor([[1] * 11, [1] * 6 + [0] * 5, [1] * 2 + [0] * 9]),
+        "labels": torch.tensor([0, 1, 2]),
+    }
+    _compare(lean, ref, batch)
+    lean.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(lean(**batch).logits, ref(**batch).logits)
+
+
+def test_first_token_layer_does_less_work_and_restores():
+    from loratune.train.flops import flop_counter
+
+    model = tiny_bert_cls().train()
+    ids = torch.randint(0, 120, (2, 16))
+
+    def counted_flops() -> int:
+        counter = flop_counter()
+        with counter:
+            model(input_ids=ids, labels=torch.tensor([0, 1])).loss.backward()
+        return counter.get_total_flops()
+
+    whole = counted_flops()
+    use_lean_kernels(model)
+    trimmed = counted_flops()
+    # one of two layers now runs its query, output and feed-forward on 2 rows instead of 32
+    assert trimmed < 0.65 * whole
+    hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
+    assert hidden[-1].shape[1] == 1 and hidden[-2].shape[1] == 16
+    restore_torch_kernels(model)
+    assert counted_flops() == whole
+    assert model(input_ids=ids, output_hidden_states=True).hidden_states[-1].shape[1] == 16
+
+
+def test_token_classifiers_keep_every_position():
+    from transformers import BertForTokenClassification
+
+    model = BertForTokenClassification(tiny_bert_cls().config)
+    assert not use_lean_kernels(model).first_token_layer
+    assert model(input_ids=torch.randint(0, 120, (2, 9))).logits.shape == (2, 9, 3)
 
 
 def test_llama_causal_grouped_query_full_finetuning(no_drops):

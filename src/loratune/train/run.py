@@ -97,6 +97,7 @@ class Prepared:
     precision: str
     fingerprint: str | None
     freed_memory_kept: bool = False  # glibc keeps freed blocks for reuse (kernels.host_memory)
+    first_token_layer: bool = False  # the last encoder layer computes position 0 only (fastpath)
 
 
 def load_data(cfg: RunConfig) -> TextClassificationData:
@@ -142,12 +143,12 @@ def prepare(cfg: RunConfig) -> Prepared:
         model.requires_grad_(True)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    kept = False
+    kept = first_token = False
     if cfg.kernels == "lean":
-        use_lean_kernels(model)
+        first_token = use_lean_kernels(model).first_token_layer
         kept = device.type == "cpu" and keep_freed_memory()
     model.to(device)
-    return Prepared(cfg, data, tokenizer, model, device, precision, fingerprint, kept)
+    return Prepared(cfg, data, tokenizer, model, device, precision, fingerprint, kept, first_token)
 
 
 def task_info(prep: Prepared) -> dict[str, Any]:
@@ -338,6 +339,7 @@ def build_summary(
         "device": str(prep.device),
         "kernels": cfg.kernels,
         "freed_memory_kept": prep.freed_memory_kept,
+        "first_token_layer": prep.first_token_layer,
         "config": asdict(cfg),
         "environment": environment_info(prep.device),
     }
