@@ -102,6 +102,8 @@ def test_first_token_layer_gives_the_same_loss_and_gradients(kind, no_drops):
     lean.eval()
     with torch.no_grad():
         torch.testing.assert_close(lean(**batch).logits, ref(**batch).logits)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the LoRA layers' shared bf16 input casts
+            torch.testing.assert_close(lean(**batch).logits, ref(**batch).logits, atol=2e-2, rtol=2e-2)
 
 
 def test_first_token_layer_does_less_work_and_restores():
