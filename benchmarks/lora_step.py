@@ -7,7 +7,8 @@ loratune/PEFT and LoRA/full-FT, and optionally writes everything to ``--json``.
 
 Workload (issue 2): batch 16 x 256 random token ids, attention mask all ones, 2 labels; LoRA r=8,
 alpha=32, dropout 0.1 on ``query``/``value``, the classifier head trained; model in train mode;
-AdamW lr 5e-4. ``bf16`` means fp32 weights under ``torch.autocast("cpu", dtype=torch.bfloat16)``.
+AdamW lr 5e-4. ``bf16`` means fp32 weights under ``torch.autocast("cpu", dtype=torch.bfloat16)``;
+the ``-lean`` methods store the frozen linear layers in bf16, as ``loratune train`` does.
 
 Model FLOPs per step (matmuls only; T = batch*seq tokens, B = batch, S = seq, L layers, h hidden):
 
@@ -242,6 +243,10 @@ def run_one(spec: dict) -> dict:
 
     rss_start = current_rss_bytes()
     model = apply_method(build_model(spec["model"], spec["attn"]), spec["method"])
+    if spec["method"].endswith("-lean"):  # as `loratune train` does: frozen linears in the bf16 they compute in
+        from loratune.train.precision import store_frozen_linears
+
+        store_frozen_linears(model, spec["precision"])
     config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=5e-4)

@@ -50,7 +50,7 @@ from loratune.train.logging import environment_info, read_metrics
 from loratune.train.loop import LoopConfig, LoopResult, train
 from loratune.train.memory import dir_size_bytes, peak_memory_bytes, reset_peak_cuda
 from loratune.train.plots import plot_training_curves
-from loratune.train.precision import autocast_context, resolve_device, resolve_precision
+from loratune.train.precision import autocast_context, resolve_device, resolve_precision, store_frozen_linears
 from loratune.train.progress import progress_bar
 
 ADAPTER_DIR, MODEL_DIR = "adapter", "model"
@@ -98,6 +98,7 @@ class Prepared:
     fingerprint: str | None
     freed_memory_kept: bool = False  # glibc keeps freed blocks for reuse (kernels.host_memory)
     first_token_layer: bool = False  # the last encoder layer computes position 0 only (fastpath)
+    frozen_linears_stored: int = 0  # frozen linear layers kept in the autocast dtype (precision.py)
 
 
 def load_data(cfg: RunConfig) -> TextClassificationData:
@@ -147,8 +148,9 @@ def prepare(cfg: RunConfig) -> Prepared:
     if cfg.kernels == "lean":
         first_token = use_lean_kernels(model).first_token_layer
         kept = device.type == "cpu" and keep_freed_memory()
+    stored = store_frozen_linears(model, precision)
     model.to(device)
-    return Prepared(cfg, data, tokenizer, model, device, precision, fingerprint, kept, first_token)
+    return Prepared(cfg, data, tokenizer, model, device, precision, fingerprint, kept, first_token, stored)
 
 
 def task_info(prep: Prepared) -> dict[str, Any]:
@@ -340,6 +342,7 @@ def build_summary(
         "kernels": cfg.kernels,
         "freed_memory_kept": prep.freed_memory_kept,
         "first_token_layer": prep.first_token_layer,
+        "frozen_linears_in_compute_dtype": prep.frozen_linears_stored,
         "config": asdict(cfg),
         "environment": environment_info(prep.device),
     }
