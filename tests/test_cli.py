@@ -130,6 +130,7 @@ def test_full_finetuning_writes_model_and_evaluates(tiny_model_dir, toy_data, tm
     assert (out / "model" / "model.safetensors").is_file() and not (out / "adapter").exists()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trainable_params"] == summary["total_params"]
+    assert summary["frozen_linears_in_compute_dtype"] == 0  # nothing is frozen
     code, _, err = run(["predict", "--adapter", str(out / "model"), "superb"], capsys)
     assert code == 0, err
 
@@ -148,6 +149,9 @@ def test_padded_baseline_options_count_more_flops(tiny_model_dir, toy_data, tmp_
     default, padded = summaries["default"], summaries["padded"]
     assert default["kernels"] == "lean" and padded["kernels"] == "torch"
     assert default["freed_memory_kept"] is supported() and padded["freed_memory_kept"] is False
+    assert default["first_token_layer"] is True and padded["first_token_layer"] is False  # a BERT classifier
+    for s in summaries.values():  # auto precision: bf16 where native, and then the frozen linears in bf16
+        assert (s["frozen_linears_in_compute_dtype"] > 0) is (s["precision"] == "bf16")
     assert padded["config"]["padding"] == "max_length" and padded["config"]["group_by_length"] is False
     assert padded["tokens_seen"] == default["tokens_seen"]  # the same real tokens...
     assert padded["model_flops"] > 1.5 * default["model_flops"] > 0  # ...padded to 32 costs more
