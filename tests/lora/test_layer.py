@@ -133,3 +133,37 @@ def test_bf16_autocast_keeps_fp32_params_and_trains():
     y.float().sum().backward()
     assert layer.lora_A["a"].weight.grad.dtype == torch.float32
     assert layer.lora_A["a"].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_keep_zeroes_exactly_where_the_mask_is_false(dtype):
+    from loratune.lora.layer import _keep
+
+    x = torch.randn(64, 48).to(dtype)
+    mask = torch.rand(64, 48) < 0.7
+    out = _keep(x, mask)
+    assert out.dtype == dtype and torch.equal(out, torch.where(mask, x, torch.zeros((), dtype=dtype)))
+
+
+def test_bf16_autocast_gradients_match_plain_autograd_with_the_same_mask():
+    layer = _layer(p=0.3).train()
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    weights = torch.linspace(-1, 1, 24)
+    torch.manual_seed(7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    (y.float() * weights).sum().backward()
+    got = (y.detach().float(), x.grad, layer.lora_A["a"].weight.grad, layer.lora_B["a"].weight.grad)
+
+    x2 = x.detach().clone().requires_grad_(True)
+    a = layer.lora_A["a"].weight.detach().clone().requires_grad_(True)
+    b = layer.lora_B["a"].weight.detach().clone().requires_grad_(True)
+    torch.manual_seed(7)
+    mask, scale = dropout_mask((15, 16), 0.3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        xin = x2.reshape(15, 16).to(torch.bfloat16) * mask * scale
+        y2 = layer.base_layer(x2) + 2.0 * F.linear(F.linear(xin, a), b).reshape(3, 5, 24)
+    (y2.float() * weights).sum().backward()
+    want = (y2.detach().float(), x2.grad, a.grad, b.grad)
+    for g, ref in zip(got, want, strict=True):
+        torch.testing.assert_close(g, ref, rtol=3e-2, atol=3e-2)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from loratune.kernels.lean_dropout import dropout_mask
+from loratune.kernels.lean_dropout import apply_mask, dropout_mask
 from loratune.kernels.memo import LastConversion
 
 BASE = "__base__"  # name, in a mixed batch, of "no adapter": the base model's own output
@@ -60,6 +60,18 @@ def _shared_cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return _CASTS.get(x, dtype, lambda: x.detach().to(dtype))
 
 
+def _keep(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``x`` where ``mask`` is True, zero elsewhere (a new tensor).
+
+    In bf16/fp16, ``torch.where`` is not vectorised on CPU: multiplying by the mask's ``uint8``
+    view is 2.9x faster alone (4096 x 768) and makes whole bf16 steps 0.94-0.97x. In fp32
+    ``where`` is as fast alone, and the multiply measured 1.03x on a bert-base step.
+    """
+    if x.dtype in (torch.bfloat16, torch.float16):
+        return apply_mask(x, mask)
+    return torch.where(mask, x, 0.0)
+
+
 class _LoraLinearFn(torch.autograd.Function):
     """``W x + b + scaling * B A dropout(x)`` for a frozen ``W``, with a lean autograd footprint.
 
@@ -75,9 +87,8 @@ class _LoraLinearFn(torch.autograd.Function):
     * the small ``A dropout(x)`` (r values per token);
     * references to the parameters (no copies: ``W`` is cast again in the backward pass).
 
-    The mask is applied with ``torch.where`` (one full-width temporary); a ``uint8`` multiply
-    runs faster but allocates a second one (the cast mask), and with the model's own attention
-    kernels, which churn through large buffers, the extra page faults made the step 4 % slower.
+    The mask is applied by ``_keep``: ``torch.where`` in fp32, a multiply by its ``uint8`` view in
+    bf16/fp16 (one full-width result either way).
     The LoRA product is accumulated in place into the base output (one ``addmm_``), and the
     dropout scale ``1/P(keep)`` is applied to the r-wide tensors, not the full-width ones.
     ``weight=None`` computes the LoRA term alone (for a base layer that must run on its own).
@@ -92,7 +103,7 @@ class _LoraLinearFn(torch.autograd.Function):
         mask, keep_scale = None, 1.0
         if p > 0.0:
             mask, keep_scale = dropout_mask(x2.shape, p, x2.device)
-            ax = F.linear(torch.where(mask, x2, 0.0), a).mul_(keep_scale)
+            ax = F.linear(_keep(x2, mask), a).mul_(keep_scale)
         else:
             ax = F.linear(x2, a)
         if weight is None:
@@ -122,13 +133,13 @@ class _LoraLinearFn(torch.autograd.Function):
             g_ax = (g @ weight_b.to(dtype)).mul_(scaling * ctx.keep_scale)
             x2 = xc.reshape(-1, xc.shape[-1])
             if need_a:
-                x_in = x2 if mask is None else torch.where(mask, x2, 0.0)
+                x_in = x2 if mask is None else _keep(x2, mask)
                 grad_a = (g_ax.t() @ x_in).to(weight_a.dtype)
                 del x_in
             if need_x:
                 grad_x = g_ax @ weight_a.to(dtype)
                 if mask is not None:
-                    grad_x = torch.where(mask, grad_x, 0.0)
+                    grad_x = _keep(grad_x, mask)
                 if weight is not None:
                     w = weight.to(dtype)
                     grad_x.addmm_(g, w.t() if ctx.transposed else w)
