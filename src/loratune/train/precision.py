@@ -21,6 +21,7 @@ from torch import nn
 
 from loratune.errors import RunError
 from loratune.lora import LoraLinear
+from loratune.lora.layer import is_linear
 
 __all__ = [
     "PRECISIONS",
@@ -174,11 +175,7 @@ def store_frozen_linears(model: nn.Module, precision: str) -> int:
         if isinstance(layer, LoraLinear)
         for m in (*layer.lora_A.values(), *layer.lora_B.values())
     }
-    linears = [
-        m
-        for m in model.modules()
-        if (isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D") and id(m) not in adapters
-    ]
+    linears = [m for m in model.modules() if is_linear(m) and id(m) not in adapters]
     owners: dict[int, int] = {}  # parameter -> number of modules holding it
     for module in model.modules():
         for param in module.parameters(recurse=False):
