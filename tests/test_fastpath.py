@@ -72,24 +72,22 @@ def _tiny_classifier(kind: str):
     config_cls = getattr(transformers, f"{kind}Config")
     model_cls = getattr(transformers, f"{kind}ForSequenceClassification")
     torch.manual_seed(0)
-    cfg = config_cls(
-        vocab_size=120,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=70,
-        num_labels=3,
-        **({"embedding_size": 32} if kind == "Electra" else {}),
-    )
+    if kind == "DistilBert":
+        sizes = {"dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 64}
+    else:
+        sizes = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
+        if kind == "Electra":
+            sizes["embedding_size"] = 32
+    cfg = config_cls(vocab_size=120, max_position_embeddings=70, num_labels=3, **sizes)
     return model_cls(cfg).eval()
 
 
-@pytest.mark.parametrize("kind", ["Bert", "Roberta", "Electra"])
+@pytest.mark.parametrize("kind", ["Bert", "Roberta", "Electra", "DistilBert"])
 def test_first_token_layer_gives_the_same_loss_and_gradients(kind, no_drops):
     """The last layer computes position 0 only: logits, loss and every gradient stay the same."""
     lean, ref = _tiny_classifier(kind), _tiny_classifier(kind)
-    config = LoraConfig(r=4, alpha=8, target_modules=["query", "value"], modules_to_save=["classifier"])
+    targets = ["q_lin", "v_lin"] if kind == "DistilBert" else ["query", "value"]
+    config = LoraConfig(r=4, alpha=8, target_modules=targets, modules_to_save=["classifier"])
     lean, ref = add_lora(lean, config), add_lora(ref, config)
     ref.load_state_dict(lean.state_dict())
     assert use_lean_kernels(lean).first_token_layer

@@ -8,9 +8,9 @@ differently):
   gradients, where SDPA's math path is replaced by ``kernels.attention`` (recomputed softmax,
   1-byte dropout mask);
 * every ``nn.Dropout`` becomes a ``kernels.LeanDropout`` (1-byte saved mask, fast CPU draw);
-* first-token classifiers (BERT, RoBERTa, ELECTRA ``...ForSequenceClassification``: the head reads
-  position 0 of the last hidden state and nothing else) get a last encoder layer that computes
-  position 0 only. Its keys and values still come from every position, so the logits, the loss and
+* first-token classifiers (BERT, RoBERTa, ELECTRA, DistilBERT ``...ForSequenceClassification``:
+  the head reads position 0 of the last hidden state and nothing else) get a last encoder layer
+  that computes position 0 only. Its keys and values still come from every position, so the logits, the loss and
   every gradient are the same, but the layer's query, attention output, feed-forward and their
   backward passes shrink from ``batch x length`` rows to ``batch`` rows: 1/12 of bert-base's
   encoder work, 1/6 of MiniLM's. The model's ``last_hidden_state`` then has length 1.
@@ -58,8 +58,8 @@ def _register() -> None:
     ALL_MASK_ATTENTION_FUNCTIONS.register(LEAN_ATTENTION, sdpa_mask)
 
 
-# Sequence classifiers whose head reads only position 0 of the last hidden state (the pooler or
-# ``features[:, 0]``), over encoder layers with BERT's structure.
+# Sequence classifiers whose head reads only position 0 of the last hidden state (the pooler,
+# ``features[:, 0]`` or ``hidden_state[:, 0]``), over encoder layers of BERT's or DistilBERT's code.
 FIRST_TOKEN_CLASSIFIERS = frozenset(
     {
         "BertForSequenceClassification",
@@ -67,71 +67,94 @@ FIRST_TOKEN_CLASSIFIERS = frozenset(
         "XLMRobertaForSequenceClassification",
         "CamembertForSequenceClassification",
         "ElectraForSequenceClassification",
+        "DistilBertForSequenceClassification",
     }
 )
 
 
-def _first_token_attention(self, hidden_states, attention_mask=None, encoder_hidden_states=None, *args, **kwargs):
-    """``BertAttention.forward`` for position 0 only: its query against every position's key and value."""
-    if encoder_hidden_states is not None or args or kwargs.get("cache") is not None:
-        return type(self).forward(self, hidden_states, attention_mask, encoder_hidden_states, *args, **kwargs)
+def _attend_first(attn, projections, hidden_states, attention_mask, kwargs) -> torch.Tensor:
+    """Attention output of position 0 only, ``(batch, 1, heads * head_dim)``: its query, every key and value."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    kwargs.pop("cache", None)
-    kwargs.pop("encoder_attention_mask", None)
-    sa = self.self
+    q_proj, k_proj, v_proj = (getattr(attn, name) for name in projections)
     batch, length = hidden_states.shape[:2]
-    dim = sa.attention_head_size
-    first = hidden_states[:, :1]
-    query = sa.query(first).view(batch, 1, -1, dim).transpose(1, 2)
-    key = sa.key(hidden_states).view(batch, length, -1, dim).transpose(1, 2)
-    value = sa.value(hidden_states).view(batch, length, -1, dim).transpose(1, 2)
+    dim = attn.attention_head_size
+    query = q_proj(hidden_states[:, :1]).view(batch, 1, -1, dim).transpose(1, 2)
+    key = k_proj(hidden_states).view(batch, length, -1, dim).transpose(1, 2)
+    value = v_proj(hidden_states).view(batch, length, -1, dim).transpose(1, 2)
     if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[-2] > 1:
         attention_mask = attention_mask[:, :, :1]  # the query row of position 0
-    eager = sys.modules[type(sa).__module__].eager_attention_forward
-    interface = ALL_ATTENTION_FUNCTIONS.get_interface(sa.config._attn_implementation, eager)
-    out, _ = interface(
-        sa,
-        query,
-        key,
-        value,
-        attention_mask,
-        dropout=sa.dropout.p if sa.training else 0.0,
-        scaling=sa.scaling,
-        **kwargs,
-    )
-    return self.output(out.reshape(batch, 1, -1).contiguous(), first), None
+    eager = sys.modules[type(attn).__module__].eager_attention_forward
+    interface = ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation, eager)
+    dropout = attn.dropout.p if attn.training else 0.0
+    out, _ = interface(attn, query, key, value, attention_mask, dropout=dropout, scaling=attn.scaling, **kwargs)
+    return out.reshape(batch, 1, -1).contiguous()
 
 
-def _trimmable_last_layer(model: nn.Module) -> nn.Module | None:
-    """The attention module of ``model``'s last encoder layer, when only position 0 of its output is read."""
+def _first_token_bert_attention(self, hidden_states, attention_mask=None, encoder_hidden_states=None, *args, **kwargs):
+    """``BertAttention.forward`` (self-attention and its output block) for position 0 only."""
+    if encoder_hidden_states is not None or args or kwargs.get("cache") is not None:
+        return type(self).forward(self, hidden_states, attention_mask, encoder_hidden_states, *args, **kwargs)
+    kwargs.pop("cache", None)
+    kwargs.pop("encoder_attention_mask", None)
+    out = _attend_first(self.self, ("query", "key", "value"), hidden_states, attention_mask, kwargs)
+    return self.output(out, hidden_states[:, :1]), None
+
+
+def _first_token_distilbert_block(self, hidden_states, attention_mask=None, **kwargs):
+    """DistilBERT's ``TransformerBlock.forward`` for position 0 only."""
+    attn = self.attention
+    out = attn.out_lin(_attend_first(attn, ("q_lin", "k_lin", "v_lin"), hidden_states, attention_mask, kwargs))
+    attention_output = self.sa_layer_norm(out + hidden_states[:, :1])
+    return self.output_layer_norm(self.ffn(attention_output) + attention_output)
+
+
+def _has(module: nn.Module | None, *names: str) -> bool:
+    return module is not None and all(hasattr(module, name) for name in names)
+
+
+def _trimmable_last_layer(model: nn.Module):
+    """``(module, forward)`` to patch in ``model``'s last encoder layer, when only position 0 of it is read."""
     if type(model).__name__ not in FIRST_TOKEN_CLASSIFIERS:
         return None
     config = model.config
     if getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False):
         return None
     base = getattr(model, model.base_model_prefix, None)
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
-    if not layers:
-        return None
-    attention = getattr(layers[-1], "attention", None)
-    sa = getattr(attention, "self", None)
-    parts = ("query", "key", "value", "dropout", "attention_head_size", "scaling")
-    if sa is None or not all(hasattr(sa, part) for part in parts) or not hasattr(attention, "output"):
+    common = ("dropout", "attention_head_size", "scaling", "config")
+    encoder = getattr(base, "encoder", None)
+    if encoder is not None and getattr(encoder, "layer", None):  # BERT's layer code
+        attention = getattr(encoder.layer[-1], "attention", None)
+        sa = getattr(attention, "self", None)
+        if _has(attention, "output") and _has(sa, "query", "key", "value", *common):
+            target, forward = attention, _first_token_bert_attention
+        else:
+            return None
+    elif getattr(getattr(base, "transformer", None), "layer", None):  # DistilBERT's
+        block = base.transformer.layer[-1]
+        sa = getattr(block, "attention", None)
+        if _has(block, "sa_layer_norm", "ffn", "output_layer_norm") and _has(
+            sa, "q_lin", "k_lin", "v_lin", "out_lin", *common
+        ):
+            target, forward = block, _first_token_distilbert_block
+        else:
+            return None
+    else:
         return None
     if not hasattr(sys.modules[type(sa).__module__], "eager_attention_forward"):
         return None
-    return attention
+    return target, forward
 
 
 def _trim_last_layer(model: nn.Module, trim: bool) -> bool:
-    attention = _trimmable_last_layer(model)
-    if attention is None:
+    found = _trimmable_last_layer(model)
+    if found is None:
         return False
+    target, forward = found
     if trim:
-        attention.forward = types.MethodType(_first_token_attention, attention)
+        target.forward = types.MethodType(forward, target)
     else:
-        vars(attention).pop("forward", None)
+        vars(target).pop("forward", None)
     return True
 
 
