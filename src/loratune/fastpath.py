@@ -10,10 +10,11 @@ differently):
 * every ``nn.Dropout`` becomes a ``kernels.LeanDropout`` (1-byte saved mask, fast CPU draw);
 * first-token classifiers (BERT, RoBERTa, ELECTRA, DistilBERT ``...ForSequenceClassification``:
   the head reads position 0 of the last hidden state and nothing else) get a last encoder layer
-  that computes position 0 only. Its keys and values still come from every position, so the logits, the loss and
-  every gradient are the same, but the layer's query, attention output, feed-forward and their
-  backward passes shrink from ``batch x length`` rows to ``batch`` rows: 1/12 of bert-base's
-  encoder work, 1/6 of MiniLM's. The model's ``last_hidden_state`` then has length 1.
+  that computes position 0 only. Its keys and values still come from every position, so the
+  logits, the loss and every gradient are the same, but the layer's query, attention output,
+  feed-forward and their backward passes shrink from ``batch x length`` rows to ``batch`` rows:
+  1/12 of bert-base's encoder work, 1/6 of MiniLM's. The model's ``last_hidden_state`` then has
+  length 1.
 
 ``restore_torch_kernels`` undoes all three (before saving a full model, so its config names ``sdpa``).
 """

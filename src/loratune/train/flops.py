@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from loratune.train.precision import DTYPES
 
 
 def _addmm_inplace_flops(self_shape, mat1_shape, mat2_shape, *args, out_shape=None, **kwargs) -> int:
@@ -87,7 +87,7 @@ class FlopSampler:
 def matmul_peak_flops(device: torch.device | str = "cpu", precision: str = "fp32", n: int = 2048, repeats: int = 5):
     """Best-of-``repeats`` FLOP/s of an ``n x n`` matmul in the precision's dtype (``auto``: fp32)."""
     device = torch.device(device)
-    dtype = _DTYPES.get(precision, torch.float32)
+    dtype = DTYPES.get(precision, torch.float32)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

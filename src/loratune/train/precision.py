@@ -24,6 +24,7 @@ from loratune.lora import LoraLinear
 from loratune.lora.layer import is_linear
 
 __all__ = [
+    "DTYPES",
     "PRECISIONS",
     "autocast_context",
     "cpu_has_native_bf16",
@@ -134,25 +135,24 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     return name
 
 
+# the compute dtype of each resolved precision
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def autocast_context(precision: str, device: torch.device) -> AbstractContextManager[object]:
     """A ``torch.autocast`` context for bf16/fp16, or a no-op context for fp32."""
     device = torch.device(device)
+    if precision not in DTYPES:
+        raise ValueError(f"precision must be resolved to fp32, bf16 or fp16, got {precision!r}")
     if precision == "fp32":
         return contextlib.nullcontext()
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    if precision == "fp16":
-        return torch.autocast(device_type=device.type, dtype=torch.float16)
-    raise ValueError(f"precision must be resolved to fp32, bf16 or fp16, got {precision!r}")
+    return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
 
 
 def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
     """A gradient scaler, enabled only for fp16 (bf16 and fp32 need none; disabled it is a no-op)."""
     device = torch.device(device)
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-
-
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def store_frozen_linears(model: nn.Module, precision: str) -> int:
@@ -166,8 +166,8 @@ def store_frozen_linears(model: nn.Module, precision: str) -> int:
     shared with another module (an output layer tied to the embeddings) keep their dtype. fp32
     changes nothing.
     """
-    dtype = _AUTOCAST_DTYPES.get(precision)
-    if dtype is None:
+    dtype = DTYPES.get(precision, torch.float32)
+    if dtype == torch.float32:
         return 0
     adapters = {
         id(m)
