@@ -96,12 +96,14 @@ def build_model(name: str, attn: str):
     raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
 
 
-def apply_method(model, method: str):
-    """``-lean``: also loratune's kernels (attention, dropout, freed memory kept); ``-gc``: checkpointing."""
+def apply_method(model, method: str, precision: str = "fp32"):
+    """``-lean``: also loratune's kernels (attention, dropout, freed memory kept) and, as ``loratune
+    train`` does, the frozen linear layers stored in ``precision``'s dtype; ``-gc``: checkpointing."""
     if method.endswith("-gc"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         method = method.removesuffix("-gc")
-    if method.endswith("-lean"):
+    lean = method.endswith("-lean")
+    if lean:
         from loratune.fastpath import use_lean_kernels
         from loratune.kernels import keep_freed_memory
 
@@ -129,6 +131,10 @@ def apply_method(model, method: str):
         model.requires_grad_(True)
     else:
         raise SystemExit(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if lean:  # after the adapters exist, which keep fp32
+        from loratune.train.precision import store_frozen_linears
+
+        store_frozen_linears(model, precision)
     return model.train()
 
 
@@ -242,11 +248,7 @@ def run_one(spec: dict) -> dict:
     import torch
 
     rss_start = current_rss_bytes()
-    model = apply_method(build_model(spec["model"], spec["attn"]), spec["method"])
-    if spec["method"].endswith("-lean"):  # as `loratune train` does: frozen linears in the bf16 they compute in
-        from loratune.train.precision import store_frozen_linears
-
-        store_frozen_linears(model, spec["precision"])
+    model = apply_method(build_model(spec["model"], spec["attn"]), spec["method"], spec["precision"])
     config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=5e-4)

@@ -101,7 +101,7 @@ def measure(model_name: str, precision: str, repeats: int) -> dict:
 
     from lora_step import BATCH, SEQ, apply_method, build_model, model_flops
 
-    model = apply_method(build_model(model_name, "sdpa"), "loratune-lean")
+    model = apply_method(build_model(model_name, "sdpa"), "loratune-lean", precision)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=5e-4)
     gen = torch.Generator().manual_seed(1)
