@@ -4,7 +4,7 @@
 task head in ``modules_to_save``) trained.
 """
 
-from loratune.lora.config import ALL_LINEAR, LoraConfig
+from loratune.lora.config import ALL_LINEAR, LoraConfig, module_matches
 from loratune.lora.io import load_adapter, peft_config_dict, read_adapter_config, save_adapter, write_adapter
 from loratune.lora.layer import BASE, LoraLinear, ModulesToSaveWrapper
 from loratune.lora.model import (
@@ -38,6 +38,7 @@ __all__ = [
     "merge_adapter",
     "merge_and_unload",
     "mixed_adapters",
+    "module_matches",
     "parameter_report",
     "peft_config_dict",
     "read_adapter_config",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -20,10 +21,10 @@ class LoraConfig:
         r: rank of the update ``B A``.
         alpha: numerator of the scaling.
         dropout: dropout probability on the LoRA branch's input, in ``[0, 1)``.
-        target_modules: which layers get LoRA: a list of names, each matched as a suffix of the
-            dotted module path (``"query"`` matches ``bert.encoder.layer.0.attention.self.query``);
-            a regex string that must match the full path; or ``"all-linear"`` (every linear layer
-            except the output head and ``modules_to_save``).
+        target_modules: which layers get LoRA: a list of names, each naming a module as
+            ``module_matches`` says (``"query"`` names ``bert.encoder.layer.0.attention.self.query``);
+            a regex string that must match the full path (PEFT's rule for a string); or
+            ``"all-linear"`` (every linear layer except the output head and ``modules_to_save``).
         modules_to_save: modules trained in full and saved with the adapter (the task head, e.g.
             ``["classifier"]``). Each adapter gets its own copy.
         use_rslora: scale by ``alpha / sqrt(r)`` (rank-stabilised LoRA).
@@ -81,11 +82,27 @@ class LoraConfig:
         return alpha / math.sqrt(r) if self.use_rslora else alpha / r
 
 
-def _pattern_key(patterns: dict, module_path: str) -> str | None:
-    """The first pattern key that names ``module_path`` (a suffix after a dot, or a regex)."""
-    import re
+def module_matches(path: str, name: str) -> bool:
+    """Whether ``name`` names the module at dotted ``path``: the path itself or a dotted suffix of it.
 
-    for key in patterns:
-        if module_path == key or module_path.endswith("." + key) or re.fullmatch(rf"(.*\.)?{key}", module_path):
-            return key
-    return None
+    ``"query"`` and ``"self.query"`` name ``bert.encoder.layer.0.attention.self.query``; ``"uery"``
+    does not. As in PEFT, a name may be a regex for such a suffix (``"layer\\.[01]\\.output\\.dense"``).
+    This is the one rule for ``target_modules`` lists, ``modules_to_save`` and the rank and alpha patterns.
+    """
+    if path == name or path.endswith("." + name):
+        return True
+    try:
+        return re.fullmatch(rf"(?:.*\.)?(?:{name})", path) is not None
+    except re.error:
+        return False
+
+
+def module_within(path: str, names: list[str]) -> bool:
+    """Whether a module that one of ``names`` names holds the module at ``path`` (or is it)."""
+    parts = path.split(".")
+    return any(module_matches(".".join(parts[:i]), n) for i in range(1, len(parts) + 1) for n in names)
+
+
+def _pattern_key(patterns: dict, module_path: str) -> str | None:
+    """The first pattern key that names ``module_path``."""
+    return next((key for key in patterns if module_matches(module_path, key)), None)

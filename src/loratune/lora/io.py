@@ -20,7 +20,7 @@ from torch import nn
 
 from loratune.errors import AdapterFileError, AdapterShapeError
 from loratune.fsutil import atomic_dir
-from loratune.lora.config import ALL_LINEAR, LoraConfig
+from loratune.lora.config import ALL_LINEAR, LoraConfig, module_matches
 from loratune.lora.layer import LoraLinear, ModulesToSaveWrapper, is_conv1d, is_linear
 from loratune.lora.model import (
     _require,
@@ -301,7 +301,7 @@ def _check_fits(
 def _head_of(model: nn.Module, key: str, heads: list[str]) -> str:
     """The module path of ``modules_to_save`` that tensor ``key`` belongs to."""
     for path, _ in model.named_modules():
-        if path and key.startswith(path + ".") and any(path == h or path.endswith("." + h) for h in heads):
+        if path and key.startswith(path + ".") and any(module_matches(path, h) for h in heads):
             return path
     raise AdapterShapeError(
         f"adapter tensor '{PREFIX}{key}' is neither a LoRA weight nor part of a head in modules_to_save "

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from loratune.errors import AdapterNameError, TargetModulesError, UnknownAdapterError
-from loratune.lora.config import ALL_LINEAR, LoraConfig
+from loratune.lora.config import ALL_LINEAR, LoraConfig, module_matches, module_within
 from loratune.lora.layer import BASE, LoraLinear, MixedRouting, ModulesToSaveWrapper, is_linear
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -99,13 +99,9 @@ def _output_head_path(model: nn.Module) -> str | None:
 
 
 def _matches(path: str, targets: list[str] | str) -> bool:
-    if isinstance(targets, str):
+    if isinstance(targets, str):  # PEFT's rule for a string: a regex for the whole path
         return re.fullmatch(targets, path) is not None
-    return any(path == t or path.endswith("." + t) for t in targets)
-
-
-def _in_any(path: str, names: list[str]) -> bool:
-    return any(path == n or path.endswith("." + n) or f".{n}." in f".{path}." for n in names)
+    return any(module_matches(path, t) for t in targets)
 
 
 def find_target_modules(model: nn.Module, config: LoraConfig) -> list[str]:
@@ -114,9 +110,9 @@ def find_target_modules(model: nn.Module, config: LoraConfig) -> list[str]:
     heads = config.modules_to_save or []
     if config.target_modules == ALL_LINEAR:
         skip = _output_head_path(model)
-        paths = [p for p in candidates if p != skip and not _in_any(p, heads)]
+        paths = [p for p in candidates if p != skip and not module_within(p, heads)]
     else:
-        paths = [p for p in candidates if _matches(p, config.target_modules) and not _in_any(p, heads)]
+        paths = [p for p in candidates if _matches(p, config.target_modules) and not module_within(p, heads)]
     if not paths:
         leaves = list(dict.fromkeys(p.rsplit(".", 1)[-1] for p in candidates))  # in model order
         raise TargetModulesError(
@@ -137,7 +133,7 @@ def _find_heads(model: nn.Module, names: list[str]) -> list[str]:
     paths: list[str] = []
     for path, _ in model.named_modules():
         inside = any(path.startswith(p + ".") for p in paths)
-        if path and not inside and any(path == n or path.endswith("." + n) for n in names):
+        if path and not inside and any(module_matches(path, n) for n in names):
             paths.append(path)
     return paths
 
