@@ -121,8 +121,6 @@ class LengthGroupedBatchSampler:
 
     ``set_epoch(e)`` picks the epoch's order; ``set_start(k)`` makes the next iteration skip the first
     ``k`` batches of that order (resuming mid-epoch) and ``len()`` counts the batches still to come.
-    With ``num_replicas > 1`` each rank takes every ``num_replicas``-th batch of the same global order
-    (the order is padded by wrapping around so every rank gets the same number of batches).
     """
 
     def __init__(
@@ -134,23 +132,17 @@ class LengthGroupedBatchSampler:
         seed: int = 42,
         drop_last: bool = False,
         mega_batches: int = 50,
-        num_replicas: int = 1,
-        rank: int = 0,
     ) -> None:
         if batch_size < 1:
             raise DataError(f"batch_size must be >= 1, got {batch_size}; pass e.g. --batch-size 16.")
         if mega_batches < 1:
             raise ValueError(f"mega_batches must be >= 1, got {mega_batches}")
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
         self.lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last
         self.mega_batches = mega_batches
-        self.num_replicas = num_replicas
-        self.rank = rank
         self.epoch = 0
         self.start = 0
 
@@ -166,7 +158,7 @@ class LengthGroupedBatchSampler:
         self.start = int(batch_index)
 
     def batches(self, epoch: int | None = None) -> list[list[int]]:
-        """All of this rank's batches of ``epoch`` (default: the current one), in order, none skipped."""
+        """All batches of ``epoch`` (default: the current one), in order, none skipped."""
         epoch = self.epoch if epoch is None else epoch
         n = len(self.lengths)
         if self.shuffle:
@@ -187,11 +179,6 @@ class LengthGroupedBatchSampler:
         else:
             idx = np.argsort(-self.lengths, kind="stable")
             out = self._drop([idx[i : i + self.batch_size].tolist() for i in range(0, n, self.batch_size)])
-        if self.num_replicas > 1 and out:
-            per_rank = -(-len(out) // self.num_replicas)
-            total = per_rank * self.num_replicas
-            out = (out * (total // len(out) + 1))[:total]
-            out = out[self.rank :: self.num_replicas]
         return out
 
     def _drop(self, batches: list[list[int]]) -> list[list[int]]:
@@ -207,8 +194,6 @@ class LengthGroupedBatchSampler:
         n = len(self.lengths)
         # mega-buckets are whole multiples of batch_size: only the very last batch can be short
         num = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-        if self.num_replicas > 1 and num:
-            num = -(-num // self.num_replicas)
         return max(0, num - self.start)
 
 
