@@ -1,3 +1,5 @@
+import pytest
+
 from loratune.train.plots import plot_training_curves
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -36,3 +38,27 @@ def test_plot_eval_loss_fallback(tmp_path):
     recs = [r for r in _records(2, 4, with_eval=False)]
     recs += [{"type": "eval", "epoch": 1, "loss": 2.0}, {"type": "eval", "epoch": 2, "loss": 1.5}]
     assert plot_training_curves(recs, tmp_path / "lm.png").stat().st_size > 0
+
+
+def test_only_the_epoch_means_and_the_kept_evaluation_are_labelled():
+    """Records as the loop writes them: fractional epochs, the epoch's last log at epoch == e + 1.0."""
+    from loratune.train.plots import training_figure
+
+    per_epoch, recs = 25, []
+    for step in range(1, 3 * per_epoch + 1):
+        recs.append({"type": "train", "step": step, "epoch": round(step / per_epoch, 4), "loss": 1.0 / step})
+        if step % per_epoch == 0:
+            recs.append(
+                {
+                    "type": "eval",
+                    "step": step,
+                    "epoch": step / per_epoch,
+                    "accuracy": [0.7, 0.8, 0.75][step // per_epoch - 1],
+                }
+            )
+    fig = training_figure(recs, best=recs[-1 - per_epoch - 1])  # the epoch-2 evaluation was kept
+    loss_ax, eval_ax = fig.axes
+    means = sorted(float(t.get_text()) for t in loss_ax.texts)
+    assert len(means) == 3  # one per epoch, not one per logged step
+    assert means[-1] == pytest.approx(sum(1.0 / s for s in range(1, 26)) / 25, abs=5e-4)  # epoch 1, as shown
+    assert [t.get_text() for t in eval_ax.texts] == ["kept: accuracy 0.800"]

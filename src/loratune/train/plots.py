@@ -20,7 +20,7 @@ from matplotlib.ticker import MaxNLocator
 
 from loratune.fsutil import atomic_write_bytes
 
-__all__ = ["plot_training_curves"]
+__all__ = ["plot_training_curves", "training_figure"]
 
 # (label, record keys accepted for it); the first key present in a record wins.
 _EVAL_SERIES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -28,6 +28,7 @@ _EVAL_SERIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("macro-F1", ("macro_f1", "f1_macro", "eval_macro_f1")),
     ("F1", ("f1", "eval_f1")),
 )
+_LOWER_IS_BETTER = {"validation loss", "perplexity"}
 # Used only when none of the above is present (e.g. causal LM runs).
 _EVAL_FALLBACK: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("validation loss", ("loss", "eval_loss")),
@@ -57,8 +58,46 @@ def _series(evals: list[dict[str, Any]], keys: tuple[str, ...]) -> list[tuple[fl
     return pts
 
 
-def plot_training_curves(records: list[dict[str, Any]], out_png: str | os.PathLike[str], *, title: str = "") -> Path:
-    """Write a two-panel PNG: training loss per step with per-epoch means; validation metrics per epoch.
+def _epoch_index(epoch: Any) -> int:
+    """The epoch a record belongs to: a record logged at the end of epoch 1 says ``epoch: 1.0``."""
+    x = _num(epoch)
+    return max(0, math.ceil(x) - 1) if x is not None else 0
+
+
+def _mark_best(ax: Any, evals: list[dict[str, Any]], best: dict[str, Any] | None, plotted: list) -> None:
+    """Star and label the kept evaluation (``best``; without it, the first series' highest point)."""
+    label, pts = plotted[0]
+    if best is None:
+        x, y = max(pts, key=lambda p: p[1]) if label not in _LOWER_IS_BETTER else min(pts, key=lambda p: p[1])
+    else:
+        x = _num(best.get("epoch"))
+        y = next(
+            (v for key in dict(_EVAL_SERIES + _EVAL_FALLBACK)[label] if (v := _num(best.get(key))) is not None), None
+        )
+        if x is None or y is None:
+            return
+    ax.plot([x], [y], "*", color="tab:red", ms=14, zorder=3)
+    ax.annotate(f"kept: {label} {y:.3f}", (x, y), textcoords="offset points", xytext=(0, 9), ha="center",
+                fontsize=8, color="tab:red")  # fmt: skip
+
+
+def plot_training_curves(
+    records: list[dict[str, Any]],
+    out_png: str | os.PathLike[str],
+    *,
+    title: str = "",
+    best: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``training_figure(records, title=title, best=best)`` as a PNG, atomically."""
+    fig = training_figure(records, title=title, best=best)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return atomic_write_bytes(out_png, buf.getvalue())
+
+
+def training_figure(records: list[dict[str, Any]], *, title: str = "", best: dict[str, Any] | None = None) -> Figure:
+    """Two panels: training loss per step with each epoch's mean (labelled); the validation metrics per
+    evaluation, with the kept evaluation (``best``, the run's best record) starred and labelled.
 
     Works with a single epoch, and with no eval records (the right panel then says so).
     """
@@ -74,10 +113,9 @@ def plot_training_curves(records: list[dict[str, Any]], out_png: str | os.PathLi
         steps = [int(r.get("step", i + 1)) for i, r in enumerate(train)]
         losses = [float(r["loss"]) for r in train]
         ax_loss.plot(steps, losses, color="tab:blue", alpha=0.45, lw=1, label="loss per step")
-        by_epoch: dict[float, list[tuple[int, float]]] = defaultdict(list)
+        by_epoch: dict[int, list[tuple[int, float]]] = defaultdict(list)
         for s, loss, r in zip(steps, losses, train, strict=True):
-            ep = _num(r.get("epoch"))
-            by_epoch[ep if ep is not None else 0.0].append((s, loss))
+            by_epoch[_epoch_index(r.get("epoch"))].append((s, loss))
         for n, (_ep, pts) in enumerate(sorted(by_epoch.items())):
             lo, hi = min(s for s, _ in pts), max(s for s, _ in pts)
             mean = sum(v for _, v in pts) / len(pts)
@@ -110,9 +148,9 @@ def plot_training_curves(records: list[dict[str, Any]], out_png: str | os.PathLi
     if plotted:
         for (label, pts), color in zip(plotted, ("tab:green", "tab:purple", "tab:red"), strict=False):
             xs, ys = zip(*pts, strict=True)
-            ax_eval.plot(xs, ys, "o-", color=color, label=label, ms=6)
-            for x, y in pts:
-                ax_eval.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
+            ax_eval.plot(xs, ys, "o-", color=color, label=label, ms=5)
+        _mark_best(ax_eval, evals, best, plotted)
+        ax_eval.margins(x=0.08)
         all_y = [y for _, pts in plotted for _, y in pts]
         lo, hi = min(all_y), max(all_y)
         pad = max((hi - lo) * 0.15, 0.02 * max(abs(hi), 1.0))
@@ -133,6 +171,4 @@ def plot_training_curves(records: list[dict[str, Any]], out_png: str | os.PathLi
 
     if title:
         fig.suptitle(title)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return atomic_write_bytes(out_png, buf.getvalue())
+    return fig
