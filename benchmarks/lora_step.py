@@ -97,25 +97,28 @@ def build_model(name: str, attn: str):
 
 
 def apply_method(model, method: str, precision: str = "fp32"):
-    """``-lean``: also loratune's kernels (attention, dropout, freed memory kept) and, as ``loratune
-    train`` does, the frozen linear layers stored in ``precision``'s dtype; ``-gc``: checkpointing."""
-    if method.endswith("-gc"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        method = method.removesuffix("-gc")
-    lean = method.endswith("-lean")
+    """``loratune``: the engine alone (``add_lora``), like for like with PEFT; ``-lean``: the whole
+    preparation of ``loratune train`` (``loratune.prepare_model``: kernels, adapters, frozen linear
+    layers in ``precision``'s dtype) and glibc keeping freed memory, as the CLI does; ``-gc``: checkpointing."""
+    import loratune
+
+    gc = method.endswith("-gc")
+    base = method.removesuffix("-gc")
+    lean = base.endswith("-lean")
+    base = base.removesuffix("-lean")
+    if base not in ("loratune", "peft", "full") or (gc and not lean):
+        raise SystemExit(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    lora = loratune.LoraConfig(
+        r=RANK, alpha=ALPHA, dropout=DROPOUT, target_modules=TARGETS, modules_to_save=["classifier"]
+    )
     if lean:
-        from loratune.fastpath import use_lean_kernels
-        from loratune.kernels import keep_freed_memory
-
-        model.first_token_layer = use_lean_kernels(model).first_token_layer  # for the FLOP count
-        keep_freed_memory()  # as `loratune train --kernels lean` does on CPU
-        method = method.removesuffix("-lean")
-    if method == "loratune":
-        from loratune import LoraConfig, add_lora
-
-        cfg = LoraConfig(r=RANK, alpha=ALPHA, dropout=DROPOUT, target_modules=TARGETS, modules_to_save=["classifier"])
-        model = add_lora(model, cfg)
-    elif method == "peft":
+        loratune.keep_freed_memory()
+        loratune.prepare_model(model, lora if base == "loratune" else None, precision=precision,
+                               gradient_checkpointing=gc)  # fmt: skip
+        model.first_token_layer = loratune.preparation(model).first_token_layer  # for the FLOP count
+    elif base == "loratune":
+        loratune.add_lora(model, lora)
+    elif base == "peft":
         import peft
 
         cfg = peft.LoraConfig(
@@ -127,14 +130,8 @@ def apply_method(model, method: str, precision: str = "fp32"):
             modules_to_save=["classifier"],
         )
         model = peft.get_peft_model(model, cfg)
-    elif method == "full":
-        model.requires_grad_(True)
     else:
-        raise SystemExit(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    if lean:  # after the adapters exist, which keep fp32
-        from loratune.train.precision import store_frozen_linears
-
-        store_frozen_linears(model, precision)
+        model.requires_grad_(True)
     return model.train()
 
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from conftest import toy_rows, write_csv
 from loratune.cli import main
-from loratune.kernels.host_memory import supported
+from loratune.train.host_memory import supported
 
 
 def train_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
@@ -40,7 +40,7 @@ def test_train_all_option_groups_then_eval_and_predict(tiny_model_dir, toy_data,
             "--dropout", "0.05", "--target-modules", "query,key,value", "--rslora", "--seed", "7",
             "--eval-every", "4", "--save-every", "3", "--early-stopping-patience", "5",
             "--text-column", "text", "--label-column", "label", "--train-size", "80", "--eval-size", "30",
-            "--log-every", "2",
+            "--log-every", "2", "--report-to", "tensorboard",
         ),
         capsys,
     )  # fmt: skip
@@ -83,6 +83,14 @@ def test_train_all_option_groups_then_eval_and_predict(tiny_model_dir, toy_data,
     assert max(r["step"] for r in records) == 3 * steps_per_epoch
     assert (out / "curves.png").stat().st_size > 1000
     assert len(list((out / "checkpoints").iterdir())) == 2  # pruned to the newest two
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(out / "tensorboard"))
+    board.Reload()
+    assert [e.step for e in board.Scalars("eval/accuracy")] == [r["step"] for r in evals]
+    assert {"train/loss", "train/lr", "train/examples_per_s", "eval/loss", "eval/macro_f1"} <= set(
+        board.Tags()["scalars"]
+    )
 
     code, stdout, err = run(["eval", "--adapter", str(adapter)], capsys)
     assert code == 0, err
@@ -140,7 +148,7 @@ def test_padded_baseline_options_count_more_flops(tiny_model_dir, toy_data, tmp_
     summaries = {}
     for name, extra in {
         "default": (),
-        "padded": ("--padding", "max_length", "--no-group-by-length", "--kernels", "torch"),
+        "padded": ("--padding", "max_length", "--no-group-by-length", "--kernels", "torch", "--no-malloc-tuning"),
     }.items():
         out = tmp_path / name
         code, _, err = run(train_args(tiny_model_dir, toy_data, out, "--epochs", "1", *extra), capsys)

@@ -28,6 +28,7 @@ from loratune.compare import (
     successive_halving,
 )
 from loratune.errors import LoratuneError
+from loratune.train.config import build_config
 
 
 def compare_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
@@ -126,16 +127,23 @@ def test_parse_ranks_and_child_mode(tmp_path):
 
 
 def test_child_argv_forwards_train_flags_and_overrides():
-    options = {"model": "m", "dataset": "d", "r": 4, "progress": False, "rslora": True, "lr": 0.005, "seed": None}
-    argv = child_argv(options, output="o/x", method="lora", max_steps=3, resume=False, overwrite=True)
+    from loratune.cli import build_parser, train_flags
+
+    cfg = build_config(model="m", dataset="d", r=4, progress=False, rslora=True, lr=0.005, group_by_length=False,
+                       target_modules="query,value", output="elsewhere")  # fmt: skip
+    argv = child_argv(cfg, output="o/x", method="lora", max_steps=3, resume=False, overwrite=True)
     assert argv[:4] == [sys.executable, "-m", "loratune.cli", "train"]
     joined = " ".join(argv[4:])
     for part in ("--model m", "--dataset d", "--r 4", "--no-progress", "--rslora", "--lr 0.005", "--output o/x",
-                 "--method lora", "--max-steps 3", "--overwrite"):  # fmt: skip
+                 "--method lora", "--max-steps 3", "--overwrite", "--no-group-by-length",
+                 "--target-modules query,value"):  # fmt: skip
         assert part in joined
-    assert "--seed" not in joined and "--resume" not in joined
-    assert "--r 2" in " ".join(child_argv(options, r=2))
-    assert "--resume" in child_argv(options, resume=True)
+    assert "--seed" not in joined and "--resume" not in joined and "elsewhere" not in joined
+    assert "--r 2" in " ".join(child_argv(cfg, r=2))
+    assert "--resume" in child_argv(cfg, resume=True)
+    # the child's own parser reads back the same configuration
+    child = build_config(**train_flags(build_parser().parse_args(child_argv(cfg, output="elsewhere")[3:])))
+    assert child == cfg
 
 
 # ------------------------------------------------------------------------------------- end to end
@@ -285,8 +293,8 @@ def test_measures_at_step_reads_the_evaluations_up_to_that_step(tmp_path):
         for step, acc, cm in evals:
             fh.write(json.dumps({"type": "eval", "step": step, "epoch": step / 12, "accuracy": acc,
                                  "macro_f1": acc, "confusion_matrix": cm}) + "\n")  # fmt: skip
-    m = {"run_dir": str(tmp_path), "steps": 12, "epochs": 1.0, "accuracy": 0.875, "final_accuracy": 0.875,
-         "majority_accuracy": 0.5, "train_seconds": 4.0}  # fmt: skip
+    m = {"task": "seq-cls", "run_dir": str(tmp_path), "steps": 12, "epochs": 1.0, "accuracy": 0.875,
+         "final_accuracy": 0.875, "majority_accuracy": 0.5, "train_seconds": 4.0}  # fmt: skip
     at9 = measures_at_step(m, 9)
     assert (at9["steps"], at9["accuracy"], at9["best_epoch"], at9["final_accuracy"]) == (9, 0.75, 0.5, 0.625)
     assert at9["train_seconds"] == 4.0  # the cost stays the run's

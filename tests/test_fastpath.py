@@ -188,3 +188,89 @@ def test_gradient_checkpointing_redraws_the_same_masks():
     torch.testing.assert_close(loss_a, loss_b)
     for name in grads_a:
         torch.testing.assert_close(grads_a[name], grads_b[name], msg=name)
+
+
+# ------------------------------------------------------------------ feature detection: fall back, never fail
+def test_an_attention_that_is_not_routed_through_the_interface_keeps_its_own():
+    """MPNet has its own attention code (no AttentionInterface): it keeps it, and the note says why."""
+    from transformers import MPNetConfig, MPNetForSequenceClassification
+
+    cfg = MPNetConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    model = MPNetForSequenceClassification(cfg)
+    model.config._attn_implementation = "sdpa"  # as if transformers had picked it
+    ids = torch.randint(0, 60, (2, 7))
+    before = model.eval()(input_ids=ids).logits
+    report = use_lean_kernels(model)
+    assert not report.attention and not report.first_token_layer and report.dropouts > 0
+    assert len(report.notes) == 1 and "MPNetForSequenceClassification" in report.notes[0]
+    assert "AttentionInterface" in report.notes[0] and "\n" not in report.notes[0]
+    torch.testing.assert_close(model(input_ids=ids).logits, before)
+
+
+def test_a_transformers_without_the_attention_interface_keeps_the_model_s_attention(monkeypatch):
+    import loratune.fastpath as fastpath
+
+    def missing():
+        raise ImportError("cannot import name 'ALL_MASK_ATTENTION_FUNCTIONS'")
+
+    monkeypatch.setattr(fastpath, "_register", missing)
+    model = tiny_bert_cls()
+    report = use_lean_kernels(model)
+    assert not report.attention and model.config._attn_implementation == "sdpa"
+    assert report.first_token_layer and report.dropouts > 0  # the other kernels still apply
+    assert report.notes == ["the lean attention cannot be plugged into this transformers (ImportError); "
+                            "BertForSequenceClassification keeps its own"]  # fmt: skip
+
+
+class _ShiftedSelfAttention(torch.nn.Module):
+    """A self-attention of another shape than the fast path knows: it also reads position 1."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.inner, name)
+
+    def forward(self, hidden_states, *args, **kwargs):
+        out = self.inner(hidden_states, *args, **kwargs)
+        return (out[0] + hidden_states[:, 1:2], *out[1:])
+
+
+def _off_by_half(real):
+    return lambda *args, **kwargs: real(*args, **kwargs) + 0.5
+
+
+@pytest.mark.parametrize("broken", ["unknown attention class", "computes another value", "raises"])
+def test_a_last_layer_that_fails_the_first_token_check_stays_whole(broken, monkeypatch):
+    import loratune.fastpath as fastpath
+
+    model = tiny_bert_cls()
+    ids = torch.randint(0, 120, (2, 9))
+    prefix = "BertForSequenceClassification's last layer keeps computing every position"
+    if broken == "unknown attention class":
+        attention = model.bert.encoder.layer[-1].attention
+        attention.self = _ShiftedSelfAttention(attention.self)
+        note = f"{prefix} (its attention class _ShiftedSelfAttention is not one this loratune knows)"
+    elif broken == "computes another value":  # e.g. a transformers whose layer code changed meaning
+        monkeypatch.setattr(fastpath, "_attend_first", _off_by_half(fastpath._attend_first))
+        note = f"{prefix} (a check of the first-token layer failed: its logits changed)"
+    else:  # e.g. a transformers whose attention functions take other arguments
+        monkeypatch.setattr(fastpath, "_attend_first", lambda *a, **k: (_ for _ in ()).throw(TypeError("bad call")))
+        note = f"{prefix} (a check of the first-token layer failed: TypeError: bad call)"
+    before = model.eval()(input_ids=ids).logits
+    report = use_lean_kernels(model)
+    assert not report.first_token_layer and report.attention and report.notes == [note]
+    torch.testing.assert_close(model.eval()(input_ids=ids).logits, before)
+
+
+def test_the_first_token_check_leaves_the_random_stream_alone():
+    model = tiny_bert_cls()
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    assert use_lean_kernels(model).first_token_layer
+    torch.testing.assert_close(torch.rand(3), expected, rtol=0, atol=0)

@@ -25,6 +25,7 @@ from loratune.errors import LoratuneError, ModelNotFoundError
 from loratune.models import (
     default_target_modules,
     head_module_names,
+    hub_id,
     load_model_for_sequence_classification,
     load_tokenizer,
     resolve_model,
@@ -62,6 +63,35 @@ def tiny_bert_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # --- resolve_model ---------------------------------------------------------------------------------
+
+
+@needs_minilm
+def test_an_alias_names_its_hub_id_which_resolves_to_the_packaged_copy_offline() -> None:
+    assert hub_id("minilm") == hub_id("MiniLM") == "sentence-transformers/all-MiniLM-L6-v2"
+    assert hub_id("bert-base-uncased") == "bert-base-uncased" and hub_id("./folder") == "./folder"
+    assert resolve_model("sentence-transformers/all-MiniLM-L6-v2") == resolve_model("minilm")  # the hub is off
+
+
+@needs_minilm
+def test_peft_loads_an_adapter_by_the_hub_id_it_names(tmp_path: Path) -> None:
+    """adapter_config.json names the real hub id, which PEFT (and vLLM, LoRAX) can resolve."""
+    from peft import PeftModel
+
+    from loratune import LoraConfig, add_lora, save_adapter
+
+    torch.manual_seed(0)
+    model = load_model_for_sequence_classification("minilm", 2)
+    heads = head_module_names(model)
+    config = LoraConfig(r=4, target_modules=["query", "value"], modules_to_save=heads, task_type="SEQ_CLS",
+                        base_model_name_or_path=hub_id("minilm"), init_lora_weights=False)  # fmt: skip
+    add_lora(model, config)
+    save_adapter(model, tmp_path / "adapter")
+    named = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert named == "sentence-transformers/all-MiniLM-L6-v2"
+    base = AutoModelForSequenceClassification.from_pretrained(resolve_model(named), num_labels=2)
+    peft_model = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    ids = torch.randint(1000, 2000, (2, 9))
+    torch.testing.assert_close(peft_model(input_ids=ids).logits, model.eval()(input_ids=ids).logits)
 
 
 @needs_minilm
@@ -175,30 +205,22 @@ def test_unreachable_hub_for_real() -> None:
 
 
 @pytest.mark.parametrize(
-    ("model_type", "task", "expected"),
+    ("model_type", "expected"),
     [
-        ("bert", "seq_cls", ["query", "value"]),
-        ("roberta", "seq_cls", ["query", "value"]),
-        ("xlm-roberta", "seq_cls", ["query", "value"]),
-        ("electra", "seq_cls", ["query", "value"]),
-        ("distilbert", "seq_cls", ["q_lin", "v_lin"]),
-        ("llama", "seq_cls", ["q_proj", "v_proj"]),
-        ("mistral", "causal_lm", ["q_proj", "v_proj"]),
-        ("qwen2", "causal_lm", ["q_proj", "v_proj"]),
-        ("gpt2", "seq_cls", ["c_attn"]),
-        ("bert", "token_cls", ["query", "key", "value"]),
-        ("roberta", "token_cls", ["query", "key", "value"]),
-        ("distilbert", "token_cls", ["q_lin", "k_lin", "v_lin"]),
-        ("llama", "token_cls", ["q_proj", "v_proj"]),
-        ("some_new_arch", "seq_cls", "all-linear"),
+        ("bert", ["query", "value"]),
+        ("roberta", ["query", "value"]),
+        ("xlm-roberta", ["query", "value"]),
+        ("electra", ["query", "value"]),
+        ("distilbert", ["q_lin", "v_lin"]),
+        ("llama", ["q_proj", "v_proj"]),
+        ("mistral", ["q_proj", "v_proj"]),
+        ("qwen2", ["q_proj", "v_proj"]),
+        ("gpt2", ["c_attn"]),
+        ("some_new_arch", "all-linear"),
     ],
 )
-def test_default_target_modules(model_type: str, task: str, expected) -> None:
-    assert default_target_modules(model_type, task) == expected
-
-
-def test_default_target_modules_unknown_task() -> None:
-    assert "use one of seq_cls, token_cls, causal_lm" in error_of(LoratuneError, default_target_modules, "bert", "qa")
+def test_default_target_modules(model_type: str, expected) -> None:
+    assert default_target_modules(model_type) == expected
 
 
 def test_default_targets_exist_in_the_architectures() -> None:

@@ -1,6 +1,7 @@
-"""The ``loratune`` command: train, eval, predict.
+"""The ``loratune`` command: train, eval, predict, compare.
 
-User errors (``LoratuneError``) print one line ``error: ...`` and exit with code 2, no traceback.
+User errors (``LoratuneError`` and bad flags) print one line ``error: ...`` and exit with code 2,
+no traceback.
 """
 
 from __future__ import annotations
@@ -10,12 +11,20 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from loratune.errors import Interrupted, LoratuneError
 from loratune.train.options import add_train_options
 
 DEFAULTS_NOTE = "defaults: the offline demo (--model minilm --dataset tweets)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line naming the fix instead of a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message}; see {self.prog} --help", file=sys.stderr)
+        raise SystemExit(2)
 
 
 # ------------------------------------------------------------------------------------------ parser
@@ -29,10 +38,29 @@ def _inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-remote-code", action="store_true")
 
 
+def _compare_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("compare")
+    group.add_argument("--methods", help="comma-separated methods, each its own run (default full,lora)")
+    group.add_argument("--ranks", help="comma-separated LoRA ranks: one run per rank (ranks.json, ranks.png)")
+    group.add_argument(
+        "--auto-rank",
+        action="store_true",
+        help="pick the smallest rank within --tolerance of the best by successive halving over --ranks "
+        "(default 1,2,4,8,16), then train it fully into OUT/auto-rank",
+    )
+    group.add_argument("--tolerance", type=float, default=0.5, help="auto-rank: accuracy points (default 0.5)")
+    group.add_argument(
+        "--first-budget",
+        type=float,
+        default=1 / 16,
+        help="auto-rank: the first round's steps as a fraction of a full run (default 1/16); doubled each round",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="loratune", description="LoRA fine-tuning of pretrained transformers.")
+    parser = _Parser(prog="loratune", description="LoRA fine-tuning of pretrained transformers.")
     parser.add_argument("--version", action="version", version=f"loratune {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     train = sub.add_parser("train", help="fine-tune a model (LoRA or full)", description=DEFAULTS_NOTE)
     add_train_options(train)
     ev = sub.add_parser("eval", help="evaluate an adapter: metrics and confusion matrix")
@@ -52,22 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Each run is its own process; outputs in --output (default runs/compare). " + DEFAULTS_NOTE,
     )
     add_train_options(cmp)
-    group = cmp.add_argument_group("compare")
-    group.add_argument("--methods", help="comma-separated methods, each its own run (default full,lora)")
-    group.add_argument("--ranks", help="comma-separated LoRA ranks: one run per rank (ranks.json, ranks.png)")
-    group.add_argument(
-        "--auto-rank",
-        action="store_true",
-        help="pick the smallest rank within --tolerance of the best by successive halving over --ranks "
-        "(default 1,2,4,8,16), then train it fully into OUT/auto-rank",
-    )
-    group.add_argument("--tolerance", type=float, default=0.5, help="auto-rank: accuracy points (default 0.5)")
-    group.add_argument(
-        "--first-budget",
-        type=float,
-        default=1 / 16,
-        help="auto-rank: the first round's steps as a fraction of a full run (default 1/16); doubled each round",
-    )
+    _compare_options(cmp)
     return parser
 
 
@@ -78,31 +91,44 @@ def _version() -> str:
 
 
 # ------------------------------------------------------------------------------------------ commands
+def train_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``RunConfig`` fields that ``args`` sets (``--config`` and the command's own flags left out)."""
+    from loratune.train.config import options
+
+    return {k: v for k, v in vars(args).items() if k in options()}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from loratune.tasks import get_task
     from loratune.train.config import build_config
+    from loratune.train.host_memory import keep_freed_memory
     from loratune.train.run import run_training
 
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "config", "func")}
-    cfg = build_config(args.config, **options)
+    cfg = build_config(args.config, **train_flags(args))
+    if cfg.malloc_tuning:
+        keep_freed_memory()  # process-wide, so here at the command's start and not in a library call
     summary = run_training(cfg)
-    print(format_summary(summary))
+    print(format_summary(summary, get_task(cfg.task).summary_metrics))
     return 0
 
 
-def format_summary(s: dict[str, Any]) -> str:
+def format_summary(s: dict[str, Any], metrics: Sequence[str]) -> str:
+    """The end-of-run summary as aligned lines; ``metrics``: the task's metrics to show."""
     from loratune.train.memory import format_bytes
 
     best, final = s.get("best") or {}, s.get("final") or {}
-    rows = [
-        ("run", s["title"]),
-        ("examples", f"{s['train_examples']} train / {s['eval_examples']} eval"),
-        ("accuracy (best)", f"{best.get('accuracy', float('nan')):.4f}  at epoch {best.get('epoch')}"),
-        ("macro-F1 (best)", f"{best.get('macro_f1', float('nan')):.4f}"),
-        ("accuracy (final)", f"{final.get('accuracy', float('nan')):.4f}"),
+    metric = s["metric"]
+    rows = [("run", s["title"]), ("examples", f"{s['train_examples']} train / {s['eval_examples']} eval")]
+    rows += [
         (
-            "trainable params",
-            f"{s['trainable_params']:,} of {s['total_params']:,} ({s['trainable_percent']:.2f} %)",
-        ),
+            f"{name} (best)",
+            f"{best.get(name, float('nan')):.4f}" + (f"  at epoch {best.get('epoch')}" if i == 0 else ""),
+        )
+        for i, name in enumerate(dict.fromkeys([metric, *metrics]))
+    ]
+    rows += [
+        (f"{metric} (final)", f"{final.get(metric, float('nan')):.4f}"),
+        ("trainable params", f"{s['trainable_params']:,} of {s['total_params']:,} ({s['trainable_percent']:.2f} %)"),
         (
             "train time",
             f"{s['train_seconds']:.1f} s ({s['examples_per_s']:.1f} examples/s), wall {s['wall_seconds']:.1f} s",
@@ -123,65 +149,52 @@ def _load(args: argparse.Namespace):
     return load_artifact(args.adapter, model=args.model, device=device, trust_remote_code=args.trust_remote_code)
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
-
-    from loratune.data.sources import load_text_classification
+def _eval_data(args: argparse.Namespace, task, info: dict[str, Any]):
+    """The data ``eval`` scores: --eval-file, --dataset, or the data the artifact was trained on."""
     from loratune.errors import DataError
-    from loratune.tasks.seq_cls import classification_metrics, format_confusion_matrix, predict_proba
+
+    columns = {"text_column": args.text_column, "label_column": args.label_column}
+    if args.eval_file:
+        return task.load_eval_data(None, info=info, seed=42, train_file=args.eval_file, eval_file=args.eval_file,
+                                   **columns)  # fmt: skip
+    recorded = dict(info.get("data") or {})
+    if args.dataset is not None:  # another dataset: only the column and size options carry over
+        return task.load_eval_data(args.dataset, info=info, seed=42, eval_size=args.eval_size, **columns)
+    if recorded.get("dataset") is None and not recorded.get("train_file"):
+        raise DataError("no data to evaluate on; pass --dataset NAME or --eval-file PATH")
+    dataset, seed = recorded.pop("dataset", None), recorded.pop("seed", 42)
+    recorded.update({k: v for k, v in {**columns, "eval_size": args.eval_size}.items() if v is not None})
+    return task.load_eval_data(dataset, info=info, seed=seed, **recorded)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from torch.utils.data import DataLoader
+
+    from loratune.data.batching import LengthGroupedBatchSampler
+    from loratune.tasks import get_task
+    from loratune.train.evaluate import evaluate
 
     loaded = _load(args)
-    recorded = loaded.info.get("data") or {}
-    if args.eval_file:
-        data = load_text_classification(
-            train_file=args.eval_file,
-            eval_file=args.eval_file,
-            text_column=args.text_column,
-            label_column=args.label_column,
-        )
-        source = args.eval_file
-    else:
-        dataset = args.dataset or recorded.get("dataset")
-        same = args.dataset is None
-        if dataset is None and not (same and recorded.get("train_file")):
-            raise DataError("no data to evaluate on; pass --dataset NAME or --eval-file PATH")
-        data = load_text_classification(
-            dataset,
-            train_file=recorded.get("train_file") if same else None,
-            eval_file=recorded.get("eval_file") if same else None,
-            text_column=args.text_column or (recorded.get("text_column") if same else None),
-            label_column=args.label_column or (recorded.get("label_column") if same else None),
-            train_size=recorded.get("train_size") if same else None,
-            eval_size=args.eval_size or (recorded.get("eval_size") if same else None),
-            seed=recorded.get("seed", 42) if same else 42,
-        )
-        source = data.source
-    labels = loaded.labels
-    unknown = sorted(set(data.labels) - set(labels))
-    if unknown:
-        raise DataError(
-            f"the eval data has labels the adapter does not know: {', '.join(unknown)} "
-            f"(it knows {', '.join(labels)}); pass data with the same label names"
-        )
-    remap = torch.tensor([labels.index(name) for name in data.labels])
-    gold = remap[torch.tensor(data.eval["label"])]
+    task = get_task(loaded.info.get("task", "seq-cls"))
+    data = _eval_data(args, task, loaded.info)
     max_length = args.max_length or loaded.info.get("max_length", 256)
-    probs = predict_proba(
-        loaded.model, loaded.tokenizer, data.eval["text"], max_length=max_length, batch_size=args.batch_size
-    )
-    metrics = classification_metrics(probs, gold, len(labels))
+    tokens = task.tokenize(data.eval, loaded.tokenizer, max_length)
+    collate = task.collator(loaded.tokenizer, max_length=None, pad_to_multiple_of=None)
+    sampler = LengthGroupedBatchSampler(tokens["length"], args.batch_size, shuffle=False)
+    loader = DataLoader(tokens, batch_sampler=sampler, collate_fn=collate)
+    device = next(loaded.model.parameters()).device
+    metrics = evaluate(loaded.model, loader, task.metrics(data), device=device, precision="fp32")
     if args.json:
-        print(json.dumps({"adapter": str(args.adapter), "data": source, "labels": labels, **metrics}))
+        record = {"adapter": str(args.adapter), "data": data.source, "labels": loaded.info.get("labels"), **metrics}
+        print(json.dumps(record))
     else:
-        print(f"adapter   {args.adapter}\ndata      {source} ({metrics['num_examples']} examples)")
-        print(f"accuracy  {metrics['accuracy']:.4f}\nmacro-F1  {metrics['macro_f1']:.4f}\n")
-        print(format_confusion_matrix(metrics["confusion_matrix"], labels))
+        print(f"adapter   {args.adapter}\ndata      {data.source} ({len(data.eval)} examples)")
+        print(task.format_report(metrics, loaded.info))
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
+def _read_texts(args: argparse.Namespace) -> list[str]:
     from loratune.errors import DataError
-    from loratune.tasks.seq_cls import format_prediction, predict_proba, prediction_dict
 
     texts = list(args.texts)
     if args.file:
@@ -193,21 +206,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise DataError(f"cannot read --file {args.file} ({err.strerror}); pass a readable text file") from None
     if not texts:
         raise DataError('nothing to predict; pass texts as arguments ("a great film") or --file PATH')
+    return texts
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from loratune.tasks import get_task
+
+    texts = _read_texts(args)
     loaded = _load(args)
+    task = get_task(loaded.info.get("task", "seq-cls"))
     max_length = args.max_length or loaded.info.get("max_length", 256)
-    probs = predict_proba(loaded.model, loaded.tokenizer, texts, max_length=max_length, batch_size=args.batch_size)
-    for text, p in zip(texts, probs, strict=True):
-        if args.json:
-            print(json.dumps(prediction_dict(text, p, loaded.labels)))
-        else:
-            print(format_prediction(text, p, loaded.labels))
+    records = task.predict(loaded.model, loaded.tokenizer, texts, loaded.info, max_length=max_length,
+                           batch_size=args.batch_size)  # fmt: skip
+    for record in records:
+        print(json.dumps(record) if args.json else task.format_prediction(record))
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from loratune.compare import run_compare
 
-    return run_compare(args)
+    return run_compare(args, train_flags(args))
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "compare": cmd_compare}
@@ -226,7 +245,10 @@ def _quiet_libraries() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version, or a bad flag (its line already printed)
+        return int(exit_.code or 0)
     try:
         _quiet_libraries()
         return COMMANDS[args.command](args)

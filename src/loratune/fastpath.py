@@ -16,14 +16,20 @@ differently):
   1/12 of bert-base's encoder work, 1/6 of MiniLM's. The model's ``last_hidden_state`` then has
   length 1.
 
-``restore_torch_kernels`` undoes all three (before saving a full model, so its config names ``sdpa``).
+Each change is feature-detected, because it relies on transformers internals (its
+``AttentionInterface``, the layer classes' attribute names): a model whose internals are not what
+this module expects (an older or newer transformers, an architecture it does not know) keeps its
+own code for that part, and ``KernelReport.notes`` says why in one line. The first-token layer is
+also checked at once: a tiny batch must give the same logits with and without it.
+
+``restore_torch_kernels`` undoes all three, e.g. to read every position's hidden state after training.
 """
 
 from __future__ import annotations
 
 import sys
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -115,57 +121,55 @@ def _has(module: nn.Module | None, *names: str) -> bool:
 
 
 def _trimmable_last_layer(model: nn.Module):
-    """``(module, forward)`` to patch in ``model``'s last encoder layer, when only position 0 of it is read."""
+    """``(module, forward)`` to patch in a first-token classifier's last encoder layer.
+
+    None for models that are not first-token classifiers; a reason (str) for one whose last layer
+    is not of a shape this module knows.
+    """
     if type(model).__name__ not in FIRST_TOKEN_CLASSIFIERS:
         return None
     config = model.config
     if getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False):
-        return None
+        return "it is configured as a decoder"
     base = getattr(model, model.base_model_prefix, None)
     common = ("dropout", "attention_head_size", "scaling", "config")
     encoder = getattr(base, "encoder", None)
     if encoder is not None and getattr(encoder, "layer", None):  # BERT's layer code
         attention = getattr(encoder.layer[-1], "attention", None)
         sa = getattr(attention, "self", None)
-        if _has(attention, "output") and _has(sa, "query", "key", "value", *common):
-            target, forward = attention, _first_token_bert_attention
-        else:
-            return None
+        if not (_has(attention, "output") and _has(sa, "query", "key", "value", *common)):
+            return "its attention has attributes this loratune does not know"
+        target, forward = attention, _first_token_bert_attention
     elif getattr(getattr(base, "transformer", None), "layer", None):  # DistilBERT's
         block = base.transformer.layer[-1]
         sa = getattr(block, "attention", None)
-        if _has(block, "sa_layer_norm", "ffn", "output_layer_norm") and _has(
-            sa, "q_lin", "k_lin", "v_lin", "out_lin", *common
+        if not (
+            _has(block, "sa_layer_norm", "ffn", "output_layer_norm")
+            and _has(sa, "q_lin", "k_lin", "v_lin", "out_lin", *common)
         ):
-            target, forward = block, _first_token_distilbert_block
-        else:
-            return None
+            return "its attention has attributes this loratune does not know"
+        target, forward = block, _first_token_distilbert_block
     else:
-        return None
+        return "its encoder layers are not where this loratune looks for them"
     if not hasattr(sys.modules[type(sa).__module__], "eager_attention_forward"):
-        return None
+        return f"its attention class {type(sa).__name__} is not one this loratune knows"
     return target, forward
 
 
-def _trim_last_layer(model: nn.Module, trim: bool) -> bool:
+def _untrim_last_layer(model: nn.Module) -> None:
     found = _trimmable_last_layer(model)
-    if found is None:
-        return False
-    target, forward = found
-    if trim:
-        target.forward = types.MethodType(forward, target)
-    else:
-        vars(target).pop("forward", None)
-    return True
+    if isinstance(found, tuple):
+        vars(found[0]).pop("forward", None)
 
 
 @dataclass
 class KernelReport:
-    """What ``use_lean_kernels`` changed."""
+    """What ``use_lean_kernels`` changed, and why a kernel was left out (one line each)."""
 
     attention: bool  # the model now runs loratune_sdpa
     dropouts: int  # nn.Dropout layers swapped for LeanDropout
     first_token_layer: bool = False  # the last encoder layer computes position 0 only
+    notes: list[str] = field(default_factory=list)
 
 
 def _swap_dropouts(model: nn.Module, to_lean: bool) -> int:
@@ -186,20 +190,88 @@ def _swap_dropouts(model: nn.Module, to_lean: bool) -> int:
 
 
 def use_lean_kernels(model: nn.Module) -> KernelReport:
-    """Switch ``model`` (a transformers model, or any module for the dropouts) to the lean kernels."""
-    switched = False
+    """Switch ``model`` (a transformers model, or any module for the dropouts) to the lean kernels.
+
+    What cannot be switched safely keeps the model's own code; ``notes`` says what and why.
+    """
+    notes: list[str] = []
+    attention = _use_lean_attention(model, notes)
+    dropouts = _swap_dropouts(model, to_lean=True)
+    first_token = _use_first_token_layer(model, notes)
+    return KernelReport(attention=attention, dropouts=dropouts, first_token_layer=first_token, notes=notes)
+
+
+def _use_lean_attention(model: nn.Module, notes: list[str]) -> bool:
+    """Switch an SDPA model to ``loratune_sdpa`` where transformers lets its attention be replaced."""
+    name = type(model).__name__
     config = getattr(model, "config", None)
-    if config is not None and getattr(config, "_attn_implementation", None) == "sdpa":
+    implementation = getattr(config, "_attn_implementation", None)
+    if implementation in (None, LEAN_ATTENTION):
+        return implementation == LEAN_ATTENTION
+    if implementation != "sdpa":
+        notes.append(f"{name} runs {implementation!r} attention, which the lean attention does not replace")
+        return False
+    if not getattr(model, "_supports_attention_backend", False):
+        notes.append(f"{name} does not route its attention through transformers' AttentionInterface; it keeps its own")
+        return False
+    try:
         _register()
         model.set_attn_implementation(LEAN_ATTENTION)
-        switched = config._attn_implementation == LEAN_ATTENTION
-    dropouts = _swap_dropouts(model, to_lean=True)
-    return KernelReport(attention=switched, dropouts=dropouts, first_token_layer=_trim_last_layer(model, trim=True))
+    except (ImportError, AttributeError, TypeError, ValueError) as err:
+        notes.append(f"the lean attention cannot be plugged into this transformers ({type(err).__name__}); "
+                     f"{name} keeps its own")  # fmt: skip
+        return False
+    if config._attn_implementation != LEAN_ATTENTION:
+        notes.append(f"{name} did not accept the lean attention; it keeps its own")
+        return False
+    return True
+
+
+def _use_first_token_layer(model: nn.Module, notes: list[str]) -> bool:
+    """Trim the last layer of a first-token classifier, if a tiny batch gives the same logits after."""
+    found = _trimmable_last_layer(model)
+    if not isinstance(found, tuple):
+        if found is not None:
+            notes.append(f"{type(model).__name__}'s last layer keeps computing every position ({found})")
+        return False
+    target, forward = found
+    try:
+        same = _same_logits_when_trimmed(model, target, forward)
+    except Exception as err:  # unknown internals: any failure means "do not trim"
+        same, reason = False, f"{type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}"
+    else:
+        reason = "its logits changed"
+    if not same:
+        vars(target).pop("forward", None)
+        notes.append(f"{type(model).__name__}'s last layer keeps computing every position (a check of the "
+                     f"first-token layer failed: {reason})")  # fmt: skip  # fmt: skip
+    return same
+
+
+@torch.no_grad()
+def _same_logits_when_trimmed(model: nn.Module, target: nn.Module, forward) -> bool:
+    """Patch ``target.forward`` and check the logits of a tiny padded batch against the untrimmed model.
+
+    The batch is drawn from a private generator, so the global random stream is left as it was.
+    """
+    device = next(model.parameters()).device
+    ids = torch.randint(model.config.vocab_size, (2, 8), generator=torch.Generator().manual_seed(0)).to(device)
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    was_training = model.training
+    model.eval()
+    try:
+        reference = model(input_ids=ids, attention_mask=mask).logits
+        target.forward = types.MethodType(forward, target)
+        trimmed = model(input_ids=ids, attention_mask=mask).logits
+    finally:
+        model.train(was_training)
+    return trimmed.shape == reference.shape and torch.allclose(trimmed, reference, rtol=1e-4, atol=1e-5)
 
 
 def restore_torch_kernels(model: nn.Module) -> None:
     """Undo ``use_lean_kernels``: SDPA attention, plain ``nn.Dropout`` and a whole last layer again."""
-    _trim_last_layer(model, trim=False)
+    _untrim_last_layer(model)
     config = getattr(model, "config", None)
     if config is not None and getattr(config, "_attn_implementation", None) == LEAN_ATTENTION:
         model.set_attn_implementation("sdpa")

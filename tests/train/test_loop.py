@@ -1,6 +1,8 @@
-"""The training loop's learning-rate schedule against transformers' reference."""
+"""The training loop: its learning-rate schedule against transformers' reference, and fp16 loss scaling."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -40,3 +42,55 @@ def test_linear_schedule_state_round_trips() -> None:
     sched2.load_state_dict(state)
     assert sched2.get_last_lr() == sched.get_last_lr()
     assert sched.get_last_lr()[0] == pytest.approx(1e-3 * (20 - 9) / 16)
+
+
+# ------------------------------------------------------------------ fp16 loss scaling
+def _tiny_run(tmp_path, loss_fn, **config):
+    from torch.utils.data import DataLoader
+
+    from conftest import tiny_bert_cls
+    from loratune import LoraConfig, add_lora
+    from loratune.data.batching import LengthGroupedBatchSampler
+    from loratune.tasks import Metric
+    from loratune.train.loop import LoopConfig, train
+
+    model = add_lora(
+        tiny_bert_cls(num_labels=2), LoraConfig(r=2, target_modules=["query"], modules_to_save=["classifier"])
+    )
+    g = torch.Generator().manual_seed(0)
+    rows = [{"input_ids": torch.randint(3, 120, (8,), generator=g), "attention_mask": torch.ones(8, dtype=torch.long),
+             "labels": torch.tensor(i % 2)} for i in range(8)]  # fmt: skip
+    loader = DataLoader(rows, batch_sampler=LengthGroupedBatchSampler([8] * 8, 4, shuffle=True),
+                        collate_fn=lambda b: {k: torch.stack([r[k] for r in b]) for k in b[0]})  # fmt: skip
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    cfg = LoopConfig(epochs=1, flop_sample_every=0, warmup_ratio=0.0, **config)
+    result = train(model, loader, config=cfg, device=torch.device("cpu"), precision="fp16", run_dir=tmp_path,
+                   evaluate=lambda: {"accuracy": 0.5}, on_best=lambda r: None, metric=Metric("accuracy"),
+                   loss_fn=loss_fn, resume=(tmp_path / "checkpoints").is_dir(), show_progress=False)  # fmt: skip
+    changed = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    return result, changed
+
+
+def test_fp16_skips_a_step_whose_gradients_overflow_and_checkpoints_the_scale(tmp_path):
+    from loratune.train.checkpoint import latest_checkpoint
+
+    calls = []
+
+    def overflow_first(model, batch):
+        calls.append(1)
+        loss = model(**batch).loss
+        return loss * float("inf") if len(calls) == 1 else loss
+
+    result, changed = _tiny_run(tmp_path, overflow_first, max_steps=2, pause_at_step=1)
+    assert result.skipped_steps == 1 and result.steps == 1 and changed == []  # the step was skipped
+    state = json.loads((latest_checkpoint(tmp_path) / "trainer_state.json").read_text())["extra"]["grad_scaler"]
+    assert state["scale"] == 2.0**15  # halved from 2**16
+    result, changed = _tiny_run(tmp_path, overflow_first, max_steps=2)  # resumed: a finite step
+    assert result.steps == 2 and result.skipped_steps == 1 and changed
+    state = json.loads((latest_checkpoint(tmp_path) / "trainer_state.json").read_text())
+    assert state["step"] == 2 and state["extra"]["grad_scaler"]["scale"] == 2.0**15  # restored, not reset to 2**16
+
+
+def test_fp16_scaled_step_updates_like_an_unscaled_one(tmp_path):
+    result, changed = _tiny_run(tmp_path, lambda model, batch: model(**batch).loss, max_steps=1)
+    assert result.skipped_steps == 0 and len(changed) > 0

@@ -53,3 +53,42 @@ def test_environment_info():
         assert key in info
     assert info["torch"] == torch.__version__
     json.dumps(info)
+
+
+def _scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_gets_the_same_scalars_and_a_resume_purges_later_steps(tmp_path):
+    pytest.importorskip("tensorboard")
+    board = tmp_path / "tensorboard"
+    with MetricsLogger(tmp_path, tensorboard_dir=board) as log:
+        for step in (1, 2, 3):
+            log.log_train(step=step, epoch=0, loss=1.0 / step, lr=1e-3 * step, examples_per_s=40.0 + step)
+        log.log_eval(step=3, epoch=1, accuracy=0.75, macro_f1=0.5, confusion_matrix=[[1, 0], [0, 1]])
+    scalars = _scalars(board)
+    assert set(scalars) == {"train/loss", "train/lr", "train/examples_per_s", "eval/accuracy", "eval/macro_f1"}
+    assert scalars["train/loss"] == [(1, 1.0), (2, 0.5), (3, pytest.approx(1 / 3))]
+    assert scalars["eval/accuracy"] == [(3, 0.75)]
+    with MetricsLogger(tmp_path, resume_step=1, tensorboard_dir=board) as log:  # resumed from step 1
+        log.log_train(step=2, epoch=0, loss=0.25, lr=2e-3)
+    assert _scalars(board)["train/loss"] == [(1, 1.0), (2, 0.25)]
+
+
+def test_tensorboard_missing_is_a_one_line_error_naming_the_install(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name == "torch.utils.tensorboard":
+            raise ImportError("No module named 'tensorboard'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    with pytest.raises(RunError, match=r"pip install 'loratune\[tensorboard\]'"):
+        MetricsLogger(tmp_path, tensorboard_dir=tmp_path / "tb")

@@ -1,13 +1,11 @@
-"""Torch-only training kernels below the LoRA engine: lean dropout and attention, host memory reuse.
+"""Torch-only training kernels below the LoRA engine: lean dropout and attention.
 
 They compute the same functions as ``nn.Dropout`` and scaled-dot-product attention with dropout,
 with less memory traffic on CPU: 1-byte dropout masks drawn from 16-bit random words, and an
-attention backward that recomputes the probabilities instead of saving them; and a glibc setting
-that keeps freed host memory for reuse instead of faulting fresh pages in every step.
+attention backward that recomputes the probabilities instead of saving them.
 """
 
-from loratune.kernels.host_memory import keep_freed_memory
 from loratune.kernels.lean_attention import attention
 from loratune.kernels.lean_dropout import LeanDropout, dropout, dropout_mask
 
-__all__ = ["LeanDropout", "attention", "dropout", "dropout_mask", "keep_freed_memory"]
+__all__ = ["LeanDropout", "attention", "dropout", "dropout_mask"]

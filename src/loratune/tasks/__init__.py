@@ -1,6 +1,12 @@
-"""Tasks: what each task needs on top of a model (scoring, how a prediction is shown)."""
+"""Tasks: what each task family needs on top of a model (data, head, batches, loss, metrics, output).
 
+``get_task(name)`` returns the ``Task`` for a ``--task`` value; ``TASKS`` lists them.
+"""
+
+from loratune.errors import LoratuneError
+from loratune.tasks.base import Metric, Metrics, Task, TaskData
 from loratune.tasks.seq_cls import (
+    SeqClsTask,
     classification_metrics,
     format_confusion_matrix,
     format_prediction,
@@ -8,10 +14,28 @@ from loratune.tasks.seq_cls import (
     prediction_dict,
 )
 
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (SeqClsTask,)}
+
+
+def get_task(name: str) -> Task:
+    """The task called ``name`` (``seq-cls``; ``seq_cls`` is accepted too)."""
+    key = str(name).strip().lower().replace("_", "-")
+    if key not in TASKS:
+        raise LoratuneError(f"unknown task {name!r}; use one of {', '.join(TASKS)}")
+    return TASKS[key]()
+
+
 __all__ = [
+    "TASKS",
+    "Metric",
+    "Metrics",
+    "SeqClsTask",
+    "Task",
+    "TaskData",
     "classification_metrics",
     "format_confusion_matrix",
     "format_prediction",
+    "get_task",
     "predict_proba",
     "prediction_dict",
 ]

@@ -1,16 +1,23 @@
-"""Sequence classification: the Auto class, scoring (accuracy, macro F1, confusion matrix), and how a
-prediction is shown (label plus per-label softmax confidences)."""
+"""Sequence classification: one label per text. Scoring (accuracy, macro F1, confusion matrix), and how
+a prediction is shown (the label plus per-label softmax confidences)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+from torch import nn
 
+from loratune.data.batching import DynamicPaddingCollator, tokenize_dataset
+from loratune.data.sources import TextClassificationData, load_text_classification
 from loratune.errors import DataError
+from loratune.models import load_model_for_sequence_classification
+from loratune.tasks.base import Metric, Task
 
 TASK_TYPE = "SEQ_CLS"  # PEFT's task_type in adapter_config.json
 AUTO_CLASS = "AutoModelForSequenceClassification"
@@ -76,9 +83,13 @@ def prediction_dict(text: str, probs: Any, labels: Sequence[str]) -> dict[str, A
 
 def format_prediction(text: str, probs: Any, labels: Sequence[str], *, max_text: int = 60) -> str:
     """One line: ``positive (0.973)  [negative 0.027 | positive 0.973]  "the text..."``."""
-    d = prediction_dict(text, probs, labels)
+    return format_record(prediction_dict(text, probs, labels), max_text=max_text)
+
+
+def format_record(d: dict[str, Any], *, max_text: int = 60) -> str:
+    """``prediction_dict``'s record as the line of ``format_prediction``."""
     per_label = " | ".join(f"{name} {p:.3f}" for name, p in d["probs"].items())
-    snippet = " ".join(str(text).split())
+    snippet = " ".join(str(d["text"]).split())
     if len(snippet) > max_text:
         snippet = snippet[: max_text - 3].rstrip() + "..."
     return f'{d["label"]} ({d["confidence"]:.3f})  [{per_label}]  "{snippet}"'
@@ -116,3 +127,82 @@ def predict_proba(
         n = int(getattr(getattr(model, "config", None), "num_labels", 0))
         return np.zeros((0, n), dtype=np.float32)
     return np.concatenate(out)
+
+
+class ClassificationMetrics:
+    """Logits, labels and the mean loss of one evaluation pass; ``compute`` scores them."""
+
+    def __init__(self, num_labels: int) -> None:
+        self.num_labels = num_labels
+        self.logits: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+        self.loss_sum, self.count = 0.0, 0
+
+    def update(self, outputs: Any, batch: dict[str, torch.Tensor]) -> None:
+        self.logits.append(outputs.logits.float().cpu())
+        self.labels.append(batch["labels"].cpu())
+        self.loss_sum += float(outputs.loss) * batch["labels"].shape[0]
+        self.count += batch["labels"].shape[0]
+
+    def compute(self) -> dict[str, Any]:
+        metrics = classification_metrics(torch.cat(self.logits), torch.cat(self.labels), self.num_labels)
+        metrics["loss"] = self.loss_sum / max(self.count, 1)
+        return metrics
+
+
+class SeqClsTask(Task):
+    """Sequence classification (``AutoModelForSequenceClassification``); the best run has the top accuracy."""
+
+    name = "seq-cls"
+    peft_task_type = TASK_TYPE
+    metric = Metric("accuracy")
+    summary_metrics = ("accuracy", "macro_f1")
+
+    def load_data(self, dataset: str | None, *, seed: int, **options: Any) -> TextClassificationData:
+        return load_text_classification(dataset, seed=seed, **options)
+
+    def load_eval_data(
+        self, dataset: str | None, *, info: dict[str, Any], seed: int, **options: Any
+    ) -> TextClassificationData:
+        """Data to evaluate an artifact on, with the artifact's label ids (``info["labels"]``)."""
+        data = self.load_data(dataset, seed=seed, **options)
+        labels = list(info["labels"])
+        unknown = sorted(set(data.labels) - set(labels))
+        if unknown:
+            raise DataError(
+                f"the eval data has labels the adapter does not know: {', '.join(unknown)} "
+                f"(it knows {', '.join(labels)}); pass data with the same label names"
+            )
+        ids = [labels.index(data.labels[i]) for i in data.eval["label"]]
+        evaluated = datasets.Dataset.from_dict({"text": data.eval["text"], "label": ids}, features=data.eval.features)
+        return dataclasses.replace(data, eval=evaluated, labels=labels)
+
+    def load_model(self, name: str, data: TextClassificationData, *, trust_remote_code: bool = False) -> nn.Module:
+        return load_model_for_sequence_classification(
+            name, data.num_labels, data.id2label, data.label2id, trust_remote_code=trust_remote_code
+        )
+
+    def tokenize(self, split: Any, tokenizer: Any, max_length: int) -> Any:
+        return tokenize_dataset(split, tokenizer, max_length)
+
+    def collator(self, tokenizer: Any, *, max_length: int | None, pad_to_multiple_of: int | None) -> Callable:
+        return DynamicPaddingCollator(tokenizer, max_length=max_length, pad_to_multiple_of=pad_to_multiple_of)
+
+    def metrics(self, data: TextClassificationData) -> ClassificationMetrics:
+        return ClassificationMetrics(data.num_labels)
+
+    def artifact_info(self, data: TextClassificationData) -> dict[str, Any]:
+        return {"labels": data.labels}
+
+    def predict(self, model: nn.Module, tokenizer: Any, texts: Sequence[str], info: dict[str, Any], **kw: Any) -> list:
+        probs = predict_proba(model, tokenizer, texts, **kw)
+        return [prediction_dict(text, p, info["labels"]) for text, p in zip(texts, probs, strict=True)]
+
+    def format_prediction(self, record: dict[str, Any]) -> str:
+        return format_record(record)
+
+    def format_report(self, metrics: dict[str, Any], info: dict[str, Any]) -> str:
+        return (
+            f"accuracy  {metrics['accuracy']:.4f}\nmacro-F1  {metrics['macro_f1']:.4f}\n\n"
+            + format_confusion_matrix(metrics["confusion_matrix"], info["labels"])
+        )

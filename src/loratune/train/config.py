@@ -1,12 +1,21 @@
-"""``RunConfig``: every option of a training run, from defaults, a YAML recipe and flags.
+"""``RunConfig``: every option of a training run, declared once, from defaults, a YAML recipe and flags.
+
+Each field carries its help text, its group, its allowed values or range, and whether it may change
+when a run is resumed (``Option`` in the field's metadata). The command-line flags
+(``train/options.py``), the recipe reader, the checks and ``compare``'s child command lines are all
+built from that one table, so a flag and a recipe key can never disagree.
 
 Precedence: flags > recipe > defaults. Defaults are the offline demo: the packaged MiniLM on the
-packaged tweets. A recipe is a flat YAML mapping of the same names (dashes or underscores).
+packaged tweets. A recipe is a flat YAML mapping of the same names (dashes or underscores); a value
+may be written as a string where a number is expected (PyYAML reads ``5e-4`` as one).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,62 +23,119 @@ from typing import Any
 import yaml
 
 from loratune.errors import LoratuneError
+from loratune.tasks import TASKS
 
 METHODS = ("lora", "full")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 KERNELS = ("lean", "torch")
 PADDINGS = ("longest", "max_length")
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+
+@dataclass(frozen=True)
+class Option:
+    """How one ``RunConfig`` field is offered and checked."""
+
+    help: str
+    group: str
+    choices: tuple[str, ...] = ()
+    low: float | None = None  # smallest allowed value (inclusive unless low_open)
+    high: float | None = None  # largest allowed value (inclusive unless high_open)
+    low_open: bool = False
+    high_open: bool = False
+    resumable: bool = False  # may differ from the checkpointed run's value on --resume
+    flag: str | None = None  # a negative switch such as "--no-progress" (stores False)
+
+
+def _opt(default: Any, help: str, group: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"option": Option(help, group, **kw)})
+
+
+DATA, LORA, TRAINING, RUN = "model and data", "method and LoRA", "training", "run"
 
 
 @dataclass
 class RunConfig:
     """One training run. Field names are the CLI flags with dashes turned into underscores."""
 
-    # what to train on
-    model: str = "minilm"
-    dataset: str | None = None  # None and no files: the demo's "tweets" (see DEMO)
-    train_file: str | None = None
-    eval_file: str | None = None
-    text_column: str | None = None
-    label_column: str | None = None
-    train_size: int | None = None
-    eval_size: int | None = None
-    max_length: int = 256
-    padding: str = "longest"  # "longest": each batch to its longest sequence; "max_length": all to max_length
-    group_by_length: bool = True  # batches of similar lengths (less padding)
-    pad_to_multiple_of: int = 16  # batch lengths round up to this: few distinct shapes (time, memory)
-    # how
-    method: str = "lora"
-    r: int = 8
-    alpha: float = 32.0
-    dropout: float = 0.1
-    target_modules: list[str] | str | None = None  # None: the architecture's default
-    rslora: bool = False
-    epochs: int = 3
-    max_steps: int | None = None
-    pause_at_step: int | None = None
-    batch_size: int = 16
-    grad_accum: int = 1
-    lr: float | None = None  # None: 5e-4 for LoRA, 2e-5 for full fine-tuning
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    seed: int = 42
-    precision: str = "auto"
-    device: str | None = None
-    gradient_checkpointing: bool = False
-    kernels: str = "lean"  # "lean": loratune.kernels for attention and dropout; "torch": the model's own
-    trust_remote_code: bool = False
-    # run management
-    output: str = "runs/demo"
-    resume: bool = False
-    overwrite: bool = False
-    eval_every: int | None = None
-    save_every: int | None = None
-    early_stopping_patience: int | None = None
-    log_every: int = 10
-    progress: bool | None = None  # None: a bar on a terminal, plain lines otherwise
-    extra: dict[str, Any] = field(default_factory=dict)
+    task: str = _opt("seq-cls", "what to learn: seq-cls (a label per text)", DATA, choices=tuple(TASKS))
+    model: str = _opt("minilm", "hub name, local folder, or alias 'minilm'", DATA)
+    dataset: str | None = _opt(
+        None, "'tweets' (the default), a hub dataset (imdb, glue/sst2), a file or a folder", DATA
+    )
+    train_file: str | None = _opt(None, "local train file (csv, tsv, json, jsonl, parquet)", DATA)
+    eval_file: str | None = _opt(None, "local eval file; without one, an eval split is held out", DATA)
+    text_column: str | None = _opt(None, "text column (default: detected)", DATA)
+    label_column: str | None = _opt(None, "label column (default: detected)", DATA)
+    train_size: int | None = _opt(None, "subsample the train split to N examples (seeded)", DATA, low=1)
+    eval_size: int | None = _opt(None, "subsample the eval split to N examples (seeded)", DATA, low=1)
+    max_length: int = _opt(256, "truncate to N tokens", DATA, low=8)
+    padding: str = _opt(
+        "longest", "longest: pad each batch to its longest text; max_length: pad all to --max-length", DATA,
+        choices=PADDINGS,
+    )  # fmt: skip
+    group_by_length: bool = _opt(
+        True, "random batches instead of batches of similar lengths", DATA, flag="--no-group-by-length"
+    )
+    pad_to_multiple_of: int = _opt(
+        16, "round each batch's length up to a multiple of N (1: exact): fewer distinct shapes", DATA, low=1
+    )
+    method: str = _opt("lora", "lora or full fine-tuning", LORA, choices=METHODS)
+    r: int = _opt(8, "LoRA rank", LORA, low=1)
+    alpha: float = _opt(32.0, "LoRA alpha (the update is scaled by alpha / r)", LORA, low=0, low_open=True)
+    dropout: float = _opt(0.1, "LoRA dropout", LORA, low=0, high=1, high_open=True)
+    target_modules: list[str] | str | None = _opt(  # noqa: RUF009 - _opt is dataclasses.field with metadata
+        None, "comma-separated layer names, a regex, or all-linear (default: the architecture's)", LORA
+    )
+    rslora: bool = _opt(False, "scale by alpha / sqrt(r) (rank-stabilised LoRA)", LORA)
+    epochs: int = _opt(3, "passes over the train split", TRAINING, low=1)
+    max_steps: int | None = _opt(None, "stop after N optimizer steps", TRAINING, low=1)
+    pause_at_step: int | None = _opt(
+        None,
+        "stop at optimizer step N with a checkpoint and an evaluation, the schedule unchanged; "
+        "continue with --resume (and a later or no --pause-at-step)",
+        TRAINING, low=1, resumable=True,
+    )  # fmt: skip
+    batch_size: int = _opt(16, "examples per batch", TRAINING, low=1)
+    grad_accum: int = _opt(1, "gradient accumulation steps", TRAINING, low=1)
+    lr: float | None = _opt(
+        None, "learning rate (default 5e-4 for LoRA, 2e-5 for full)", TRAINING, low=0, low_open=True
+    )
+    weight_decay: float = _opt(0.01, "AdamW weight decay", TRAINING, low=0)
+    warmup_ratio: float = _opt(0.1, "share of the steps with a linear warm-up", TRAINING, low=0, high=1, high_open=True)
+    max_grad_norm: float = _opt(1.0, "gradient clipping norm (0: no clipping)", TRAINING, low=0)
+    seed: int = _opt(42, "seed of the data order, the new head and LoRA's initialisation", TRAINING, low=0)
+    precision: str = _opt(
+        "auto", "auto: bf16 where the hardware has it natively, else fp32", TRAINING, choices=PRECISIONS
+    )
+    device: str | None = _opt(None, "cpu, cuda, cuda:1 (default: cuda when present)", TRAINING, resumable=True)
+    gradient_checkpointing: bool = _opt(
+        False, "recompute activations in the backward pass: less memory, more time", TRAINING, resumable=True
+    )
+    kernels: str = _opt(
+        "lean", "lean: loratune's attention and dropout kernels (same maths, less memory and time); torch: the "
+        "model's own", TRAINING, choices=KERNELS,
+    )  # fmt: skip
+    malloc_tuning: bool = _opt(
+        True, "leave glibc's malloc as it is (by default it keeps freed memory for reuse on CPU)", TRAINING,
+        flag="--no-malloc-tuning", resumable=True,
+    )  # fmt: skip
+    trust_remote_code: bool = _opt(False, "run the model's own code from the hub", TRAINING, resumable=True)
+    output: str = _opt("runs/demo", "run folder", RUN)
+    resume: bool = _opt(False, "continue from the last checkpoint", RUN, resumable=True)
+    overwrite: bool = _opt(False, "replace a non-empty --output", RUN)
+    eval_every: int | None = _opt(None, "also evaluate every N steps", RUN, low=1, resumable=True)
+    save_every: int | None = _opt(None, "also checkpoint every N steps", RUN, low=1, resumable=True)
+    early_stopping_patience: int | None = _opt(None, "stop after N evaluations without gain", RUN, low=1)
+    log_every: int = _opt(10, "log the training loss every N steps", RUN, low=1, resumable=True)
+    report_to: str = _opt(
+        "none", "also write the metrics for tensorboard (pip install 'loratune[tensorboard]'), or none", RUN,
+        choices=("none", "tensorboard"), resumable=True,
+    )  # fmt: skip
+    progress: bool | None = _opt(
+        None, "plain progress lines instead of a bar (the default off a terminal)", RUN, flag="--no-progress",
+        resumable=True,
+    )  # fmt: skip
 
     @property
     def learning_rate(self) -> float:
@@ -79,62 +145,161 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Raise ``LoratuneError`` naming the flag and the fix for any out-of-range value."""
-        checks = [
-            (self.method in METHODS, f"--method must be one of {', '.join(METHODS)}, got {self.method!r}"),
-            (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
-            (self.padding in PADDINGS, f"--padding must be one of {', '.join(PADDINGS)}, got {self.padding!r}"),
-            (self.kernels in KERNELS, f"--kernels must be one of {', '.join(KERNELS)}, got {self.kernels!r}"),
-            (self.r >= 1, f"--r must be >= 1, got {self.r}"),
-            (self.alpha > 0, f"--alpha must be > 0, got {self.alpha}"),
-            (0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),
-            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
-            (
-                self.max_steps is None or self.max_steps >= 1,
-                f"--max-steps must be >= 1, got {self.max_steps}",
-            ),
-            (
-                self.pause_at_step is None or self.pause_at_step >= 1,
-                f"--pause-at-step must be >= 1, got {self.pause_at_step}",
-            ),
-            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (self.grad_accum >= 1, f"--grad-accum must be >= 1, got {self.grad_accum}"),
-            (self.learning_rate > 0, f"--lr must be > 0, got {self.lr}"),
-            (0 <= self.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}"),
-            (self.pad_to_multiple_of >= 1, f"--pad-to-multiple-of must be >= 1, got {self.pad_to_multiple_of}"),
-            (self.max_length >= 8, f"--max-length must be >= 8, got {self.max_length}"),
-            (not (self.resume and self.overwrite), "--resume and --overwrite exclude each other; pick one"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise LoratuneError(message)
+        check_config(self)
         return self
 
 
-def _field_names() -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(RunConfig)}
+# ------------------------------------------------------------------------------------------ the table
+@functools.cache
+def options() -> dict[str, tuple[Option, str, Any]]:
+    """``{field: (Option, kind, default)}`` in declaration order; kind is bool, int, float, str or list."""
+    hints = typing.get_type_hints(RunConfig)
+    out = {}
+    for f in dataclasses.fields(RunConfig):
+        args = set(typing.get_args(hints[f.name])) or {hints[f.name]}
+        kind = next(
+            k for k in (bool, int, float, list, str) if k in args or any(typing.get_origin(a) is k for a in args)
+        )
+        out[f.name] = (f.metadata["option"], kind.__name__, f.default)
+    return out
 
 
+def flag_of(name: str) -> str:
+    """The command-line flag of field ``name``: ``--max-grad-norm``, or its negative switch."""
+    option = options()[name][0]
+    return option.flag or "--" + name.replace("_", "-")
+
+
+def resumable_options() -> list[str]:
+    """Fields that may differ from the checkpointed run's value on ``--resume``."""
+    return [name for name, (option, _, _) in options().items() if option.resumable]
+
+
+# ----------------------------------------------------------------------------------- types and ranges
+_EXPECTED = {
+    "bool": "true or false",
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "list": "a list of layer names or a string",
+}
+
+
+def coerce(name: str, value: Any, label: str | None = None) -> Any:
+    """``value`` as field ``name``'s type; a ``LoratuneError`` naming ``label`` and the type otherwise.
+
+    Number-like strings (``"5e-4"``, ``"8"``) are accepted for numbers, ``"true"``/``"false"`` for
+    switches, and a comma-separated string for a list of layer names.
+    """
+    if value is None:
+        return None
+    kind = options()[name][1]
+    try:
+        return _COERCE[kind](value)
+    except (TypeError, ValueError):
+        raise LoratuneError(f"{label or flag_of(name)} must be {_EXPECTED[kind]}, got {value!r}") from None
+
+
+def _to_bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.strip().lower() in _TRUE | _FALSE:
+        return v.strip().lower() in _TRUE
+    raise ValueError
+
+
+def _to_int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int | float | str):
+        raise TypeError
+    if isinstance(v, float):
+        if not v.is_integer():
+            raise ValueError
+        return int(v)
+    return int(v)
+
+
+def _to_float(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float | str):
+        raise TypeError
+    out = float(v)
+    if not math.isfinite(out):
+        raise ValueError
+    return out
+
+
+def _to_str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise TypeError
+    return v
+
+
+def _to_list(v: Any) -> list[str] | str:
+    if isinstance(v, str):
+        parts = [t.strip() for t in v.split(",") if t.strip()]
+        if not parts:
+            raise ValueError
+        return parts if "," in v else v
+    if isinstance(v, list | tuple) and v and all(isinstance(t, str) and t.strip() for t in v):
+        return [t.strip() for t in v]
+    raise TypeError
+
+
+_COERCE = {"bool": _to_bool, "int": _to_int, "float": _to_float, "str": _to_str, "list": _to_list}
+
+
+def _range_text(o: Option) -> str:
+    if o.low is not None and o.high is not None:
+        return f"in {'(' if o.low_open else '['}{o.low:g}, {o.high:g}{')' if o.high_open else ']'}"
+    if o.low is not None:
+        return f"{'>' if o.low_open else '>='} {o.low:g}"
+    return f"{'<' if o.high_open else '<='} {o.high:g}"
+
+
+def _in_range(o: Option, v: float) -> bool:
+    low_ok = o.low is None or (v > o.low if o.low_open else v >= o.low)
+    high_ok = o.high is None or (v < o.high if o.high_open else v <= o.high)
+    return low_ok and high_ok
+
+
+def check_config(cfg: RunConfig, labels: dict[str, str] | None = None) -> None:
+    """Raise ``LoratuneError`` for the first value out of its choices or range (``labels``: field -> name)."""
+    labels = labels or {}
+    for name, (option, _kind, _default) in options().items():
+        value = getattr(cfg, name)
+        label = labels.get(name) or flag_of(name)
+        if value is None:
+            continue
+        if option.choices and value not in option.choices:
+            raise LoratuneError(f"{label} must be one of {', '.join(option.choices)}, got {value!r}")
+        if (option.low is not None or option.high is not None) and not _in_range(option, value):
+            raise LoratuneError(f"{label} must be {_range_text(option)}, got {value:g}")
+    if cfg.resume and cfg.overwrite:
+        raise LoratuneError("--resume and --overwrite exclude each other; pick one")
+
+
+# ------------------------------------------------------------------------------------------ recipes
 def load_recipe(path: str | Path) -> dict[str, Any]:
-    """Read a YAML recipe into RunConfig field names; unknown keys are an error."""
+    """Read a YAML recipe into RunConfig field names, each value of its field's type."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise LoratuneError(f"recipe {path} does not exist; see the recipes/ folder for examples") from None
-    except (OSError, yaml.YAMLError) as err:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         detail = str(err).splitlines()[0]
         raise LoratuneError(f"recipe {path} is not readable YAML ({detail}); fix the file") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise LoratuneError(f"recipe {path} must be a mapping of option: value; fix the file")
-    fields = _field_names()
+    known = options()
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
-        if name not in fields:
-            raise LoratuneError(f"recipe {path} has unknown option {key!r}; known options: {', '.join(sorted(fields))}")
-        out[name] = value
+        if name not in known or name in ("resume", "overwrite"):
+            usable = ", ".join(n for n in known if n not in ("resume", "overwrite"))
+            raise LoratuneError(f"recipe {path} has unknown option {key!r}; known options: {usable}")
+        out[name] = coerce(name, value, f"{key!r} in recipe {path}")
     return out
 
 
@@ -143,18 +308,43 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
 DEMO = {"dataset": "tweets", "train_size": 4000, "eval_size": 1000, "max_length": 128}
 
 
-def build_config(recipe: str | Path | None = None, **overrides: Any) -> RunConfig:
-    """Defaults, then the recipe, then ``overrides`` (flags; None means "not given").
+def build_config(recipe: str | Path | None = None, **flags: Any) -> RunConfig:
+    """Defaults, then the recipe, then ``flags`` (field -> value; None means "not given"), checked.
 
     When neither the recipe nor the flags name any data, the run is the offline demo (``DEMO``).
     """
     values: dict[str, Any] = load_recipe(recipe) if recipe else {}
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    labels = {name: f"{name!r} in recipe {recipe}" for name in values}
+    for name, value in flags.items():
+        if value is not None:
+            if name not in options():
+                raise LoratuneError(f"unknown option {name!r}; see loratune train --help")
+            values[name] = coerce(name, value)
+            labels.pop(name, None)
     if not any(values.get(k) for k in ("dataset", "train_file", "eval_file")):
         values = {**DEMO, **values}
-    if isinstance(values.get("target_modules"), str) and "," in values["target_modules"]:
-        values["target_modules"] = [t.strip() for t in values["target_modules"].split(",") if t.strip()]
-    try:
-        return RunConfig(**values).validate()
-    except TypeError as err:  # a recipe value of the wrong type
-        raise LoratuneError(f"bad option value: {err}; fix the recipe or flag") from None
+    cfg = RunConfig(**values)
+    check_config(cfg, labels)
+    return cfg
+
+
+def changed_options(cfg: RunConfig) -> dict[str, Any]:
+    """The fields of ``cfg`` whose value differs from the default, in declaration order."""
+    return {name: getattr(cfg, name) for name, (_, _, default) in options().items() if getattr(cfg, name) != default}
+
+
+def as_flags(values: dict[str, Any]) -> list[str]:
+    """Command-line flags that give each field in ``values`` its value (``None`` values are left out)."""
+    argv: list[str] = []
+    for name, value in values.items():
+        option, kind, _default = options()[name]
+        if value is None:
+            continue
+        if kind == "bool":
+            if value is (option.flag is None):  # a switch that is on, or a negative switch that is off
+                argv.append(flag_of(name))
+        elif isinstance(value, list):
+            argv += [flag_of(name), ",".join(value)]
+        else:
+            argv += [flag_of(name), str(value)]
+    return argv

@@ -6,7 +6,9 @@
     {"type": "eval", "step": 313, "epoch": 0, "accuracy": 0.87, "macro_f1": 0.86, ...}
 
 Each record also gets ``time`` (Unix seconds). Non-finite floats are written as ``NaN``/``Infinity``,
-which Python's ``json`` reads back.
+which Python's ``json`` reads back. With ``tensorboard_dir`` the same numbers also go to TensorBoard
+event files (``train/loss``, ``train/lr``, ``train/examples_per_s``, ``eval/<metric>``), through
+``torch.utils.tensorboard``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import loratune
 from loratune.errors import RunError
 from loratune.fsutil import atomic_write_text
 
-__all__ = ["METRICS_FILE", "MetricsLogger", "cpu_model", "environment_info", "read_metrics"]
+__all__ = ["METRICS_FILE", "MetricsLogger", "cpu_model", "environment_info", "read_metrics", "tensorboard_writer"]
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -54,16 +56,27 @@ class MetricsLogger:
 
     ``path`` is the file, or an existing folder (then ``<folder>/metrics.jsonl``). When resuming
     from a checkpoint at step ``resume_step``, records with a larger step (written after that
-    checkpoint by the interrupted run) are dropped first, so the file never holds a step twice.
+    checkpoint by the interrupted run) are dropped first, so the file never holds a step twice;
+    TensorBoard events after that step are purged the same way.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, resume_step: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        resume_step: int | None = None,
+        tensorboard_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
         self._file: IO[str] | None = None
+        self._board: Any = None
         self.path = _metrics_path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
             kept = [r for r in read_metrics(self.path) if int(r.get("step", 0)) <= resume_step]
             atomic_write_text(self.path, "".join(self._line(r) for r in kept))
+        if tensorboard_dir is not None:
+            purge = resume_step + 1 if resume_step is not None else None
+            self._board = tensorboard_writer()(str(tensorboard_dir), purge_step=purge)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
 
     @staticmethod
@@ -78,7 +91,17 @@ class MetricsLogger:
         record.setdefault("time", round(time.time(), 3))
         self._file.write(self._line(record))
         self._file.flush()
+        if self._board is not None:
+            self._to_tensorboard(record)
         return record
+
+    def _to_tensorboard(self, record: dict[str, Any]) -> None:
+        """Each numeric field of ``record`` as the scalar ``<type>/<field>`` at its step."""
+        kind, step = record.get("type", "train"), int(record.get("step", 0))
+        for key, value in record.items():
+            if key not in ("type", "step", "epoch", "time") and isinstance(value, int | float):
+                self._board.add_scalar(f"{kind}/{key}", value, step, walltime=record["time"])
+        self._board.flush()
 
     def log_train(
         self,
@@ -104,6 +127,9 @@ class MetricsLogger:
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self._board is not None:
+            self._board.close()
+            self._board = None
 
     def __enter__(self) -> MetricsLogger:
         return self
@@ -115,6 +141,20 @@ class MetricsLogger:
 
     def __del__(self) -> None:
         self.close()
+
+
+def tensorboard_writer() -> type:
+    """``torch.utils.tensorboard.SummaryWriter``, or a ``RunError`` naming the install command.
+
+    Imported here, not at the top, because TensorBoard is an optional extra.
+    """
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise RunError(
+            "--report-to tensorboard needs the tensorboard package; install it with pip install 'loratune[tensorboard]'"
+        ) from None
+    return SummaryWriter
 
 
 def read_metrics(path: str | os.PathLike[str], *, kind: str | None = None) -> list[dict[str, Any]]:

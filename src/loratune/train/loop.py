@@ -1,18 +1,19 @@
-"""The training loop: small and explicit, in the style of a torchtune recipe.
+"""The training loop: a small state and small named steps, in the style of a torchtune recipe.
 
-One loop serves LoRA and full fine-tuning: it trains whatever parameters require a gradient.
+One loop serves every task, LoRA and full fine-tuning: it trains whatever parameters require a
+gradient, with the loss function, evaluation and best-metric rule it is given.
 
     for each epoch:
-        for each length-grouped batch (dynamic padding):
-            loss = model(**batch).loss / grad_accum ; loss.backward()
-            every grad_accum batches: clip, AdamW step, scheduler step
-            every save_every steps: checkpoint (atomic)
-            every eval_every steps / at the end of the epoch: evaluate, keep the best
+        for each batch:                     forward_backward: loss / grad_accum, backward
+            every grad_accum batches:       optimizer_step: clip, AdamW, scheduler
+                                            log; evaluate and keep the best; checkpoint
         stop early when the metric has not improved for `early_stopping_patience` evaluations
 
-A checkpoint holds the trainable tensors, optimizer, scheduler, RNG states and the data position,
-so that ``resume=True`` continues to the same result as an uninterrupted run. SIGINT (Ctrl-C)
-saves a checkpoint at the next step and raises ``Interrupted``.
+A checkpoint holds the trainable tensors, optimizer, scheduler, grad scaler, RNG states and the data
+position, so that ``resume=True`` continues to the same result as an uninterrupted run. SIGINT
+(Ctrl-C) saves a checkpoint at the next step and raises ``Interrupted``. fp16 runs scale the loss
+(``torch.amp.GradScaler``) so that small gradients do not underflow; a step whose gradients
+overflow is skipped and the scale lowered.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from loratune.errors import Interrupted
+from loratune.tasks.base import Metric
 from loratune.train.checkpoint import (
     checkpoint_dir,
     latest_checkpoint,
@@ -43,6 +45,8 @@ from loratune.train.flops import FlopSampler
 from loratune.train.logging import MetricsLogger
 from loratune.train.precision import autocast_context
 from loratune.train.progress import progress_bar
+
+LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
 
 
 @dataclass
@@ -62,8 +66,20 @@ class LoopConfig:
     early_stopping_patience: int | None = None
     log_every: int = 10
     keep_checkpoints: int = 2
-    metric: str = "accuracy"  # higher is better
     flop_sample_every: int = 20  # count the matmul FLOPs of every N-th batch (0: never)
+    tensorboard: bool = False  # also write the metrics as TensorBoard events in run_dir/tensorboard
+
+
+@dataclass
+class LoopState:
+    """Where the run stands: the counters a checkpoint saves and a resume restores."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batch: int = 0  # batches done in this epoch
+    accumulated: int = 0  # batches whose gradients wait for the next optimizer step
+    bad_evals: int = 0  # evaluations in a row without a better metric
+    saved_step: int | None = None  # the step of the last checkpoint
 
 
 @dataclass
@@ -82,10 +98,21 @@ class LoopResult:
     stopped_early: bool = False
     paused: bool = False  # ended at LoopConfig.pause_at_step, before the schedule's end: resumable
     resumed_from: int | None = None
+    skipped_steps: int = 0  # fp16: optimizer steps skipped because the gradients overflowed
 
     @property
     def examples_per_s(self) -> float:
         return self.examples_seen / self.train_seconds if self.train_seconds > 0 else 0.0
+
+
+@dataclass
+class _Window:
+    """The training losses and examples since the last log line."""
+
+    loss: float = 0.0
+    batches: int = 0
+    examples: int = 0
+    start: float = field(default_factory=time.perf_counter)
 
 
 @contextmanager
@@ -131,21 +158,205 @@ def linear_schedule_with_warmup(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """The schedule of transformers' ``get_linear_schedule_with_warmup`` (same factors, same state).
 
-    Built on torch's ``LambdaLR`` here because importing ``transformers.optimization`` imports
-    PEFT through ``transformers.trainer_utils``: 5 s of every ``loratune train`` process on the
-    project's 2-core machine (``python -X importtime``), and an auto-rank round is one process.
+    Built on torch's ``LambdaLR`` because importing ``transformers.optimization`` imports PEFT
+    (through ``transformers.trainer_utils``), seconds of every ``loratune train`` process.
     """
     factor = functools.partial(_linear_warmup_factor, warmup_steps=warmup_steps, total_steps=total_steps)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def improves(record: dict[str, Any], best: dict[str, Any] | None, metric: str) -> bool:
-    """The rule for the best evaluation: the first one with a strictly higher ``metric``."""
-    return best is None or record[metric] > best[metric]
-
-
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def model_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The model's own loss (``outputs.loss``): the default ``loss_fn``."""
+    return model(**batch).loss
+
+
+class _Loop:
+    """One call of ``train``: the state, the collaborators, and one method per step."""
+
+    def __init__(self, model, loader, *, config, device, precision, run_dir, metric, loss_fn, evaluate, on_best):
+        self.model, self.loader, self.config = model, loader, config
+        self.device, self.precision, self.run_dir = device, precision, Path(run_dir)
+        self.metric, self.loss_fn, self.evaluate, self.on_best = metric, loss_fn, evaluate, on_best
+        self.sampler = loader.batch_sampler
+        self.batches_per_epoch = len(self.sampler)
+        steps_per_epoch = max(1, math.ceil(self.batches_per_epoch / config.grad_accum))
+        self.total_steps = min(config.epochs * steps_per_epoch, config.max_steps or math.inf)
+        # a pause ends this invocation early; the learning-rate schedule still spans total_steps
+        self.limit = min(self.total_steps, config.pause_at_step or math.inf)
+        self.optimizer = build_optimizer(model, config.lr, config.weight_decay)
+        warmup = math.ceil(config.warmup_ratio * self.total_steps)
+        self.scheduler = linear_schedule_with_warmup(self.optimizer, warmup, max(self.total_steps, 1))
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        checkpointed = bool(getattr(model, "is_gradient_checkpointing", False))
+        self.flops = FlopSampler(every=config.flop_sample_every, recomputes_forward=checkpointed)
+        self.state, self.result, self.window = LoopState(), LoopResult(), _Window()
+
+    # ------------------------------------------------------------------ resume and checkpoint
+    def restore(self) -> None:
+        """Continue from the newest checkpoint in ``run_dir``: weights, optimizer, RNG, counters."""
+        ckpt = load_checkpoint(latest_checkpoint(self.run_dir), self.optimizer, self.scheduler)
+        named = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in ckpt.trainable_state.items():
+                named[name].copy_(tensor)
+        extra, r = ckpt.extra, self.result
+        self.state = LoopState(ckpt.step, ckpt.epoch, ckpt.batch_in_epoch, 0, extra.get("bad_evals", 0), ckpt.step)
+        r.best, r.evals = extra.get("best"), extra.get("evals", [])
+        r.last_eval = r.evals[-1] if r.evals else None
+        r.train_seconds = extra.get("train_seconds", 0.0)
+        r.examples_seen, r.tokens_seen = extra.get("examples_seen", 0), extra.get("tokens_seen", 0)
+        r.skipped_steps, r.resumed_from = extra.get("skipped_steps", 0), ckpt.step
+        self.flops.load_state(extra.get("flops", {}))
+        if extra.get("grad_scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(extra["grad_scaler"])
+
+    def checkpoint(self) -> None:
+        s, r = self.state, self.result
+        s.saved_step = s.step
+        extra = {
+            "best": r.best, "evals": r.evals, "bad_evals": s.bad_evals, "train_seconds": r.train_seconds,
+            "examples_seen": r.examples_seen, "tokens_seen": r.tokens_seen, "skipped_steps": r.skipped_steps,
+            "flops": self.flops.state(), "grad_scaler": self.scaler.state_dict(),
+        }  # fmt: skip
+        save_checkpoint(
+            checkpoint_dir(self.run_dir, s.step), trainable_state=trainable_state(self.model), optimizer=self.optimizer,
+            scheduler=self.scheduler, step=s.step, epoch=s.epoch, batch_in_epoch=s.batch, extra=extra,
+        )  # fmt: skip
+        prune_checkpoints(self.run_dir, keep=self.config.keep_checkpoints)
+
+    # ------------------------------------------------------------------ one batch, one step
+    def forward_backward(self, batch: dict[str, torch.Tensor]) -> None:
+        """Loss and gradients of one batch (the loss divided over the accumulated batches)."""
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        with self.flops.batch(self.state.batch, batch["input_ids"].numel()) as forward_done:
+            with autocast_context(self.precision, self.device):
+                loss = self.loss_fn(self.model, batch)
+            forward_done()
+            self.scaler.scale(loss / self.config.grad_accum).backward()
+        self.state.batch += 1
+        self.state.accumulated += 1
+        examples = int(batch["input_ids"].shape[0])
+        self.result.examples_seen += examples
+        self.result.tokens_seen += int(batch["attention_mask"].sum())
+        self.window.loss += float(loss.detach())
+        self.window.batches += 1
+        self.window.examples += examples
+
+    def optimizer_step(self) -> None:
+        """Clip, step and schedule (both skipped by the fp16 scaler when a gradient overflowed), zero."""
+        if self.config.max_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if scale is not None and self.scaler.get_scale() < scale:  # skipped: the schedule waits as well
+            self.result.skipped_steps += 1
+        else:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.accumulated = 0
+        self.state.step += 1
+
+    # ------------------------------------------------------------------ after a step
+    @property
+    def epoch_float(self) -> float:
+        return self.state.epoch + self.state.batch / self.batches_per_epoch
+
+    def log(self, log: MetricsLogger, bar) -> None:
+        """Write the mean training loss since the last log line, the learning rate and the throughput."""
+        w = self.window
+        elapsed = time.perf_counter() - w.start
+        rate = w.examples / elapsed if elapsed > 0 else 0.0
+        lr = self.scheduler.get_last_lr()[0]
+        log.log_train(step=self.state.step, epoch=round(self.epoch_float, 4), loss=w.loss / w.batches, lr=lr,
+                      examples_per_s=round(rate, 2))  # fmt: skip
+        bar.set_metrics(loss=w.loss / w.batches, lr=lr, examples_per_s=rate)
+        self.window = _Window()
+
+    def run_eval(self, log: MetricsLogger) -> bool:
+        """Evaluate, log, keep the best (``on_best``); True when early stopping says stop."""
+        record = {"step": self.state.step, "epoch": round(self.epoch_float, 4), **self.evaluate()}
+        log.log_eval(**record)
+        self.result.evals.append(record)
+        self.result.last_eval = record
+        self.model.train()
+        self.window.start = time.perf_counter()
+        if self.metric.improves(record, self.result.best):
+            self.result.best = record
+            self.state.bad_evals = 0
+            self.on_best(record)
+        else:
+            self.state.bad_evals += 1
+        patience = self.config.early_stopping_patience
+        return patience is not None and self.state.bad_evals >= patience
+
+    def after_step(self, end_of_epoch: bool, log: MetricsLogger, bar, sigint: dict[str, bool]) -> bool:
+        """Log, evaluate, checkpoint as the schedule says; True when this invocation should stop."""
+        step, cfg = self.state.step, self.config
+        if step % cfg.log_every == 0 or step == self.total_steps or end_of_epoch:
+            self.log(log, bar)
+        bar.update(1)
+        if end_of_epoch:
+            self.state.epoch, self.state.batch = self.state.epoch + 1, 0
+        stop = (end_of_epoch or bool(cfg.eval_every and step % cfg.eval_every == 0)) and self.run_eval(log)
+        self.result.stopped_early = stop
+        if stop or end_of_epoch or (cfg.save_every and step % cfg.save_every == 0) or sigint["stop"]:
+            self.checkpoint()
+        if sigint["stop"]:
+            raise Interrupted(
+                f"interrupted: checkpoint saved at step {step}/{self.total_steps}; "
+                "continue with the same command plus --resume"
+            )
+        return stop or step >= self.limit
+
+    # ------------------------------------------------------------------ the loop
+    def epoch(self, log: MetricsLogger, bar, sigint: dict[str, bool]) -> None:
+        """Train from the current data position to the end of the epoch, or until a stop."""
+        self.sampler.set_epoch(self.state.epoch)
+        self.sampler.set_start(self.state.batch)
+        for batch in self.loader:
+            t0 = time.perf_counter()
+            self.forward_backward(batch)
+            end_of_epoch = self.state.batch == self.batches_per_epoch
+            stepped = self.state.accumulated == self.config.grad_accum or end_of_epoch
+            if stepped:
+                self.optimizer_step()
+            self.result.train_seconds += time.perf_counter() - t0
+            if stepped and self.after_step(end_of_epoch, log, bar, sigint):
+                return
+
+    def run(self, resume: bool, show_progress: bool | None) -> LoopResult:
+        if resume:
+            self.restore()
+        else:
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        s, r = self.state, self.result
+        board = self.run_dir / "tensorboard" if self.config.tensorboard else None
+        log = MetricsLogger(
+            self.run_dir / "metrics.jsonl", resume_step=s.step if resume else None, tensorboard_dir=board
+        )
+        bar = progress_bar(self.total_steps, "train", enabled=show_progress, initial=s.step)
+        self.model.train()
+        try:
+            with _sigint_flag() as sigint:
+                while s.step < self.limit and not r.stopped_early:
+                    self.epoch(log, bar, sigint)
+                if r.last_eval is None or r.last_eval["step"] != s.step:
+                    self.run_eval(log)  # max_steps or a pause ended mid-epoch: evaluate these weights too
+                if s.saved_step != s.step:  # once, after that evaluation
+                    self.checkpoint()
+                r.paused = s.step < self.total_steps and not r.stopped_early
+        finally:
+            bar.close()
+            log.close()
+        r.steps, r.flops, r.epochs_done = s.step, self.flops.total, self.epoch_float
+        return r
 
 
 def train(
@@ -158,181 +369,18 @@ def train(
     run_dir: Path,
     evaluate: Callable[[], dict[str, Any]],
     on_best: Callable[[dict[str, Any]], None],
+    metric: Metric,
+    loss_fn: LossFn = model_loss,
     resume: bool = False,
     show_progress: bool | None = None,
 ) -> LoopResult:
     """Train ``model`` in place; return the counters and evaluations.
 
     ``train_loader`` must use a batch sampler with ``set_epoch``/``set_start`` (deterministic,
-    resumable order). ``evaluate()`` returns metrics including ``config.metric``; ``on_best(metrics)``
-    is called after each evaluation that improves it (save the artifact there).
+    resumable order). ``loss_fn(model, batch)`` gives a batch's loss; ``evaluate()`` returns
+    metrics including ``metric.name``; ``on_best(metrics)`` is called after each evaluation that
+    improves it (save the artifact there).
     """
-    sampler = train_loader.batch_sampler
-    batches_per_epoch = len(sampler)
-    steps_per_epoch = max(1, math.ceil(batches_per_epoch / config.grad_accum))
-    total_steps = config.epochs * steps_per_epoch
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    # a pause ends this invocation early; the learning-rate schedule still spans total_steps
-    limit = total_steps if config.pause_at_step is None else min(total_steps, config.pause_at_step)
-    optimizer = build_optimizer(model, config.lr, config.weight_decay)
-    scheduler = linear_schedule_with_warmup(
-        optimizer, math.ceil(config.warmup_ratio * total_steps), max(total_steps, 1)
-    )
-    params = [p for p in model.parameters() if p.requires_grad]
-    result = LoopResult()
-    flop_sampler = FlopSampler(
-        every=config.flop_sample_every, recomputes_forward=bool(getattr(model, "is_gradient_checkpointing", False))
-    )
-    state = {"step": 0, "epoch": 0, "batch": 0, "bad_evals": 0, "saved_step": None}  # saved: last checkpoint
-
-    if resume:
-        folder = latest_checkpoint(run_dir)
-        ckpt = load_checkpoint(folder, optimizer, scheduler)
-        named = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, tensor in ckpt.trainable_state.items():
-                named[name].copy_(tensor)
-        state.update(step=ckpt.step, epoch=ckpt.epoch, batch=ckpt.batch_in_epoch, saved_step=ckpt.step)
-        extra = ckpt.extra
-        state["bad_evals"] = extra.get("bad_evals", 0)
-        result.best, result.evals = extra.get("best"), extra.get("evals", [])
-        result.last_eval = result.evals[-1] if result.evals else None
-        result.train_seconds = extra.get("train_seconds", 0.0)
-        result.examples_seen, result.tokens_seen = extra.get("examples_seen", 0), extra.get("tokens_seen", 0)
-        result.resumed_from = ckpt.step
-        flop_sampler.load_state(extra.get("flops", {}))
-
-    if not resume:
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    metrics_log = MetricsLogger(run_dir / "metrics.jsonl", resume_step=state["step"] if resume else None)
-
-    def checkpoint() -> None:
-        state["saved_step"] = state["step"]
-        save_checkpoint(
-            checkpoint_dir(run_dir, state["step"]),
-            trainable_state=trainable_state(model),
-            optimizer=optimizer,
-            scheduler=scheduler,
-            step=state["step"],
-            epoch=state["epoch"],
-            batch_in_epoch=state["batch"],
-            extra={
-                "best": result.best,
-                "evals": result.evals,
-                "bad_evals": state["bad_evals"],
-                "train_seconds": result.train_seconds,
-                "examples_seen": result.examples_seen,
-                "tokens_seen": result.tokens_seen,
-                "flops": flop_sampler.state(),
-            },
-        )
-        prune_checkpoints(run_dir, keep=config.keep_checkpoints)
-
-    def run_eval() -> bool:
-        """Evaluate, log, keep the best; True when early stopping says stop."""
-        metrics = evaluate()
-        epoch = state["epoch"] + state["batch"] / batches_per_epoch
-        record = {"step": state["step"], "epoch": round(epoch, 4), **metrics}
-        metrics_log.log_eval(**record)
-        result.evals.append(record)
-        result.last_eval = record
-        if improves(record, result.best, config.metric):
-            result.best = record
-            state["bad_evals"] = 0
-            on_best(record)
-        else:
-            state["bad_evals"] += 1
-        patience = config.early_stopping_patience
-        return patience is not None and state["bad_evals"] >= patience
-
-    bar = progress_bar(total_steps, "train", enabled=show_progress, initial=state["step"])
-    window_loss, window_n, window_examples, window_start = 0.0, 0, 0, time.perf_counter()
-    model.train()
-    try:
-        with _sigint_flag() as sigint:
-            while state["step"] < limit and not result.stopped_early:
-                sampler.set_epoch(state["epoch"])
-                sampler.set_start(state["batch"])
-                accum = 0
-                for batch in train_loader:
-                    t0 = time.perf_counter()
-                    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                    with flop_sampler.batch(state["batch"], batch["input_ids"].numel()) as forward_done:
-                        with autocast_context(precision, device):
-                            loss = model(**batch).loss
-                        forward_done()
-                        (loss / config.grad_accum).backward()
-                    state["batch"] += 1
-                    accum += 1
-                    n_examples = int(batch["input_ids"].shape[0])
-                    result.examples_seen += n_examples
-                    result.tokens_seen += int(batch["attention_mask"].sum())
-                    window_loss += float(loss.detach())
-                    window_n += 1
-                    window_examples += n_examples
-                    end_of_epoch = state["batch"] == batches_per_epoch
-                    if accum == config.grad_accum or end_of_epoch:
-                        if config.max_grad_norm:
-                            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                        optimizer.step()
-                        scheduler.step()
-                        optimizer.zero_grad(set_to_none=True)
-                        accum = 0
-                        state["step"] += 1
-                        result.train_seconds += time.perf_counter() - t0
-                        step = state["step"]
-                        if step % config.log_every == 0 or step == total_steps or end_of_epoch:
-                            elapsed = time.perf_counter() - window_start
-                            rate = window_examples / elapsed if elapsed > 0 else 0.0
-                            lr = scheduler.get_last_lr()[0]
-                            epoch_f = state["epoch"] + state["batch"] / batches_per_epoch
-                            metrics_log.log_train(
-                                step=step,
-                                epoch=round(epoch_f, 4),
-                                loss=window_loss / window_n,
-                                lr=lr,
-                                examples_per_s=round(rate, 2),
-                            )
-                            bar.set_metrics(loss=window_loss / window_n, lr=lr, examples_per_s=rate)
-                            window_loss, window_n, window_examples = 0.0, 0, 0
-                            window_start = time.perf_counter()
-                        bar.update(1)
-                        if end_of_epoch:
-                            state["epoch"] += 1
-                            state["batch"] = 0
-                        stop = False
-                        if end_of_epoch or (config.eval_every and step % config.eval_every == 0):
-                            stop = run_eval()
-                            model.train()
-                            window_start = time.perf_counter()
-                        if stop:
-                            result.stopped_early = True
-                        if (
-                            stop
-                            or end_of_epoch
-                            or (config.save_every and step % config.save_every == 0)
-                            or sigint["stop"]
-                        ):
-                            checkpoint()
-                        if sigint["stop"]:
-                            raise Interrupted(
-                                f"interrupted: checkpoint saved at step {step}/{total_steps}; "
-                                f"continue with the same command plus --resume"
-                            )
-                        if stop or step >= limit:
-                            break
-                    else:
-                        result.train_seconds += time.perf_counter() - t0
-            if result.last_eval is None or result.last_eval["step"] != state["step"]:
-                run_eval()  # max_steps or a pause ended mid-epoch: evaluate these weights too
-            if state["saved_step"] != state["step"]:  # once, after that evaluation
-                checkpoint()
-            result.paused = state["step"] < total_steps and not result.stopped_early
-    finally:
-        bar.close()
-        metrics_log.close()
-    result.steps = state["step"]
-    result.flops = flop_sampler.total
-    result.epochs_done = state["epoch"] + state["batch"] / batches_per_epoch
-    return result
+    loop = _Loop(model, train_loader, config=config, device=device, precision=precision, run_dir=run_dir,
+                 metric=metric, loss_fn=loss_fn, evaluate=evaluate, on_best=on_best)  # fmt: skip
+    return loop.run(resume, show_progress)

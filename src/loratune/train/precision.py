@@ -1,11 +1,10 @@
 """Device and numeric precision: pick them, check them, and build the autocast context.
 
 Precisions are named ``fp32``, ``bf16`` and ``fp16``. bf16 and fp16 run the forward pass under
-``torch.autocast`` (fp16, CUDA only, also needs a grad scaler). Trainable weights stay fp32.
-Frozen linear layers are stored in the autocast dtype (``store_frozen_linears``): autocast would
-round them to it on every use anyway, so the results are the same, without their fp32 copies.
-``auto`` picks bf16 only where the hardware computes it natively, because emulated bf16 is slower
-than fp32.
+``torch.autocast``; fp16 (CUDA only) also scales the loss (``grad_scaler``). Trainable weights stay
+fp32; ``loratune.prepare.store_frozen_linears`` stores the frozen linear layers in the autocast
+dtype. ``auto`` picks bf16 only where the hardware computes it natively, because emulated bf16 is
+slower than fp32.
 """
 
 from __future__ import annotations
@@ -17,25 +16,19 @@ from functools import cache
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from loratune.errors import RunError
-from loratune.lora import LoraLinear
-from loratune.lora.layer import is_linear
+from loratune.prepare import DTYPES
 
 __all__ = [
-    "DTYPES",
-    "PRECISIONS",
     "autocast_context",
     "cpu_has_native_bf16",
     "cuda_has_native_bf16",
     "grad_scaler",
     "resolve_device",
     "resolve_precision",
-    "store_frozen_linears",
 ]
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _ALIASES = {
     "auto": "auto",
     "fp32": "fp32",
@@ -135,10 +128,6 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     return name
 
 
-# the compute dtype of each resolved precision
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 def autocast_context(precision: str, device: torch.device) -> AbstractContextManager[object]:
     """A ``torch.autocast`` context for bf16/fp16, or a no-op context for fp32."""
     device = torch.device(device)
@@ -153,38 +142,3 @@ def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
     """A gradient scaler, enabled only for fp16 (bf16 and fp32 need none; disabled it is a no-op)."""
     device = torch.device(device)
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-
-
-def store_frozen_linears(model: nn.Module, precision: str) -> int:
-    """Store the frozen linear layers of ``model`` in ``precision``'s autocast dtype; return how many.
-
-    Under autocast a linear layer computes with its weight and bias rounded to the autocast dtype
-    on every call (and autograd keeps that rounded copy for the backward pass). For a frozen layer
-    the rounding can be done once: the outputs and gradients are the same, and the fp32 copy is
-    gone (bert-base: 0.34 GB; a bf16 step's peak 3.01 -> 2.76 GB). Layers with a trainable
-    parameter, LoRA adapters (also frozen ones: an adapter keeps its fp32 values), and weights
-    shared with another module (an output layer tied to the embeddings) keep their dtype. fp32
-    changes nothing.
-    """
-    dtype = DTYPES.get(precision, torch.float32)
-    if dtype == torch.float32:
-        return 0
-    adapters = {
-        id(m)
-        for layer in model.modules()
-        if isinstance(layer, LoraLinear)
-        for m in (*layer.lora_A.values(), *layer.lora_B.values())
-    }
-    linears = [m for m in model.modules() if is_linear(m) and id(m) not in adapters]
-    owners: dict[int, int] = {}  # parameter -> number of modules holding it
-    for module in model.modules():
-        for param in module.parameters(recurse=False):
-            owners[id(param)] = owners.get(id(param), 0) + 1
-    count = 0
-    for layer in linears:
-        params = list(layer.parameters(recurse=False))
-        if not params or any(p.requires_grad or owners[id(p)] > 1 or not p.is_floating_point() for p in params):
-            continue
-        layer.to(dtype)
-        count += 1
-    return count

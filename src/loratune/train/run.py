@@ -1,4 +1,4 @@
-"""A whole training run for sequence classification: data -> model -> LoRA -> loop -> artifacts.
+"""A whole training run: data -> model -> LoRA -> loop -> artifacts, for any task.
 
 Everything that can fail on bad input (data, model, options) is checked before the output folder
 is touched, so a user error never leaves a half-written run behind.
@@ -8,12 +8,14 @@ Outputs in ``RunConfig.output``::
     adapter/         PEFT-format adapter + head + tokenizer + loratune.json (full FT: model/)
     metrics.jsonl    one record per logging step and per evaluation
     summary.json     final and best metrics, time, throughput, memory, parameters, artifact size
-    curves.png       training loss and validation accuracy
+    curves.png       training loss and the validation metrics
     checkpoints/     the last checkpoints, for --resume
+    tensorboard/     with --report-to tensorboard: the same metrics as TensorBoard events
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import shutil
@@ -29,29 +31,23 @@ from torch.utils.data import DataLoader
 
 import loratune
 from loratune.artifacts import TASK_FILE, base_fingerprint
-from loratune.data.batching import DynamicPaddingCollator, LengthGroupedBatchSampler, tokenize_dataset
-from loratune.data.sources import TextClassificationData, load_text_classification
+from loratune.data.batching import LengthGroupedBatchSampler
 from loratune.errors import RunError
-from loratune.fastpath import use_lean_kernels
 from loratune.fsutil import atomic_dir, atomic_write_json
-from loratune.kernels import keep_freed_memory
-from loratune.lora import LoraConfig, add_lora, parameter_report, write_adapter
-from loratune.models import (
-    default_target_modules,
-    head_module_names,
-    load_model_for_sequence_classification,
-    load_tokenizer,
-)
-from loratune.tasks.seq_cls import TASK_TYPE, classification_metrics
+from loratune.lora import LoraConfig, parameter_report, write_adapter
+from loratune.models import default_target_modules, head_module_names, hub_id, load_tokenizer
+from loratune.prepare import Preparation, prepare_model
+from loratune.tasks import Task, TaskData, get_task
 from loratune.train.checkpoint import latest_checkpoint
 from loratune.train.config import RunConfig
+from loratune.train.evaluate import evaluate
 from loratune.train.flops import matmul_peak_flops
-from loratune.train.logging import environment_info, read_metrics
+from loratune.train.host_memory import freed_memory_kept
+from loratune.train.logging import environment_info, read_metrics, tensorboard_writer
 from loratune.train.loop import LoopConfig, LoopResult, train
 from loratune.train.memory import dir_size_bytes, peak_memory_bytes, reset_peak_cuda
 from loratune.train.plots import plot_training_curves
-from loratune.train.precision import autocast_context, resolve_device, resolve_precision, store_frozen_linears
-from loratune.train.progress import progress_bar
+from loratune.train.precision import resolve_device, resolve_precision
 
 ADAPTER_DIR, MODEL_DIR = "adapter", "model"
 RUN_CONFIG = "run_config.json"  # marks a folder as a loratune run (so --overwrite may replace it)
@@ -90,28 +86,38 @@ class Prepared:
     """Everything a run needs, built and checked before the output folder is touched."""
 
     cfg: RunConfig
-    data: TextClassificationData
+    task: Task
+    data: TaskData
     tokenizer: Any
     model: nn.Module
     device: torch.device
     precision: str
     fingerprint: str | None
-    freed_memory_kept: bool = False  # glibc keeps freed blocks for reuse (kernels.host_memory)
-    first_token_layer: bool = False  # the last encoder layer computes position 0 only (fastpath)
-    frozen_linears_stored: int = 0  # frozen linear layers kept in the autocast dtype (precision.py)
+    preparation: Preparation
 
 
-def load_data(cfg: RunConfig) -> TextClassificationData:
+def data_options(cfg: RunConfig) -> dict[str, Any]:
+    """The data options of ``cfg``, as ``Task.load_data`` takes them."""
+    names = ("train_file", "eval_file", "text_column", "label_column", "train_size", "eval_size")
+    return {name: getattr(cfg, name) for name in names}
+
+
+def load_data(cfg: RunConfig) -> TaskData:
     """The train and eval data that ``cfg`` names (subsampled and split with its seed)."""
-    return load_text_classification(
-        cfg.dataset,
-        train_file=cfg.train_file,
-        eval_file=cfg.eval_file,
-        text_column=cfg.text_column,
-        label_column=cfg.label_column,
-        train_size=cfg.train_size,
-        eval_size=cfg.eval_size,
-        seed=cfg.seed,
+    return get_task(cfg.task).load_data(cfg.dataset, seed=cfg.seed, **data_options(cfg))
+
+
+def lora_config(cfg: RunConfig, task: Task, model: nn.Module) -> LoraConfig:
+    """The adapter ``cfg`` asks for; the architecture's default targets when it names none."""
+    return LoraConfig(
+        r=cfg.r,
+        alpha=cfg.alpha,
+        dropout=cfg.dropout,
+        target_modules=cfg.target_modules or default_target_modules(model.config.model_type),
+        modules_to_save=head_module_names(model),
+        use_rslora=cfg.rslora,
+        task_type=task.peft_task_type,
+        base_model_name_or_path=hub_id(cfg.model),
     )
 
 
@@ -120,59 +126,34 @@ def prepare(cfg: RunConfig) -> Prepared:
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    data = load_data(cfg)
+    task = get_task(cfg.task)
+    data = task.load_data(cfg.dataset, seed=cfg.seed, **data_options(cfg))
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     torch.manual_seed(cfg.seed)  # the new head's initialisation
-    model = load_model_for_sequence_classification(
-        cfg.model, data.num_labels, data.id2label, data.label2id, trust_remote_code=cfg.trust_remote_code
-    )
+    model = task.load_model(cfg.model, data, trust_remote_code=cfg.trust_remote_code)
     fingerprint = base_fingerprint(model)
-    if cfg.method == "lora":
-        targets = cfg.target_modules or default_target_modules(model.config.model_type, "seq_cls")
-        lora_config = LoraConfig(
-            r=cfg.r,
-            alpha=cfg.alpha,
-            dropout=cfg.dropout,
-            target_modules=targets,
-            modules_to_save=head_module_names(model),
-            use_rslora=cfg.rslora,
-            task_type=TASK_TYPE,
-            base_model_name_or_path=cfg.model,
-        )
-        add_lora(model, lora_config)
-    else:
-        model.requires_grad_(True)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    kept = first_token = False
-    if cfg.kernels == "lean":
-        first_token = use_lean_kernels(model).first_token_layer
-        kept = device.type == "cpu" and keep_freed_memory()
-    stored = store_frozen_linears(model, precision)
+    adapter = lora_config(cfg, task, model) if cfg.method == "lora" else None
+    prepare_model(model, adapter, precision=precision, kernels=cfg.kernels,
+                  gradient_checkpointing=cfg.gradient_checkpointing)  # fmt: skip
     model.to(device)
-    return Prepared(cfg, data, tokenizer, model, device, precision, fingerprint, kept, first_token, stored)
+    done = loratune.preparation(model)
+    for note in done.notes:
+        print(f"note: {note}", flush=True)
+    return Prepared(cfg, task, data, tokenizer, model, device, precision, fingerprint, done)
 
 
 def task_info(prep: Prepared) -> dict[str, Any]:
     """What ``loratune.json`` records: enough to predict, and to re-evaluate on the same data."""
     cfg = prep.cfg
     return {
-        "task": "seq_cls",
+        "task": prep.task.name,
         "method": cfg.method,
-        "labels": prep.data.labels,
+        **prep.task.artifact_info(prep.data),
         "base_model": cfg.model,
+        "base_model_hub_id": hub_id(cfg.model),
         "base_model_fingerprint": prep.fingerprint,
         "max_length": cfg.max_length,
-        "data": {
-            "dataset": cfg.dataset,
-            "train_file": cfg.train_file,
-            "eval_file": cfg.eval_file,
-            "text_column": cfg.text_column,
-            "label_column": cfg.label_column,
-            "train_size": cfg.train_size,
-            "eval_size": cfg.eval_size,
-            "seed": cfg.seed,
-        },
+        "data": {"dataset": cfg.dataset, **data_options(cfg), "seed": cfg.seed},
         "loratune_version": loratune.__version__,
     }
 
@@ -194,14 +175,14 @@ def save_artifact(prep: Prepared, out: Path, metrics: dict[str, Any] | None = No
 
 
 def make_loaders(prep: Prepared) -> tuple[DataLoader, DataLoader]:
-    cfg = prep.cfg
-    collator = DynamicPaddingCollator(
+    cfg, task = prep.cfg, prep.task
+    collator = task.collator(
         prep.tokenizer,
         max_length=cfg.max_length if cfg.padding == "max_length" else None,
         pad_to_multiple_of=cfg.pad_to_multiple_of if cfg.pad_to_multiple_of > 1 else None,
     )
-    train_tok = tokenize_dataset(prep.data.train, prep.tokenizer, cfg.max_length)
-    eval_tok = tokenize_dataset(prep.data.eval, prep.tokenizer, cfg.max_length)
+    train_tok = task.tokenize(prep.data.train, prep.tokenizer, cfg.max_length)
+    eval_tok = task.tokenize(prep.data.eval, prep.tokenizer, cfg.max_length)
     train_sampler = LengthGroupedBatchSampler(
         train_tok["length"],
         cfg.batch_size,
@@ -219,43 +200,8 @@ def make_loaders(prep: Prepared) -> tuple[DataLoader, DataLoader]:
     )
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, *, device, precision, num_labels: int) -> dict[str, Any]:
-    """Accuracy, macro-F1, confusion matrix and mean loss over ``loader``."""
-    model.eval()
-    logits, labels, loss_sum, n = [], [], 0.0, 0
-    bar = progress_bar(len(loader), "eval", every_pct=None, unit="batch")
-    try:
-        for batch in loader:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast_context(precision, device):
-                out = model(**batch)
-            logits.append(out.logits.float().cpu())
-            labels.append(batch["labels"].cpu())
-            loss_sum += float(out.loss) * batch["labels"].shape[0]
-            n += batch["labels"].shape[0]
-            bar.update(1)
-    finally:
-        bar.close()
-    metrics = classification_metrics(torch.cat(logits), torch.cat(labels), num_labels)
-    metrics["loss"] = loss_sum / max(n, 1)
-    return metrics
-
-
-def run_training(cfg: RunConfig) -> dict[str, Any]:
-    """Train as ``cfg`` says; return the summary (also written to ``summary.json``)."""
-    cfg.validate()
-    out = check_output_dir(cfg)  # cheap checks first
-    prep = prepare(cfg)
-    train_loader, eval_loader = make_loaders(prep)
-    # All input is valid: now the output folder may change.
-    if cfg.overwrite and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / RUN_CONFIG, asdict(cfg))
-    reset_peak_cuda(prep.device)
-    report = parameter_report(prep.model)
-    loop_cfg = LoopConfig(
+def loop_config(cfg: RunConfig) -> LoopConfig:
+    return LoopConfig(
         epochs=cfg.epochs,
         max_steps=cfg.max_steps,
         pause_at_step=cfg.pause_at_step,
@@ -268,31 +214,48 @@ def run_training(cfg: RunConfig) -> dict[str, Any]:
         save_every=cfg.save_every,
         early_stopping_patience=cfg.early_stopping_patience,
         log_every=cfg.log_every,
+        tensorboard=cfg.report_to == "tensorboard",
     )
+
+
+def run_training(cfg: RunConfig) -> dict[str, Any]:
+    """Train as ``cfg`` says; return the summary (also written to ``summary.json``)."""
+    cfg.validate()
+    out = check_output_dir(cfg)  # cheap checks first
+    if cfg.report_to == "tensorboard":
+        tensorboard_writer()  # installed?
+    prep = prepare(cfg)
+    train_loader, eval_loader = make_loaders(prep)
+    # All input is valid: now the output folder may change.
+    if cfg.overwrite and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / RUN_CONFIG, asdict(cfg))
+    reset_peak_cuda(prep.device)
+    report = parameter_report(prep.model)
+    run_eval = functools.partial(evaluate, prep.model, eval_loader, device=prep.device, precision=prep.precision)
     started = time.perf_counter()
     result = train(
         prep.model,
         train_loader,
-        config=loop_cfg,
+        config=loop_config(cfg),
         device=prep.device,
         precision=prep.precision,
         run_dir=out,
-        evaluate=lambda: evaluate(
-            prep.model,
-            eval_loader,
-            device=prep.device,
-            precision=prep.precision,
-            num_labels=prep.data.num_labels,
-        ),
+        evaluate=lambda: run_eval(prep.task.metrics(prep.data)),
         on_best=lambda metrics: save_artifact(prep, out, metrics),
+        metric=prep.task.metric,
+        loss_fn=prep.task.loss,
         resume=cfg.resume,
         show_progress=cfg.progress,
     )
     wall = time.perf_counter() - started
+    peak_memory = peak_memory_bytes(prep.device)  # before the matmul peak allocates its matrices
     peak = matmul_peak_flops(prep.device, prep.precision)
-    summary = build_summary(prep, result, report, out, wall, peak)
+    summary = build_summary(prep, result, report, out, wall, peak, peak_memory)
     atomic_write_json(out / "summary.json", summary)
-    plot_training_curves(read_metrics(out / "metrics.jsonl"), out / "curves.png", title=summary["title"])
+    records = read_metrics(out / "metrics.jsonl")
+    plot_training_curves(records, out / "curves.png", title=summary["title"], best=result.best)
     return summary
 
 
@@ -300,18 +263,32 @@ def _without_matrix(metrics: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (metrics or {}).items() if k != "confusion_matrix"}
 
 
+def _speed(result: LoopResult, matmul_peak: float | None) -> dict[str, Any]:
+    seconds = result.train_seconds
+    return {
+        "train_seconds": round(seconds, 2),
+        "examples_per_s": round(result.examples_per_s, 2),
+        "tokens_seen": result.tokens_seen,
+        "model_flops": result.flops,
+        "achieved_flops_per_s": result.flops / seconds if seconds > 0 else 0.0,
+        "matmul_peak_flops_per_s": matmul_peak,
+        "mfu": (result.flops / seconds / matmul_peak) if matmul_peak and seconds else None,
+    }
+
+
 def build_summary(
-    prep: Prepared, result: LoopResult, report, out: Path, wall: float, matmul_peak: float | None = None
+    prep: Prepared, result: LoopResult, report, out: Path, wall: float, matmul_peak: float | None, peak_memory: int
 ) -> dict[str, Any]:
-    cfg = prep.cfg
+    cfg, done = prep.cfg, prep.preparation
     artifact = out / (ADAPTER_DIR if cfg.method == "lora" else MODEL_DIR)
     return {
         "title": f"{cfg.model} on {prep.data.source}: {cfg.method}" + (f" r={cfg.r}" if cfg.method == "lora" else ""),
-        "task": "seq_cls",
+        "task": prep.task.name,
+        "metric": prep.task.metric.name,
         "method": cfg.method,
         "model": cfg.model,
         "dataset": prep.data.source,
-        "labels": prep.data.labels,
+        **prep.task.artifact_info(prep.data),
         "train_examples": len(prep.data.train),
         "eval_examples": len(prep.data.eval),
         "final": _without_matrix(result.last_eval),
@@ -322,15 +299,10 @@ def build_summary(
         "stopped_early": result.stopped_early,
         "paused": result.paused,
         "resumed_from_step": result.resumed_from,
+        "skipped_steps": result.skipped_steps,
         "wall_seconds": round(wall, 2),
-        "train_seconds": round(result.train_seconds, 2),
-        "examples_per_s": round(result.examples_per_s, 2),
-        "tokens_seen": result.tokens_seen,
-        "model_flops": result.flops,
-        "achieved_flops_per_s": result.flops / result.train_seconds if result.train_seconds > 0 else 0.0,
-        "matmul_peak_flops_per_s": matmul_peak,
-        "mfu": (result.flops / result.train_seconds / matmul_peak) if matmul_peak and result.train_seconds else None,
-        "peak_memory_bytes": peak_memory_bytes(prep.device),
+        **_speed(result, matmul_peak),
+        "peak_memory_bytes": peak_memory,
         "trainable_params": report.trainable,
         "total_params": report.total,
         "trainable_percent": round(report.percent, 4),
@@ -340,9 +312,10 @@ def build_summary(
         "precision": prep.precision,
         "device": str(prep.device),
         "kernels": cfg.kernels,
-        "freed_memory_kept": prep.freed_memory_kept,
-        "first_token_layer": prep.first_token_layer,
-        "frozen_linears_in_compute_dtype": prep.frozen_linears_stored,
+        "kernel_notes": done.notes,
+        "freed_memory_kept": cfg.malloc_tuning and freed_memory_kept(),
+        "first_token_layer": done.first_token_layer,
+        "frozen_linears_in_compute_dtype": done.frozen_linears_stored,
         "config": asdict(cfg),
         "environment": environment_info(prep.device),
     }

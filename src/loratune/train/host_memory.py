@@ -8,8 +8,10 @@ which costs more than the elementwise op that then writes it. ``keep_freed_memor
 mmap threshold and the trim threshold, so freed blocks go back to the heap and the next step
 reuses them. Peak RSS stays close to the same: the step's high-water mark is what it was.
 
-The setting is process-wide, which is why only the training entry points call it, and it needs
-glibc (Linux); elsewhere it does nothing and says so.
+The setting is process-wide and cannot be undone, so no library call makes it: ``loratune train``
+does at its start (``--no-malloc-tuning`` leaves malloc alone), and a Python user opts in with one
+call of ``loratune.keep_freed_memory()``. It needs glibc (Linux); elsewhere it does nothing and
+returns False.
 """
 
 from __future__ import annotations
@@ -44,11 +46,21 @@ def supported() -> bool:
     return _libc() is not None
 
 
+_tuned = False
+
+
 def keep_freed_memory() -> bool:
-    """Make glibc keep freed blocks up to 1 GiB for reuse; True if the setting took effect."""
+    """Make glibc keep freed blocks up to 1 GiB for reuse (this whole process); True if it took effect."""
+    global _tuned
     libc = _libc()
     if libc is None:
         return False
     mmap_ok = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
     trim_ok = libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    _tuned = _tuned or (mmap_ok and trim_ok)
     return mmap_ok and trim_ok
+
+
+def freed_memory_kept() -> bool:
+    """Whether ``keep_freed_memory`` has taken effect in this process."""
+    return _tuned

@@ -1,0 +1,231 @@
+"""``compare --auto-rank``: pick a LoRA rank by successive halving, then train it fully.
+
+Each round trains every surviving rank for a budget of optimizer steps, as a prefix of one
+full-schedule run per rank (``train --pause-at-step``, continued with ``--resume`` while the rank
+survives), so a dropped rank costs only the steps it ran and the chosen rank's run is the result.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loratune.compare.runner import Runner
+from loratune.fsutil import atomic_write_json
+from loratune.train.run import load_data
+
+
+def choose_rank(accuracies: Mapping[int, float], tolerance_pt: float) -> int:
+    """The smallest rank whose accuracy is within ``tolerance_pt`` accuracy points of the best one.
+
+    >>> choose_rank({1: 0.80, 2: 0.862, 4: 0.866, 8: 0.87}, 0.5)
+    4
+    """
+    if not accuracies:
+        raise ValueError("no accuracies to choose from")
+    best = max(accuracies.values())
+    return min(r for r, acc in accuracies.items() if acc >= best - tolerance_pt / 100 - 1e-9)
+
+
+@dataclass
+class Round:
+    """One round of successive halving: every surviving rank trained for ``steps`` optimizer steps."""
+
+    index: int
+    steps: int
+    results: dict[int, dict[str, Any]]  # rank -> measures (at least "accuracy")
+    best: int = 0  # the most accurate rank of this round
+    choice: int = 0  # the smallest rank within tolerance of ``best``
+    kept: list[int] = field(default_factory=list)  # the ranks that go on to the next round
+
+
+def successive_halving(
+    candidates: Sequence[int],
+    train: Callable[[int, int, int], Mapping[str, Any]],
+    *,
+    full_steps: int,
+    first_steps: int,
+    tolerance_pt: float,
+) -> tuple[int, list[Round]]:
+    """Pick a LoRA rank without training every candidate fully; return ``(rank, rounds)``.
+
+    The rule is the one a full sweep would apply: the smallest rank whose accuracy is within
+    ``tolerance_pt`` points of the best (``choose_rank``). Successive halving estimates it cheaply:
+
+    1. Train every candidate for ``first_steps`` optimizer steps (``train(rank, steps, round)``
+       returns its measures incl. accuracy; ``auto_rank`` makes each round a prefix of one
+       full-schedule run per rank, continued from its checkpoint in the next round).
+    2. A round whose best accuracy is within ``tolerance_pt`` of always predicting the majority
+       class (``majority_accuracy`` in the measures) has not learned yet and tells the ranks apart
+       by noise: nobody is dropped, the budget doubles.
+    3. Otherwise keep the better half by accuracy (ties go to the smaller rank) plus the current choice, the
+       smallest rank within tolerance of this round's best, since that is the answer so far. If this
+       does not shrink the field (e.g. two candidates), the current choice alone goes on.
+    4. Double the budget (at most ``full_steps``) and repeat with the survivors until one is left
+       or a round ran with the full budget; the last round's choice is the answer.
+
+    With five candidates, ``first_steps = full_steps / 16`` and prefix rounds, a rank costs the
+    steps it reached: e.g. 2 ranks dropped at 1/4, 1 at 1/2 and the last 2 at the full budget cost
+    3 full runs (5 for the sweep), and the chosen rank's run is the final adapter.
+    Short-budget accuracy is a noisy estimate: a rank that learns slowly can be dropped early, and
+    ``tolerance_pt`` should exceed the eval set's noise (one example of 1000 is 0.1 pt).
+    """
+    survivors = sorted(set(candidates))
+    if len(survivors) == 1:
+        return survivors[0], []
+    steps = max(1, min(first_steps, full_steps))
+    rounds: list[Round] = []
+    while True:
+        results = {r: dict(train(r, steps, len(rounds) + 1)) for r in survivors}
+        acc = {r: float(results[r]["accuracy"]) for r in survivors}
+        rnd = Round(len(rounds) + 1, steps, results, best=min(acc, key=lambda r: (-acc[r], r)))
+        rnd.choice = choose_rank(acc, tolerance_pt)
+        rounds.append(rnd)
+        if steps >= full_steps:  # the full budget: this round is the sweep itself
+            rnd.kept = [rnd.choice]
+            return rnd.choice, rounds
+        majority = [results[r].get("majority_accuracy") for r in survivors]
+        chance = max((m for m in majority if m is not None), default=None)
+        if chance is not None and acc[rnd.best] <= chance + tolerance_pt / 100:
+            rnd.kept = list(survivors)  # not learned yet: the ranks differ by noise only
+            steps = min(2 * steps, full_steps)
+            continue
+        better_half = sorted(survivors, key=lambda r: (-acc[r], r))[: math.ceil(len(survivors) / 2)]
+        kept = sorted({*better_half, rnd.choice})
+        rnd.kept = kept if len(kept) < len(survivors) else [rnd.choice]
+        if len(rnd.kept) == 1:
+            return rnd.choice, rounds
+        survivors, steps = rnd.kept, min(2 * steps, full_steps)
+
+
+def full_budget(cfg) -> tuple[int, int]:
+    """(optimizer steps of one full run, steps per epoch) for ``cfg``, from its train split's size."""
+    data = load_data(cfg)
+    batches = math.ceil(len(data.train) / cfg.batch_size)
+    per_epoch = max(1, math.ceil(batches / cfg.grad_accum))
+    total = cfg.epochs * per_epoch
+    return (min(total, cfg.max_steps) if cfg.max_steps else total), per_epoch
+
+
+def _evidence_table(rounds: Sequence[Round], per_epoch: int) -> str:
+    lines = ["| round | steps | epochs | r | accuracy | macro-F1 | |", "|---|---|---|---|---|---|---|"]
+    for rnd in rounds:
+        for r, m in sorted(rnd.results.items()):
+            marks = [x for x, ok in (("best", r == rnd.best), ("choice", r == rnd.choice)) if ok]
+            marks.append("kept" if r in rnd.kept and len(rnd.kept) > 1 else "" if r in rnd.kept else "dropped")
+            lines.append(
+                f"| {rnd.index} | {rnd.steps} | {rnd.steps / per_epoch:.2f} | {r} | {100 * m['accuracy']:.2f} % "
+                f"| {100 * m['macro_f1']:.2f} | {', '.join(x for x in marks if x)} |"
+            )
+    return "\n".join(lines)
+
+
+def auto_rank(
+    runner: Runner, candidates: Sequence[int], budget: tuple[int, int], *, tolerance_pt: float, first_budget: float
+) -> dict:
+    """Successive halving over ``candidates``, then the chosen rank trained fully into OUT/auto-rank.
+
+    ``budget`` is ``full_budget(cfg)``: (steps of one full run, steps per epoch).
+    """
+    out = runner.out
+    full_steps, per_epoch = budget
+    first_steps = max(1, math.ceil(first_budget * full_steps))
+    print(
+        f"auto-rank: candidates r={','.join(map(str, candidates))}; full budget {full_steps} steps "
+        f"({full_steps / per_epoch:.2f} epochs of {per_epoch}); first round {first_steps} steps, doubling; "
+        f"tolerance {tolerance_pt:g} accuracy points",
+        flush=True,
+    )
+
+    reached: dict[int, int] = {}  # rank -> optimizer steps its run has done so far
+
+    def train(r: int, steps: int, index: int) -> dict[str, Any]:
+        """Continue rank ``r``'s one full-schedule run to ``steps`` (a prefix of the full run)."""
+        pause = steps if steps < full_steps else None
+        m = runner.run(f"round{index}-r{r}", out / "rounds" / f"r{r}", f"[round {index}, {steps} steps] r={r}",
+                       continue_run=r in reached, method="lora", r=r, pause_at_step=pause)  # fmt: skip
+        m["round_steps"] = steps
+        m["new_steps"] = steps - reached.get(r, 0)
+        reached[r] = steps
+        return m
+
+    choice, rounds = successive_halving(
+        candidates, train, full_steps=full_steps, first_steps=first_steps, tolerance_pt=tolerance_pt
+    )
+    table = _evidence_table(rounds, per_epoch)
+    if rounds:
+        last = rounds[-1]
+        reason = (
+            f"r={choice} is the smallest rank within {tolerance_pt:g} pt of the best accuracy in round {last.index} "
+            f"({100 * last.results[last.best]['accuracy']:.2f} % at r={last.best}, {last.steps} steps)"
+        )
+        print("\n" + table + "\n")
+    else:
+        reason = f"r={choice} is the only candidate"
+    print(f"auto-rank: choice r={choice}: {reason}", flush=True)
+
+    final_dir = out / "auto-rank"
+    final_steps = full_steps - reached.get(choice, 0)
+    if final_steps > 0:  # the choice's run continues to the end of its schedule
+        final = train(choice, full_steps, len(rounds) + 1)
+    else:
+        final = next(rnd.results[choice] for rnd in reversed(rounds) if choice in rnd.results)
+    source = Path(final["run_dir"])
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    shutil.copytree(source, final_dir, ignore=shutil.ignore_patterns("checkpoints"))
+    final = dict(final, run_dir=str(final_dir), copied_from=str(source))
+    print(f"[final] r={choice}: its run reached the full budget; copied {source} to {final_dir}")
+    adapter = final_dir / "adapter"
+    round_steps = sum(m["new_steps"] for rnd in rounds for m in rnd.results.values())
+    round_seconds = {r: float(m["train_seconds"]) for rnd in rounds for r, m in rnd.results.items()}
+    sweep_steps = len(candidates) * full_steps
+    cost = {
+        "round_steps": round_steps,
+        "final_steps": final_steps,
+        "total_steps": round_steps + final_steps,
+        "full_sweep_steps": sweep_steps,
+        "fraction_of_full_sweep": round((round_steps + final_steps) / sweep_steps, 4),
+        # a continued run's train_seconds is cumulative: the last value per rank is its whole cost
+        "round_train_seconds": round(sum(round_seconds.values()), 2),
+        "final_train_seconds": round(final["train_seconds"] - round_seconds.get(choice, 0.0), 2),
+    }
+    result = {
+        "method": "successive halving (see loratune.compare.successive_halving)",
+        "candidates": list(candidates),
+        "tolerance_pt": tolerance_pt,
+        "full_steps": full_steps,
+        "steps_per_epoch": per_epoch,
+        "first_steps": first_steps,
+        "rounds": [
+            {
+                "round": rnd.index,
+                "steps": rnd.steps,
+                "epochs": round(rnd.steps / per_epoch, 4),
+                "best": rnd.best,
+                "choice": rnd.choice,
+                "kept": rnd.kept,
+                "results": [{"r": r, **m} for r, m in sorted(rnd.results.items())],
+            }
+            for rnd in rounds
+        ],
+        "evidence_table": table,
+        "choice": choice,
+        "reason": reason,
+        "adapter": str(adapter),
+        "final": final,
+        "cost": cost,
+    }
+    atomic_write_json(out / "auto_rank.json", result)
+    print(
+        f"auto-rank: r={choice} trained with the full budget: accuracy {100 * final['accuracy']:.2f} %, "
+        f"macro-F1 {100 * final['macro_f1']:.2f}; adapter in {adapter}\n"
+        f"auto-rank: cost {round_steps} steps in rounds + {final_steps} final = {round_steps + final_steps} steps, "
+        f"vs {sweep_steps} for the full sweep ({cost['fraction_of_full_sweep']:.2f}x); wrote {out / 'auto_rank.json'}",
+        flush=True,
+    )
+    return result

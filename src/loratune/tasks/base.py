@@ -1,0 +1,107 @@
+"""What a task tells the rest of loratune: its data, model, batches, loss, metrics and predictions.
+
+The training loop, the evaluation loop and the commands know nothing of any one task. Each task
+(``tasks/seq_cls.py`` ...) is one ``Task`` subclass; ``tasks.get_task(name)`` finds it. A task:
+
+* loads its data (``load_data``) and its model with a fresh head (``load_model``);
+* turns examples into token ids (``tokenize``) and padded batches (``collator``);
+* gives the training loss of a batch (``loss``; by default the model's own ``outputs.loss``);
+* scores predictions (``metrics()`` returns a fresh ``Metrics`` accumulator) and names the value
+  that picks the best checkpoint (``metric``);
+* shows predictions and evaluation reports (``predict``, ``format_prediction``, ``format_report``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Metric:
+    """The evaluation value that picks the best checkpoint and drives early stopping."""
+
+    name: str
+    higher_is_better: bool = True
+
+    def improves(self, record: dict[str, Any], best: dict[str, Any] | None) -> bool:
+        """True for the first record, then for each one strictly better than ``best``."""
+        if best is None:
+            return True
+        if self.higher_is_better:
+            return record[self.name] > best[self.name]
+        return record[self.name] < best[self.name]
+
+
+class Metrics(Protocol):
+    """Accumulates one evaluation pass, batch by batch."""
+
+    def update(self, outputs: Any, batch: dict[str, torch.Tensor]) -> None: ...
+
+    def compute(self) -> dict[str, Any]: ...
+
+
+class TaskData(Protocol):
+    """A task's train and eval splits (``datasets.Dataset``) and where they came from."""
+
+    train: Any
+    eval: Any
+    source: str
+
+
+class Task(ABC):
+    """One task family. Subclasses set the class attributes and implement the abstract methods."""
+
+    name: ClassVar[str]  # the --task value, e.g. "seq-cls"
+    peft_task_type: ClassVar[str]  # adapter_config.json's task_type, e.g. "SEQ_CLS"
+    metric: ClassVar[Metric]
+    summary_metrics: ClassVar[tuple[str, ...]]  # the metrics the end-of-run summary shows
+
+    @abstractmethod
+    def load_data(self, dataset: str | None, *, seed: int, **options: Any) -> TaskData:
+        """The train and eval splits that the data options name (subsampled and split with ``seed``)."""
+
+    def load_eval_data(self, dataset: str | None, *, info: dict[str, Any], seed: int, **options: Any) -> TaskData:
+        """Data to evaluate a saved artifact on (``info``: its ``loratune.json``); by default ``load_data``."""
+        return self.load_data(dataset, seed=seed, **options)
+
+    @abstractmethod
+    def load_model(self, name: str, data: TaskData, *, trust_remote_code: bool = False) -> nn.Module:
+        """The pretrained model ``name`` with a fresh task head for ``data``."""
+
+    @abstractmethod
+    def tokenize(self, split: Any, tokenizer: Any, max_length: int) -> Any:
+        """Token ids (unpadded), ``labels`` and a ``length`` column for each example of ``split``."""
+
+    @abstractmethod
+    def collator(self, tokenizer: Any, *, max_length: int | None, pad_to_multiple_of: int | None) -> Callable:
+        """Turns a list of tokenised examples into a padded batch of tensors."""
+
+    @abstractmethod
+    def metrics(self, data: TaskData) -> Metrics:
+        """A fresh accumulator for one evaluation pass over ``data.eval``."""
+
+    @abstractmethod
+    def artifact_info(self, data: TaskData) -> dict[str, Any]:
+        """What ``loratune.json`` must hold to use the trained model again (e.g. label names)."""
+
+    @abstractmethod
+    def predict(self, model: nn.Module, tokenizer: Any, texts: Sequence[str], info: dict[str, Any], **kw: Any) -> list:
+        """One JSON-ready prediction record per text."""
+
+    @abstractmethod
+    def format_prediction(self, record: dict[str, Any]) -> str:
+        """One prediction as a line of text."""
+
+    @abstractmethod
+    def format_report(self, metrics: dict[str, Any], info: dict[str, Any]) -> str:
+        """An evaluation's metrics as text (``loratune eval``)."""
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The training loss of one batch: the model's own."""
+        return model(**batch).loss

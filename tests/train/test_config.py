@@ -1,0 +1,73 @@
+"""train/config.py: one table of options serves the flags, the recipes, the checks and compare's children."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from loratune.cli import build_parser, main, train_flags
+from loratune.errors import LoratuneError
+from loratune.train.config import RunConfig, as_flags, build_config, options, resumable_options
+
+# every field away from its default: a new option must be added here, and so is tested
+NON_DEFAULT = {
+    "task": "seq-cls", "model": "m", "dataset": "d", "train_file": "t.csv", "eval_file": "e.csv",
+    "text_column": "sentence", "label_column": "y", "train_size": 100, "eval_size": 50, "max_length": 64,
+    "padding": "max_length", "group_by_length": False, "pad_to_multiple_of": 8, "method": "full", "r": 4,
+    "alpha": 8.0, "dropout": 0.05, "target_modules": ["query", "key"], "rslora": True, "epochs": 2, "max_steps": 9,
+    "pause_at_step": 3, "batch_size": 4, "grad_accum": 2, "lr": 0.001, "weight_decay": 0.1, "warmup_ratio": 0.2,
+    "max_grad_norm": 0.5, "seed": 7, "precision": "fp32", "device": "cpu", "gradient_checkpointing": True,
+    "kernels": "torch", "malloc_tuning": False, "trust_remote_code": True, "output": "o", "resume": True,
+    "overwrite": False, "eval_every": 5, "save_every": 6, "early_stopping_patience": 2, "log_every": 3,
+    "report_to": "tensorboard", "progress": False,
+}  # fmt: skip
+
+
+def test_every_option_round_trips_through_flags_and_recipes(tmp_path):
+    assert set(NON_DEFAULT) == set(options())
+    expected = RunConfig(**NON_DEFAULT)
+    parsed = build_parser().parse_args(["train", *as_flags(NON_DEFAULT)])
+    assert build_config(**train_flags(parsed)) == expected
+    recipe = tmp_path / "all.yaml"
+    recipe.write_text(yaml.safe_dump({k: v for k, v in NON_DEFAULT.items() if k not in ("resume", "overwrite")}))
+    assert build_config(recipe, resume=True) == expected
+
+
+def test_number_like_strings_are_numbers_and_wrong_types_name_the_key(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("lr: 5e-4\nr: '8'\nrslora: 'yes'\ntarget_modules: query, value\n")  # YAML reads 5e-4 as a str
+    cfg = build_config(recipe)
+    assert (cfg.lr, cfg.r, cfg.rslora, cfg.target_modules) == (5e-4, 8, True, ["query", "value"])
+    for text, message in [
+        ("seed: abc", f"'seed' in recipe {recipe} must be an integer, got 'abc'"),
+        ("r: eight", f"'r' in recipe {recipe} must be an integer, got 'eight'"),
+        ("target_modules: 5", f"'target_modules' in recipe {recipe} must be a list of layer names or a string, got 5"),
+        ("lr: .nan", f"'lr' in recipe {recipe} must be a number, got nan"),
+        ("r: 0", f"'r' in recipe {recipe} must be >= 1, got 0"),
+        ("model: [a]", f"'model' in recipe {recipe} must be a string, got ['a']"),
+    ]:
+        recipe.write_text(text + "\n")
+        with pytest.raises(LoratuneError) as err:
+            build_config(recipe)
+        assert str(err.value) == message
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--r", "eight"], "error: --r must be an integer, got 'eight'"),
+        (["--lr", "fast"], "error: --lr must be a number, got 'fast'"),
+        (["--max-grad-norm", "-1"], "error: --max-grad-norm must be >= 0, got -1"),
+        (["--dropout", "1"], "error: --dropout must be in [0, 1), got 1"),
+        (["--method", "half"], "error: --method must be one of lora, full, got 'half'"),
+        (["--frobnicate"], "error: unrecognized arguments: --frobnicate; see loratune --help"),
+    ],
+)
+def test_bad_flags_are_one_line_errors_with_exit_2(flags, message, capsys):
+    assert main(["train", *flags]) == 2
+    assert capsys.readouterr().err.strip() == message
+
+
+def test_options_that_may_change_on_resume_are_listed_in_the_table():
+    assert set(resumable_options()) >= {"eval_every", "log_every", "progress", "pause_at_step", "resume", "device"}
+    assert not {"r", "lr", "train_size", "eval_size", "seed", "model", "dataset"} & set(resumable_options())
