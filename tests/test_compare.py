@@ -201,6 +201,16 @@ def test_child_bad_input_is_its_one_line_error_with_exit_2(tiny_model_dir, toy_d
     assert line.startswith("error: full run: ")
 
 
+def test_a_compare_into_a_locked_folder_stops_at_once(tiny_model_dir, toy_data, tmp_path, capsys):
+    from conftest import lock_held_elsewhere
+
+    out = tmp_path / "cmp"
+    with lock_held_elsewhere(out) as pid:
+        code, _, err = run(compare_args(tiny_model_dir, toy_data, out, "--max-steps", "2"), capsys)
+        one_line_error(code, err, f"--output {out} is in use by another loratune command (pid {pid})")
+        assert [p.name for p in out.iterdir()] == [".loratune.lock"]
+
+
 def test_bad_compare_options_fail_before_any_run(tiny_model_dir, toy_data, tmp_path, capsys):
     out = tmp_path / "cmp"
     for extra, needle in (

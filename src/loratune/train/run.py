@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import random
-import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,13 +33,13 @@ import loratune
 from loratune.artifacts import TASK_FILE, base_fingerprint
 from loratune.data.batching import LengthGroupedBatchSampler
 from loratune.errors import RunError
-from loratune.fsutil import atomic_dir, atomic_write_json
+from loratune.fsutil import LOCK_FILE, atomic_dir, atomic_write_json, clear_folder, folder_lock
 from loratune.lora import LoraConfig, parameter_report, write_adapter
 from loratune.models import default_target_modules, head_module_names, hub_id, load_tokenizer
 from loratune.prepare import Preparation, prepare_model
 from loratune.tasks import Task, TaskData, get_task
 from loratune.train.checkpoint import latest_checkpoint
-from loratune.train.config import RunConfig
+from loratune.train.config import RunConfig, flag_of, resumable_options, resume_conflicts
 from loratune.train.evaluate import evaluate
 from loratune.train.flops import matmul_peak_flops
 from loratune.train.host_memory import freed_memory_kept
@@ -64,7 +64,7 @@ def check_output_dir(cfg: RunConfig) -> Path:
     out = Path(cfg.output)
     if out.exists() and not out.is_dir():
         raise RunError(f"--output {out} is a file; pass a folder path")
-    non_empty = out.is_dir() and any(out.iterdir())
+    non_empty = out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir())
     if cfg.resume:
         if latest_checkpoint(out) is None:
             raise RunError(f"no checkpoint in {out}/checkpoints to resume from; drop --resume to start a fresh run")
@@ -81,6 +81,41 @@ def check_output_dir(cfg: RunConfig) -> Path:
     return out
 
 
+def check_resume(cfg: RunConfig, out: Path) -> None:
+    """Refuse a --resume whose options would change the run its checkpoints come from."""
+    try:
+        saved = json.loads((out / RUN_CONFIG).read_text())
+    except (OSError, ValueError):
+        raise RunError(f"{out / RUN_CONFIG} is missing or unreadable, so --resume cannot check its options; "
+                       "start a fresh run with --overwrite") from None  # fmt: skip
+    changed = resume_conflicts(saved, cfg)
+    if changed:
+        allowed = ", ".join(flag_of(name) for name in resumable_options() if name not in ("resume", "output"))
+        raise RunError(
+            f"--resume cannot change the options of the run in {out}: {'; '.join(changed)}; pass them as before, "
+            f"or start a fresh run with --overwrite (may change on resume: {allowed}, and --max-steps upward)"
+        )
+
+
+def usable_max_length(requested: int, model: nn.Module, tokenizer: Any) -> int:
+    """``requested``, or the model's number of positions if that is fewer (with a one-line warning).
+
+    RoBERTa-style position embeddings reserve ``padding_idx + 1`` positions; a tokenizer may know a
+    smaller limit (``model_max_length``).
+    """
+    limits = [getattr(getattr(model, "config", None), "max_position_embeddings", None)]
+    positions = next((m for n, m in model.named_modules() if n.endswith("position_embeddings")), None)
+    if limits[0] and isinstance(positions, nn.Embedding) and positions.padding_idx is not None:
+        limits[0] -= positions.padding_idx + 1
+    limits.append(getattr(tokenizer, "model_max_length", None))
+    limit = min((n for n in limits if isinstance(n, int) and 0 < n < 1_000_000), default=None)
+    if limit is None or requested <= limit:
+        return requested
+    print(f"warning: --max-length {requested} is more than the {limit} positions {type(model).__name__} has; "
+          f"using {limit}", file=sys.stderr, flush=True)  # fmt: skip
+    return limit
+
+
 @dataclass
 class Prepared:
     """Everything a run needs, built and checked before the output folder is touched."""
@@ -94,6 +129,7 @@ class Prepared:
     precision: str
     fingerprint: str | None
     preparation: Preparation
+    max_length: int  # --max-length, or the model's positions if fewer
 
 
 def data_options(cfg: RunConfig) -> dict[str, Any]:
@@ -131,6 +167,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     torch.manual_seed(cfg.seed)  # the new head's initialisation
     model = task.load_model(cfg.model, data, trust_remote_code=cfg.trust_remote_code)
+    max_length = usable_max_length(cfg.max_length, model, tokenizer)
     fingerprint = base_fingerprint(model)
     adapter = lora_config(cfg, task, model) if cfg.method == "lora" else None
     prepare_model(model, adapter, precision=precision, kernels=cfg.kernels,
@@ -139,7 +176,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     done = loratune.preparation(model)
     for note in done.notes:
         print(f"note: {note}", flush=True)
-    return Prepared(cfg, task, data, tokenizer, model, device, precision, fingerprint, done)
+    return Prepared(cfg, task, data, tokenizer, model, device, precision, fingerprint, done, max_length)
 
 
 def task_info(prep: Prepared) -> dict[str, Any]:
@@ -152,7 +189,7 @@ def task_info(prep: Prepared) -> dict[str, Any]:
         "base_model": cfg.model,
         "base_model_hub_id": hub_id(cfg.model),
         "base_model_fingerprint": prep.fingerprint,
-        "max_length": cfg.max_length,
+        "max_length": prep.max_length,
         "data": {"dataset": cfg.dataset, **data_options(cfg), "seed": cfg.seed},
         "loratune_version": loratune.__version__,
     }
@@ -178,11 +215,11 @@ def make_loaders(prep: Prepared) -> tuple[DataLoader, DataLoader]:
     cfg, task = prep.cfg, prep.task
     collator = task.collator(
         prep.tokenizer,
-        max_length=cfg.max_length if cfg.padding == "max_length" else None,
+        max_length=prep.max_length if cfg.padding == "max_length" else None,
         pad_to_multiple_of=cfg.pad_to_multiple_of if cfg.pad_to_multiple_of > 1 else None,
     )
-    train_tok = task.tokenize(prep.data.train, prep.tokenizer, cfg.max_length)
-    eval_tok = task.tokenize(prep.data.eval, prep.tokenizer, cfg.max_length)
+    train_tok = task.tokenize(prep.data.train, prep.tokenizer, prep.max_length)
+    eval_tok = task.tokenize(prep.data.eval, prep.tokenizer, prep.max_length)
     train_sampler = LengthGroupedBatchSampler(
         train_tok["length"],
         cfg.batch_size,
@@ -219,17 +256,26 @@ def loop_config(cfg: RunConfig) -> LoopConfig:
 
 
 def run_training(cfg: RunConfig) -> dict[str, Any]:
-    """Train as ``cfg`` says; return the summary (also written to ``summary.json``)."""
+    """Train as ``cfg`` says; return the summary (also written to ``summary.json``).
+
+    The run folder is locked for the whole run: a second run into it stops at once with an error.
+    """
     cfg.validate()
+    with folder_lock(cfg.output):
+        return _run(cfg)
+
+
+def _run(cfg: RunConfig) -> dict[str, Any]:
     out = check_output_dir(cfg)  # cheap checks first
+    if cfg.resume:
+        check_resume(cfg, out)
     if cfg.report_to == "tensorboard":
         tensorboard_writer()  # installed?
     prep = prepare(cfg)
     train_loader, eval_loader = make_loaders(prep)
     # All input is valid: now the output folder may change.
-    if cfg.overwrite and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if cfg.overwrite:
+        clear_folder(out)
     atomic_write_json(out / RUN_CONFIG, asdict(cfg))
     reset_peak_cuda(prep.device)
     report = parameter_report(prep.model)
