@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from loratune.errors import LoratuneError, ModelNotFoundError
-from loratune.hub import use_cache_only_if_unreachable
+from loratune.hub import hub_error_message, use_cache_only_if_unreachable
 
 
 def _minilm_path() -> str:
@@ -36,10 +36,7 @@ MODEL_ALIASES: dict[str, Callable[[], str]] = {
     "minilm": _minilm_path,  # sentence-transformers/all-MiniLM-L6-v2: BERT, 6 layers, hidden 384
 }
 
-_UNREACHABLE = (
-    "model '{name}' not found locally and the Hugging Face hub is unreachable; "
-    "use --model minilm or a local folder with config.json"
-)
+_INSTEAD = "use --model minilm or a local folder with config.json"
 
 # PEFT-like defaults: the attention query/value projections of each architecture
 _BERT_LIKE = [
@@ -280,33 +277,37 @@ def _checked(name: str, *, need_config: bool = True) -> str:
 
 @contextlib.contextmanager
 def _model_errors(name: str) -> Iterator[None]:
-    """Turn transformers' not-found / offline errors into one-line ModelNotFoundError."""
+    """Turn hub failures and transformers' loading errors into a one-line ModelNotFoundError."""
     try:
         yield
-    except (OSError, ValueError) as err:
-        text = str(err)
-        low = text.lower()
-        if isinstance(err, OSError) and ("connect" in low or "offline" in low or "cached files" in low or "hub" in low):
-            raise ModelNotFoundError(_UNREACHABLE.format(name=name)) from err
-        if os.path.isdir(name_path := resolve_model(name)) and (
-            "does not appear to have" in low or "no file named" in low
-        ):
-            raise ModelNotFoundError(
-                f"model folder '{name_path}' has no weights file (model.safetensors or pytorch_model.bin); "
-                "save the model into it with save_pretrained, or use --model minilm."
-            ) from err
-        if "not a valid model identifier" in low or "does not appear to have" in low or "repository not found" in low:
-            raise ModelNotFoundError(
-                f"model '{name}' is not a model on the Hugging Face hub nor a local folder with config.json; "
-                "check the name, or use --model minilm."
-            ) from err
-        if "unrecognized model" in low or "model_type" in low:
-            raise ModelNotFoundError(
-                f"model '{name}' has a config.json without a known model_type; pass a transformers model "
-                "folder or hub id, or use --model minilm."
-            ) from err
-        if "trust_remote_code" in low:
-            raise ModelNotFoundError(
-                f"model '{name}' needs its own code from the hub; pass --trust-remote-code if you trust it."
-            ) from err
-        raise
+    except Exception as err:  # re-raised below unless classified
+        message = _model_error_message(err, name)
+        if message is None:
+            raise
+        raise ModelNotFoundError(message) from err
+
+
+def _model_error_message(err: BaseException, name: str) -> str | None:
+    """The hub's exception types first (anywhere in the chain), then transformers' own loading errors.
+
+    transformers raises the latter as plain OSError/ValueError, so their text is all there is to go by.
+    """
+    message = hub_error_message(err, "model", name, _INSTEAD)
+    if message is not None or not isinstance(err, (OSError, ValueError)):
+        return message
+    low = str(err).lower()
+    if os.path.isdir(name_path := resolve_model(name)) and ("does not appear to have" in low or "no file named" in low):
+        return (
+            f"model folder '{name_path}' has no weights file (model.safetensors or pytorch_model.bin); "
+            "save the model into it with save_pretrained, or use --model minilm."
+        )
+    if "does not appear to have" in low:
+        return f"model '{name}' on the Hugging Face hub has no config.json or weights; check the name, or {_INSTEAD}."
+    if "unrecognized model" in low or "model_type" in low:
+        return (
+            f"model '{name}' has a config.json without a known model_type; pass a transformers model "
+            "folder or hub id, or use --model minilm."
+        )
+    if "trust_remote_code" in low:
+        return f"model '{name}' needs its own code from the hub; pass --trust-remote-code if you trust it."
+    return None
