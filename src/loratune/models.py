@@ -184,9 +184,8 @@ def load_model_for_sequence_classification(
         kwargs["dtype"] = torch_dtype
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized" report is expected for a new head
-    hf_logging.disable_progress_bar()
     try:
-        with _model_errors(name):
+        with _model_errors(name), _without_loading_bars():
             try:
                 model, info = AutoModelForSequenceClassification.from_pretrained(
                     path, attn_implementation="sdpa", **kwargs
@@ -197,7 +196,6 @@ def load_model_for_sequence_classification(
                 model, info = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
 
     if model.config.pad_token_id is None:
         eos = getattr(model.config, "eos_token_id", None)
@@ -207,6 +205,31 @@ def load_model_for_sequence_classification(
     new = {k.rsplit(".", 1)[0] for k in (*info.get("missing_keys", ()), *_mismatched(info))}
     model.loratune_new_modules = sorted(new)
     return model
+
+
+def empty_tqdm(factory: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """A transformers tqdm hook (``transformers.utils.logging.set_tqdm_hook``) that draws no bar."""
+    from transformers.utils.logging import EmptyTqdm
+
+    return EmptyTqdm(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _without_loading_bars() -> Iterator[None]:
+    """Turn off transformers' own bars (the per-tensor "Loading weights" bar) while loading.
+
+    Only those: the downloads run under huggingface_hub's own bars, which stay on. Where transformers
+    has no ``set_tqdm_hook`` (older versions), nothing changes.
+    """
+    from transformers.utils import logging as hf_logging
+
+    set_hook = getattr(hf_logging, "set_tqdm_hook", None)
+    previous = set_hook(empty_tqdm) if set_hook is not None else None
+    try:
+        yield
+    finally:
+        if set_hook is not None:
+            set_hook(previous)
 
 
 def _mismatched(info: dict[str, Any]) -> list[str]:
