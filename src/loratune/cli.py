@@ -233,13 +233,22 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "compa
 
 
 def _quiet_libraries() -> None:
-    """Keep the console for loratune's own output: no library warnings or download bars."""
+    """Keep the console for loratune's own output and for download progress.
+
+    Library warnings and the per-item processing bars are off: datasets' own bars (map, "Tokenising",
+    split generation) and transformers' (per-tensor "Loading weights"). huggingface_hub's download bars,
+    which model and dataset downloads both use, stay on.
+    """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import datasets
     import transformers
 
+    from loratune.models import empty_tqdm
+
     transformers.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
+    if hasattr(transformers.logging, "set_tqdm_hook"):  # absent in older transformers
+        transformers.logging.set_tqdm_hook(empty_tqdm)
+    datasets.disable_progress_bars()  # datasets' bars only; huggingface_hub's are separate
     datasets.logging.set_verbosity_error()
 
 

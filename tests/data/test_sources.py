@@ -235,17 +235,59 @@ def test_hub_unreachable_offline(monkeypatch: pytest.MonkeyPatch) -> None:
         raise ConnectionError("Couldn't reach 'imdb' on the Hub (OfflineModeIsEnabled)")
 
     monkeypatch.setattr(sources.datasets, "load_dataset", offline)
+    monkeypatch.setattr("loratune.hub._forced_offline", True)
     msg = error_of(load_text_classification, "imdb")
     assert msg == (
-        "dataset 'imdb' is not a local file or folder and the Hugging Face hub is unreachable; pass a local "
-        "path (a folder with train/test files, or --train-file) or use tweets."
+        "dataset 'imdb' is not in the local Hugging Face cache and the Hugging Face hub is unreachable; check the "
+        "network (and HTTPS_PROXY behind a proxy), or pass a local path (a folder with train/test files, or "
+        "--train-file) or use tweets"
     )
 
 
 @pytest.mark.skipif(os.environ.get("HF_HUB_OFFLINE") != "1", reason="needs HF_HUB_OFFLINE=1 (no network)")
-def test_hub_unreachable_for_real() -> None:
+def test_hub_unreachable_for_real(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("loratune.hub._forced_offline", False)
     msg = error_of(load_text_classification, "no_such_org_xyz/no_such_dataset_xyz")
-    assert "hub is unreachable" in msg
+    assert "is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; unset it" in msg
+
+
+def _hub_failures():
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.utils import httpx
+
+    response = httpx.Response(401, request=httpx.Request("GET", "http://127.0.0.1:9/api/datasets/org/x"))
+    lock = "/home/u/.cache/huggingface/hub/.locks/datasets--org--x/abc.lock"
+    return [
+        (GatedRepoError("gated", response=response), "dataset 'org/x' is gated on the Hugging Face hub; accept"),
+        (RepositoryNotFoundError("404", response=response), "dataset 'org/x' is not on the Hugging Face hub, or is"),
+        (RevisionNotFoundError("404", response=response), "dataset 'org/x' has no such revision"),
+        (PermissionError(13, "Permission denied", lock), f"cannot write to the Hugging Face cache at {lock}"),
+    ]
+
+
+@pytest.mark.parametrize(("failure", "expected"), _hub_failures())
+def test_hub_errors_through_datasets(monkeypatch: pytest.MonkeyPatch, failure, expected) -> None:
+    """The hub's exceptions raised where datasets downloads, wrapped (or dropped) by datasets itself.
+
+    Online mode against a closed loopback endpoint: the patched download is the only hub call.
+    """
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    def download(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "hf_hub_download", download)
+    monkeypatch.setattr(sources, "use_cache_only_if_unreachable", lambda: True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HOME", "/home/u/.cache/huggingface")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    msg = error_of(load_text_classification, "org/x")
+    assert msg.startswith(expected), msg
+    assert "unreachable" not in msg
 
 
 def test_hub_name_config_and_splits(monkeypatch: pytest.MonkeyPatch) -> None:

