@@ -134,6 +134,52 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return folder
 
 
+def save_tiny_llama(folder: Path, dtype: torch.dtype = torch.bfloat16, pad_token: str | None = "<pad>") -> Path:
+    """A 2-layer Llama language model (as hub checkpoints come) stored in ``dtype``, with a word-level
+    tokenizer over the toy words; ``pad_token`` "<pad>" is a token of its own, None leaves the pad unset."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(["<unk>", "<s>", "</s>", "<pad>", *FILLER, *POSITIVE, *NEGATIVE])}
+    words = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=words, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token=pad_token
+    )
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    LlamaForCausalLM(config).to(dtype).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_bf16_dir(tmp_path_factory) -> Path:
+    """A tiny Llama checkpoint stored in bf16, as Llama, Qwen and Gemma checkpoints are on the hub."""
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama-bf16"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_bf16_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """``tiny_model_dir``'s BERT and tokenizer, stored in bf16."""
+    from transformers import AutoTokenizer, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert-bf16")
+    BertModel.from_pretrained(tiny_model_dir).to(torch.bfloat16).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def toy_data(tmp_path_factory) -> Path:
     """A folder with train.csv (96 rows) and test.csv (32 rows)."""

@@ -127,8 +127,8 @@ def test_load_tiny_local_model_with_fresh_head(tiny_bert_folder: Path) -> None:
     tok = load_tokenizer(str(tiny_bert_folder))
     out = model(**tok(["the movie was good"], return_tensors="pt"))
     assert out.logits.shape == (1, 2)
-    model = load_model_for_sequence_classification(str(tiny_bert_folder), 3, torch_dtype=torch.bfloat16)
-    assert model.dtype == torch.bfloat16 and model.config.id2label == {0: "0", 1: "1", 2: "2"}
+    model = load_model_for_sequence_classification(str(tiny_bert_folder), 3, compute_dtype=torch.bfloat16)
+    assert model.dtype == torch.float32 and model.config.id2label == {0: "0", 1: "1", 2: "2"}  # stored in fp32
 
 
 def test_new_pooler_is_saved_with_the_head(tmp_path: Path) -> None:

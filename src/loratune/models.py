@@ -175,11 +175,14 @@ def load_model_for_sequence_classification(
     label2id: dict[str, int] | None = None,
     *,
     trust_remote_code: bool = False,
-    torch_dtype: torch.dtype | str | None = None,
+    compute_dtype: torch.dtype = torch.float32,
     pad_token_id: int | None = None,
 ) -> nn.Module:
     """``AutoModelForSequenceClassification`` with a fresh ``num_labels`` head and SDPA attention.
 
+    ``compute_dtype`` is the dtype the model will compute in: fp32 loads every weight in fp32
+    (a checkpoint stored in bf16 too); a half dtype (the autocast dtype of a bf16/fp16 run) loads the
+    weights as stored, and ``prepare_model`` then makes the trainable ones fp32.
     A head of another size in the checkpoint is replaced. Module paths whose weights were newly
     initialised are recorded in ``model.loratune_new_modules`` (used by :func:`head_module_names`).
     Decoder models without a pad token id get ``pad_token_id`` (default: their EOS id).
@@ -203,9 +206,8 @@ def load_model_for_sequence_classification(
         "trust_remote_code": trust_remote_code,
         "ignore_mismatched_sizes": True,
         "output_loading_info": True,
+        "dtype": torch.float32 if compute_dtype == torch.float32 else "auto",
     }
-    if torch_dtype is not None:
-        kwargs["dtype"] = torch_dtype
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized" report is expected for a new head
     try:

@@ -8,10 +8,11 @@ Three steps, in this order:
    own code with a note;
 2. the LoRA adapter (``lora_config``), or every parameter unfrozen for full fine-tuning
    (``lora_config=None``); optionally activation checkpointing;
-3. the frozen linear layers stored in the training precision's dtype (``store_frozen_linears``).
+3. fp32 master weights (``keep_master_weights``): trainable parameters (adapters, heads, everything
+   under full fine-tuning) are fp32 whatever the checkpoint's dtype, and an fp32 run is fp32 throughout;
+4. the frozen linear layers stored in the training precision's dtype (``store_frozen_linears``).
 
-Trainable parameters (adapters, heads, everything under full fine-tuning) stay in fp32, and the
-forward pass is meant to run under ``torch.autocast`` for bf16 and fp16.
+The forward pass is meant to run under ``torch.autocast`` for bf16 and fp16.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from loratune.fastpath import use_lean_kernels
 from loratune.lora import LoraConfig, LoraLinear, add_lora
 from loratune.lora.layer import is_linear
 
-__all__ = ["DTYPES", "Preparation", "preparation", "prepare_model", "store_frozen_linears"]
+__all__ = ["DTYPES", "Preparation", "keep_master_weights", "preparation", "prepare_model", "store_frozen_linears"]
 
 #: the compute dtype of each training precision
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+HALF_DTYPES = (torch.bfloat16, torch.float16)
 KERNELS = ("lean", "torch")
 _ATTR = "loratune_preparation"
 
@@ -78,6 +80,7 @@ def prepare_model(
         add_lora(model, lora_config, adapter_name)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    keep_master_weights(model, precision)
     done.frozen_linears_stored = store_frozen_linears(model, precision)
     model.__dict__[_ATTR] = done
     return model
@@ -86,6 +89,30 @@ def prepare_model(
 def preparation(model: nn.Module) -> Preparation | None:
     """What ``prepare_model`` did to ``model``, or None if it was not prepared."""
     return model.__dict__.get(_ATTR)
+
+
+def keep_master_weights(model: nn.Module, precision: str) -> int:
+    """Make fp32 each bf16/fp16 tensor of ``model`` that may not stay in half precision; return how many.
+
+    Trainable parameters are fp32 master weights (AdamW's small updates vanish in bf16). Frozen
+    parameters and buffers keep a half dtype only when it is ``precision``'s autocast dtype, so an fp32
+    run computes in fp32 throughout. Parameters change in place (``.data``): tied weights stay tied.
+    """
+    keep = DTYPES[precision] if precision != "fp32" else None
+    count = 0
+    for param in model.parameters():
+        if param.dtype in HALF_DTYPES and (param.requires_grad or param.dtype != keep):
+            param.data = param.data.float()
+            count += 1
+    upcast: dict[int, torch.Tensor] = {}  # a buffer shared by several modules stays shared
+    for module in model.modules():
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer.dtype in HALF_DTYPES and buffer.dtype != keep:
+                if id(buffer) not in upcast:
+                    upcast[id(buffer)] = buffer.float()
+                    count += 1
+                setattr(module, name, upcast[id(buffer)])
+    return count
 
 
 def store_frozen_linears(model: nn.Module, precision: str) -> int:

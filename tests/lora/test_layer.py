@@ -167,3 +167,26 @@ def test_bf16_autocast_gradients_match_plain_autograd_with_the_same_mask():
     want = (y2.detach().float(), x2.grad, a.grad, b.grad)
     for g, ref in zip(got, want, strict=True):
         torch.testing.assert_close(g, ref, rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("grad", [True, False])
+def test_an_adapter_on_a_half_precision_layer_is_fp32_and_runs_without_autocast(dtype, grad):
+    """The adapter keeps fp32 values on a bf16/fp16 base layer; its product is computed in fp32."""
+    ref = _layer(p=0.0)
+    layer = LoraLinear(nn.Linear(16, 24).to(dtype).requires_grad_(False))
+    layer.add_adapter("a", r=4, scaling=2.0)
+    assert layer.lora_A["a"].weight.dtype == layer.lora_B["a"].weight.dtype == torch.float32
+    layer.base_layer.load_state_dict(ref.base_layer.state_dict())
+    layer.lora_A["a"].load_state_dict(ref.lora_A["a"].state_dict())
+    layer.lora_B["a"].load_state_dict(ref.lora_B["a"].state_dict())
+    layer.active_adapter = "a"
+    x = torch.randn(3, 5, 16).to(dtype).requires_grad_(grad)
+    with torch.set_grad_enabled(grad):
+        y = layer(x)
+    assert y.dtype == dtype
+    expected = layer.base_layer(x).float() + 2.0 * (x.float() @ ref.lora_A["a"].weight.t() @ ref.lora_B["a"].weight.t())
+    torch.testing.assert_close(y.float(), expected.detach(), rtol=2e-2, atol=2e-2)
+    if grad:
+        y.float().sum().backward()
+        assert layer.lora_A["a"].weight.grad.dtype == torch.float32 and x.grad.dtype == dtype

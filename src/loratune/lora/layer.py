@@ -182,9 +182,14 @@ class LoraLinear(nn.Module):
 
     # ---------------------------------------------------------------- adapters
     def add_adapter(self, name: str, r: int, scaling: float, dropout: float = 0.0, init: bool | str = True) -> None:
-        """Add adapter ``name`` of rank ``r``; A Kaiming-uniform (or gaussian), B zero."""
+        """Add adapter ``name`` of rank ``r``; A Kaiming-uniform (or gaussian), B zero.
+
+        A and B take the base weight's dtype, except on a bf16/fp16 (or non-float) base: there they
+        are fp32, since small updates are lost in half precision (as PEFT's ``autocast_adapter_dtype``).
+        The forward computes the adapter in the autocast dtype, or else in the adapter's own.
+        """
         w = self.base_layer.weight
-        kwargs = {"device": w.device, "dtype": w.dtype if w.dtype.is_floating_point else torch.float32}
+        kwargs = {"device": w.device, "dtype": w.dtype if w.dtype in (torch.float32, torch.float64) else torch.float32}
         self.lora_A[name] = nn.Linear(self.in_features, r, bias=False, **kwargs)
         self.lora_B[name] = nn.Linear(r, self.out_features, bias=False, **kwargs)
         self.lora_A[name].train(self.training)

@@ -71,8 +71,13 @@ class Task(ABC):
         return self.load_data(dataset, seed=seed, **options)
 
     @abstractmethod
-    def load_model(self, name: str, data: TaskData, *, trust_remote_code: bool = False) -> nn.Module:
-        """The pretrained model ``name`` with a fresh task head for ``data``."""
+    def load_model(
+        self, name: str, data: TaskData, *, trust_remote_code: bool = False, compute_dtype: torch.dtype = torch.float32
+    ) -> nn.Module:
+        """The pretrained model ``name`` with a fresh task head for ``data``.
+
+        ``compute_dtype``: the run's compute dtype; a checkpoint stored in it loads as stored, else in fp32.
+        """
 
     @abstractmethod
     def tokenize(self, split: Any, tokenizer: Any, max_length: int) -> Any:

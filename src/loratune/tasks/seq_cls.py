@@ -177,10 +177,18 @@ class SeqClsTask(Task):
         evaluated = datasets.Dataset.from_dict({"text": data.eval["text"], "label": ids}, features=data.eval.features)
         return dataclasses.replace(data, eval=evaluated, labels=labels)
 
-    def load_model(self, name: str, data: TextClassificationData, *, trust_remote_code: bool = False) -> nn.Module:
+    def load_model(
+        self,
+        name: str,
+        data: TextClassificationData,
+        *,
+        trust_remote_code: bool = False,
+        compute_dtype: torch.dtype = torch.float32,
+    ) -> nn.Module:
         return load_model_for_sequence_classification(
-            name, data.num_labels, data.id2label, data.label2id, trust_remote_code=trust_remote_code
-        )
+            name, data.num_labels, data.id2label, data.label2id, trust_remote_code=trust_remote_code,
+            compute_dtype=compute_dtype,
+        )  # fmt: skip
 
     def tokenize(self, split: Any, tokenizer: Any, max_length: int) -> Any:
         return tokenize_dataset(split, tokenizer, max_length)

@@ -1,10 +1,11 @@
 """Device and numeric precision: pick them, check them, and build the autocast context.
 
 Precisions are named ``fp32``, ``bf16`` and ``fp16``. bf16 and fp16 run the forward pass under
-``torch.autocast``; fp16 (CUDA only) also scales the loss (``grad_scaler``). Trainable weights stay
-fp32; ``loratune.prepare.store_frozen_linears`` stores the frozen linear layers in the autocast
-dtype. ``auto`` picks bf16 only where the hardware computes it natively, because emulated bf16 is
-slower than fp32.
+``torch.autocast``; fp16 (CUDA only) also scales the loss (``grad_scaler``). Trainable weights are
+fp32 (``loratune.prepare.keep_master_weights``, also for a checkpoint stored in bf16);
+``loratune.prepare.store_frozen_linears`` stores the frozen linear layers in the autocast dtype.
+``auto`` picks bf16 only where the hardware computes it natively, because emulated bf16 is slower
+than fp32.
 """
 
 from __future__ import annotations
