@@ -18,7 +18,7 @@ from torch import nn
 
 from loratune.errors import AdapterFileError, AdapterShapeError
 from loratune.lora import load_adapter, read_adapter_config
-from loratune.models import load_model_for_sequence_classification, load_tokenizer
+from loratune.models import load_model_for_sequence_classification, load_tokenizer, use_tokenizer_pad_id
 
 TASK_FILE = "loratune.json"
 
@@ -112,6 +112,7 @@ def load_artifact(
         labels = info.get("labels") or [net.config.id2label[i] for i in range(net.config.num_labels)]
         tokenizer = load_tokenizer(tokenizer_src or str(folder), trust_remote_code=trust_remote_code)
         kind = "full"
+    use_tokenizer_pad_id(net, tokenizer)
     info = {**info, "labels": labels}
     if model and info.get("base_model") and model != info["base_model"] and kind == "lora":
         print(f"note: adapter was trained on {info['base_model']!r}; using --model {model!r}", file=sys.stderr)

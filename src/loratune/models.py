@@ -233,6 +233,18 @@ def load_model_for_sequence_classification(
     return model
 
 
+def use_tokenizer_pad_id(model: nn.Module, tokenizer: Any) -> None:
+    """Set ``model.config.pad_token_id`` to the id ``tokenizer`` pads with (when it has one).
+
+    Decoder classifiers (Llama, GPT-2, ...) classify each row from its last token that is not
+    ``config.pad_token_id``: any other id there (EOS, or the first of several) makes a padded row
+    read a padding position.
+    """
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is not None:
+        model.config.pad_token_id = pad
+
+
 def empty_tqdm(factory: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """A transformers tqdm hook (``transformers.utils.logging.set_tqdm_hook``) that draws no bar."""
     from transformers.utils.logging import EmptyTqdm

@@ -35,7 +35,7 @@ from loratune.data.batching import LengthGroupedBatchSampler
 from loratune.errors import RunError
 from loratune.fsutil import LOCK_FILE, atomic_dir, atomic_write_json, clear_folder, folder_lock
 from loratune.lora import LoraConfig, parameter_report, write_adapter
-from loratune.models import default_target_modules, head_module_names, hub_id, load_tokenizer
+from loratune.models import default_target_modules, head_module_names, hub_id, load_tokenizer, use_tokenizer_pad_id
 from loratune.prepare import DTYPES, Preparation, prepare_model
 from loratune.tasks import Task, TaskData, get_task
 from loratune.train.checkpoint import latest_checkpoint
@@ -167,6 +167,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     torch.manual_seed(cfg.seed)  # the new head's initialisation
     model = task.load_model(cfg.model, data, trust_remote_code=cfg.trust_remote_code, compute_dtype=DTYPES[precision])
+    use_tokenizer_pad_id(model, tokenizer)
     max_length = usable_max_length(cfg.max_length, model, tokenizer)
     fingerprint = base_fingerprint(model)
     adapter = lora_config(cfg, task, model) if cfg.method == "lora" else None
