@@ -17,8 +17,8 @@ NON_DEFAULT = {
     "alpha": 8.0, "dropout": 0.05, "target_modules": ["query", "key"], "rslora": True, "epochs": 2, "max_steps": 9,
     "pause_at_step": 3, "batch_size": 4, "grad_accum": 2, "lr": 0.001, "weight_decay": 0.1, "warmup_ratio": 0.2,
     "max_grad_norm": 0.5, "seed": 7, "precision": "fp32", "device": "cpu", "gradient_checkpointing": True,
-    "kernels": "torch", "malloc_tuning": False, "trust_remote_code": True, "output": "o", "resume": True,
-    "overwrite": False, "eval_every": 5, "save_every": 6, "early_stopping_patience": 2, "log_every": 3,
+    "deterministic": True, "kernels": "torch", "malloc_tuning": False, "trust_remote_code": True, "output": "o",
+    "resume": True, "overwrite": False, "eval_every": 5, "save_every": 6, "early_stopping_patience": 2, "log_every": 3,
     "report_to": "tensorboard", "progress": False,
 }  # fmt: skip
 

@@ -114,6 +114,11 @@ class RunConfig:
     gradient_checkpointing: bool = _opt(
         False, "recompute activations in the backward pass: less memory, more time", TRAINING, resumable=True
     )
+    deterministic: bool = _opt(
+        False, "deterministic algorithms only (torch.use_deterministic_algorithms, with cuBLAS and cuDNN set to "
+        "match): without it a CUDA run's attention backward (SDPA) varies from run to run, so a resumed or "
+        "repeated CUDA run ends slightly apart; slower. CPU runs repeat bit for bit either way", TRAINING,
+    )  # fmt: skip
     kernels: str = _opt(
         "lean", "lean: loratune's attention and dropout kernels (same maths, less memory and time); torch: the "
         "model's own", TRAINING, choices=KERNELS,

@@ -40,6 +40,7 @@ from loratune.prepare import DTYPES, Preparation, prepare_model
 from loratune.tasks import Task, TaskData, get_task
 from loratune.train.checkpoint import latest_checkpoint
 from loratune.train.config import RunConfig, flag_of, resumable_options, resume_conflicts
+from loratune.train.determinism import deterministic_algorithms
 from loratune.train.evaluate import evaluate
 from loratune.train.flops import matmul_peak_flops
 from loratune.train.host_memory import freed_memory_kept
@@ -260,9 +261,10 @@ def run_training(cfg: RunConfig) -> dict[str, Any]:
     """Train as ``cfg`` says; return the summary (also written to ``summary.json``).
 
     The run folder is locked for the whole run: a second run into it stops at once with an error.
+    With ``cfg.deterministic``, torch uses deterministic algorithms only, for the run's length.
     """
     cfg.validate()
-    with folder_lock(cfg.output):
+    with folder_lock(cfg.output), deterministic_algorithms(cfg.deterministic):
         return _run(cfg)
 
 
@@ -359,6 +361,7 @@ def build_summary(
         "precision": prep.precision,
         "device": str(prep.device),
         "kernels": cfg.kernels,
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
         "kernel_notes": done.notes,
         "freed_memory_kept": cfg.malloc_tuning and freed_memory_kept(),
         "first_token_layer": done.first_token_layer,
