@@ -62,12 +62,14 @@ def load_artifact(
     model: str | None = None,
     device: torch.device | None = None,
     trust_remote_code: bool = False,
+    revision: str | None = None,
 ) -> Loaded:
     """Load a sequence-classification artifact for inference (eval mode, frozen).
 
     For an adapter, the base model comes from ``loratune.json`` (or ``adapter_config.json``'s
     ``base_model_name_or_path``), or ``model`` to override; a base model other than the one the
     adapter was trained on is refused (shapes, or the embedding fingerprint when shapes agree).
+    The base loads at ``revision``, or else at the hub revision it was trained at (``loratune.json``).
     """
     folder = Path(path)
     if not folder.is_dir():
@@ -86,12 +88,15 @@ def load_artifact(
         if not base:
             raise AdapterFileError(f"{folder} does not name its base model; pass --model NAME_OR_PATH")
         labels = info.get("labels") or _labels_from_weights(folder)
+        if revision is None and base == info.get("base_model"):
+            revision = info.get("base_model_revision")
         net = load_model_for_sequence_classification(
             base,
             len(labels),
             dict(enumerate(labels)),
             {n: i for i, n in enumerate(labels)},
             trust_remote_code=trust_remote_code,
+            revision=revision,
         )
         expected = info.get("base_model_fingerprint")
         if expected and base_fingerprint(net) not in (None, expected):
@@ -100,9 +105,12 @@ def load_artifact(
                 f"different model (its embeddings differ); pass --model {info.get('base_model')}"
             )
         load_adapter(net, folder)
-        tokenizer = load_tokenizer(tokenizer_src or base, trust_remote_code=trust_remote_code)
+        tokenizer = load_tokenizer(tokenizer_src or base, trust_remote_code=trust_remote_code,
+                                   revision=None if tokenizer_src else revision)  # fmt: skip
         kind = "lora"
     else:
+        if revision is not None:
+            raise AdapterFileError(f"--revision pins a base model, and {folder} is a whole model; drop --revision")
         from transformers import AutoModelForSequenceClassification
 
         from loratune.models import _model_errors  # the same one-line errors as for base models

@@ -129,17 +129,30 @@ def _packaged_copy(hub_name: str) -> str | None:
     return None
 
 
-def resolve_model(name: str) -> str:
+def resolve_model(name: str, revision: str | None = None) -> str:
     """Alias (``minilm``) -> packaged folder; an existing local folder -> itself; else a hub id as is.
 
     A hub id that a packaged alias holds (``sentence-transformers/all-MiniLM-L6-v2``) resolves to
     the packaged copy when the hub is out of reach, so adapters that name it load offline.
+    A ``revision`` pins a hub model: it never resolves to a packaged copy, and with an alias or a
+    local folder it is refused (``ModelNotFoundError``).
     """
     key = name.strip()
     if key.lower() in MODEL_ALIASES:
-        return MODEL_ALIASES[key.lower()].path()
+        alias = MODEL_ALIASES[key.lower()]
+        if revision is not None:
+            raise ModelNotFoundError(
+                f"--revision {revision} pins a model on the Hugging Face hub, and '{name}' is a packaged copy; "
+                f"pass --model {alias.hub_id} for the hub's, or drop --revision"
+            )
+        return alias.path()
     path = Path(key).expanduser()
     if path.is_dir():
+        if revision is not None:
+            raise ModelNotFoundError(
+                f"--revision {revision} pins a model on the Hugging Face hub, and '{name}' is a local folder; "
+                "drop --revision, or pass a hub id"
+            )
         return str(path)
     if path.exists():
         raise ModelNotFoundError(f"model '{name}' is a file, not a folder; pass the folder that holds config.json.")
@@ -147,19 +160,24 @@ def resolve_model(name: str) -> str:
         raise ModelNotFoundError(
             f"model folder '{name}' does not exist; check the path, or use --model minilm or a hub id."
         )
-    packaged = _packaged_copy(key)
+    packaged = _packaged_copy(key) if revision is None else None
     if packaged is not None and not hub_reachable():
         return packaged
     return key
 
 
-def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
-    """``AutoTokenizer`` for ``name`` (alias, folder or hub id); a missing pad token becomes EOS."""
+def _at_revision(revision: str | None) -> dict[str, str]:
+    """``from_pretrained``'s ``revision`` keyword when one is asked for (else the hub's default branch)."""
+    return {} if revision is None else {"revision": revision}
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | None = None) -> Any:
+    """``AutoTokenizer`` for ``name`` (alias, folder or hub id, at ``revision``); a missing pad token becomes EOS."""
     from transformers import AutoTokenizer
 
-    path = _checked(name, need_config=False)
+    path = _checked(name, need_config=False, revision=revision)
     with _model_errors(name):
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **_at_revision(revision))
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -177,8 +195,11 @@ def load_model_for_sequence_classification(
     trust_remote_code: bool = False,
     compute_dtype: torch.dtype = torch.float32,
     pad_token_id: int | None = None,
+    revision: str | None = None,
 ) -> nn.Module:
     """``AutoModelForSequenceClassification`` with a fresh ``num_labels`` head and SDPA attention.
+
+    ``revision``: the hub model's branch, tag or commit (see :func:`resolve_model`).
 
     ``compute_dtype`` is the dtype the model will compute in: fp32 loads every weight in fp32
     (a checkpoint stored in bf16 too); a half dtype (the autocast dtype of a bf16/fp16 run) loads the
@@ -190,7 +211,7 @@ def load_model_for_sequence_classification(
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    path = _checked(name)
+    path = _checked(name, revision=revision)
     if id2label is None:
         id2label = {i: str(i) for i in range(num_labels)}
     if label2id is None:
@@ -207,6 +228,7 @@ def load_model_for_sequence_classification(
         "ignore_mismatched_sizes": True,
         "output_loading_info": True,
         "dtype": torch.float32 if compute_dtype == torch.float32 else "auto",
+        **_at_revision(revision),
     }
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized" report is expected for a new head
@@ -312,13 +334,13 @@ def head_module_names(model: nn.Module) -> list[str]:
     return names
 
 
-def _checked(name: str, *, need_config: bool = True) -> str:
-    """Resolve ``name``; a local folder must hold ``config.json`` (a tokenizer folder need not).
+def _checked(name: str, *, need_config: bool = True, revision: str | None = None) -> str:
+    """Resolve ``name`` (at ``revision``); a local folder must hold ``config.json`` (a tokenizer folder need not).
 
     For a hub id on a machine that cannot reach the hub, switch to cache-only mode first, so that
     a model that is not cached fails at once instead of after a minute of retries.
     """
-    path = resolve_model(name)
+    path = resolve_model(name, revision)
     if not os.path.isdir(path):
         use_cache_only_if_unreachable()
     elif not any(

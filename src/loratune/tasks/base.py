@@ -64,7 +64,10 @@ class Task(ABC):
 
     @abstractmethod
     def load_data(self, dataset: str | None, *, seed: int, **options: Any) -> TaskData:
-        """The train and eval splits that the data options name (subsampled and split with ``seed``)."""
+        """The train and eval splits that the data options name (subsampled and split with ``seed``).
+
+        ``options`` are ``train.run.data_options``: files, columns, sizes and ``dataset_revision``.
+        """
 
     def load_eval_data(self, dataset: str | None, *, info: dict[str, Any], seed: int, **options: Any) -> TaskData:
         """Data to evaluate a saved artifact on (``info``: its ``loratune.json``); by default ``load_data``."""
@@ -72,9 +75,15 @@ class Task(ABC):
 
     @abstractmethod
     def load_model(
-        self, name: str, data: TaskData, *, trust_remote_code: bool = False, compute_dtype: torch.dtype = torch.float32
+        self,
+        name: str,
+        data: TaskData,
+        *,
+        trust_remote_code: bool = False,
+        compute_dtype: torch.dtype = torch.float32,
+        revision: str | None = None,
     ) -> nn.Module:
-        """The pretrained model ``name`` with a fresh task head for ``data``.
+        """The pretrained model ``name`` (at the hub ``revision``) with a fresh task head for ``data``.
 
         ``compute_dtype``: the run's compute dtype; a checkpoint stored in it loads as stored, else in fp32.
         """

@@ -14,6 +14,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from torch import nn
 
 from loratune.data.batching import DynamicPaddingCollator, tokenize_dataset
+from loratune.data.revision import hub_dataset_revision
 from loratune.data.sources import TextClassificationData, load_text_classification
 from loratune.errors import DataError
 from loratune.models import load_model_for_sequence_classification
@@ -158,8 +159,11 @@ class SeqClsTask(Task):
     metric = Metric("accuracy")
     summary_metrics = ("accuracy", "macro_f1")
 
-    def load_data(self, dataset: str | None, *, seed: int, **options: Any) -> TextClassificationData:
-        return load_text_classification(dataset, seed=seed, **options)
+    def load_data(
+        self, dataset: str | None, *, seed: int, dataset_revision: str | None = None, **options: Any
+    ) -> TextClassificationData:
+        with hub_dataset_revision(dataset_revision):
+            return load_text_classification(dataset, seed=seed, **options)
 
     def load_eval_data(
         self, dataset: str | None, *, info: dict[str, Any], seed: int, **options: Any
@@ -184,10 +188,11 @@ class SeqClsTask(Task):
         *,
         trust_remote_code: bool = False,
         compute_dtype: torch.dtype = torch.float32,
+        revision: str | None = None,
     ) -> nn.Module:
         return load_model_for_sequence_classification(
             name, data.num_labels, data.id2label, data.label2id, trust_remote_code=trust_remote_code,
-            compute_dtype=compute_dtype,
+            compute_dtype=compute_dtype, revision=revision,
         )  # fmt: skip
 
     def tokenize(self, split: Any, tokenizer: Any, max_length: int) -> Any:

@@ -60,8 +60,14 @@ class RunConfig:
 
     task: str = _opt("seq-cls", "what to learn: seq-cls (a label per text)", DATA, choices=tuple(TASKS))
     model: str = _opt("minilm", "hub name, local folder, or alias 'minilm'", DATA)
+    revision: str | None = _opt(
+        None, "the hub model's branch, tag or commit (default: its latest); not for a local folder or alias", DATA
+    )
     dataset: str | None = _opt(
         None, "'tweets' (the default), a hub dataset (imdb, glue/sst2), a file or a folder", DATA
+    )
+    dataset_revision: str | None = _opt(
+        None, "the hub dataset's branch, tag or commit (default: its latest); not for local data or tweets", DATA
     )
     train_file: str | None = _opt(None, "local train file (csv, tsv, json, jsonl, parquet)", DATA)
     eval_file: str | None = _opt(None, "local eval file; without one, an eval split is held out", DATA)

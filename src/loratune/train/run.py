@@ -135,7 +135,7 @@ class Prepared:
 
 def data_options(cfg: RunConfig) -> dict[str, Any]:
     """The data options of ``cfg``, as ``Task.load_data`` takes them."""
-    names = ("train_file", "eval_file", "text_column", "label_column", "train_size", "eval_size")
+    names = ("dataset_revision", "train_file", "eval_file", "text_column", "label_column", "train_size", "eval_size")
     return {name: getattr(cfg, name) for name in names}
 
 
@@ -165,9 +165,10 @@ def prepare(cfg: RunConfig) -> Prepared:
     precision = resolve_precision(cfg.precision, device)
     task = get_task(cfg.task)
     data = task.load_data(cfg.dataset, seed=cfg.seed, **data_options(cfg))
-    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
     torch.manual_seed(cfg.seed)  # the new head's initialisation
-    model = task.load_model(cfg.model, data, trust_remote_code=cfg.trust_remote_code, compute_dtype=DTYPES[precision])
+    model = task.load_model(cfg.model, data, trust_remote_code=cfg.trust_remote_code, compute_dtype=DTYPES[precision],
+                            revision=cfg.revision)  # fmt: skip
     use_tokenizer_pad_id(model, tokenizer)
     max_length = usable_max_length(cfg.max_length, model, tokenizer)
     fingerprint = base_fingerprint(model)
@@ -190,6 +191,7 @@ def task_info(prep: Prepared) -> dict[str, Any]:
         **prep.task.artifact_info(prep.data),
         "base_model": cfg.model,
         "base_model_hub_id": hub_id(cfg.model),
+        "base_model_revision": cfg.revision,
         "base_model_fingerprint": prep.fingerprint,
         "max_length": prep.max_length,
         "data": {"dataset": cfg.dataset, **data_options(cfg), "seed": cfg.seed},
@@ -336,7 +338,9 @@ def build_summary(
         "metric": prep.task.metric.name,
         "method": cfg.method,
         "model": cfg.model,
+        "model_revision": cfg.revision,
         "dataset": prep.data.source,
+        "dataset_revision": cfg.dataset_revision,
         **prep.task.artifact_info(prep.data),
         "train_examples": len(prep.data.train),
         "eval_examples": len(prep.data.eval),
