@@ -73,6 +73,9 @@ def test_train_loads_at_the_revisions_and_records_them_for_eval_and_predict(hub,
     assert main(["eval", "--adapter", str(out / "adapter")]) == 0, capsys.readouterr().err
     assert ("model", HUB_MODEL, "v1.0") in hub and ("data", HUB_DATA, "abc") in hub
     assert all(revision is None for kind, _, revision in hub if kind == "tokenizer")  # the adapter's own copy
+    hub.clear()  # predict: --revision overrides the recorded one
+    assert main(["predict", "--adapter", str(out / "adapter"), "--revision", "v2.0", "great fun"]) == 0
+    assert [load for load in hub if load[0] == "model"] == [("model", HUB_MODEL, "v2.0")]
 
 
 def test_without_revisions_nothing_is_pinned_or_recorded(hub, tmp_path, capsys):
@@ -102,6 +105,14 @@ def test_a_revision_for_a_local_model_or_data_is_refused(flags, message, tiny_mo
     assert main(_train(out, "--dataset", str(toy_data), *flags)) == 2
     assert capsys.readouterr().err.strip() == message.format(model=tiny_model_dir)
     assert not out.exists()
+
+
+def test_a_whole_model_has_no_base_revision(tmp_path, capsys):
+    (tmp_path / "config.json").write_text("{}")
+    assert main(["predict", "--adapter", str(tmp_path), "--revision", "v1", "text"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --revision pins a base model, and {tmp_path} is a whole model; drop --revision"
+    )
 
 
 def test_hub_dataset_revision_pins_hub_loads_only_within_its_block(monkeypatch):

@@ -31,6 +31,7 @@ class _Parser(argparse.ArgumentParser):
 def _inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapter", required=True, help="the adapter/ (or model/) folder of a run")
     p.add_argument("--model", help="base model (default: the one the adapter names)")
+    p.add_argument("--revision", help="the base model's hub revision (default: the one it was trained at)")
     p.add_argument("--device", help="cpu, cuda (default: cuda when present)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, help="default: the length the adapter was trained with")
@@ -146,7 +147,8 @@ def _load(args: argparse.Namespace):
     from loratune.train.precision import resolve_device
 
     device = resolve_device(args.device)
-    return load_artifact(args.adapter, model=args.model, device=device, trust_remote_code=args.trust_remote_code)
+    return load_artifact(args.adapter, model=args.model, device=device, trust_remote_code=args.trust_remote_code,
+                         revision=args.revision)  # fmt: skip
 
 
 def _eval_data(args: argparse.Namespace, task, info: dict[str, Any]):
