@@ -146,6 +146,12 @@ def _for_safetensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """``save_file`` with the usual ``format`` metadata, left off an empty file (e.g. an optimizer
+    that has not stepped yet), which safetensors before 0.4.4 cannot read back with metadata."""
+    save_file(tensors, path, metadata={"format": "pt"} if tensors else None)
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -244,14 +250,14 @@ def save_checkpoint(
         raise TypeError(f"checkpoint 'extra' must be JSON-serialisable: {e}") from None
 
     with atomic_dir(folder) as tmp:
-        save_file(weights, tmp / WEIGHTS, metadata={"format": "pt"})
-        save_file(_for_safetensors(opt_tensors), tmp / OPT_TENSORS, metadata={"format": "pt"})
+        _save_tensors(weights, tmp / WEIGHTS)
+        _save_tensors(_for_safetensors(opt_tensors), tmp / OPT_TENSORS)
         _write_json(tmp / OPT_JSON, opt_json)
         if sched_json is not None:
             _write_json(tmp / SCHED_JSON, sched_json)
             if sched_tensors:
-                save_file(_for_safetensors(sched_tensors), tmp / SCHED_TENSORS, metadata={"format": "pt"})
-        save_file(_for_safetensors(rng_tensors), tmp / RNG_TENSORS, metadata={"format": "pt"})
+                _save_tensors(_for_safetensors(sched_tensors), tmp / SCHED_TENSORS)
+        _save_tensors(_for_safetensors(rng_tensors), tmp / RNG_TENSORS)
         _write_json(tmp / RNG_JSON, rng_json)
         files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
         state = {
