@@ -69,6 +69,11 @@ class RunConfig:
     label_column: str | None = _opt(None, "label column (default: detected)", DATA)
     train_size: int | None = _opt(None, "subsample the train split to N examples (seeded)", DATA, low=1)
     eval_size: int | None = _opt(None, "subsample the eval split to N examples (seeded)", DATA, low=1)
+    val_size: int | None = _opt(
+        None, "hold N train examples out to choose the best checkpoint and stop early, the eval split then scored "
+        "once at the end (0: none; default: the dataset's validation split, or 10 %% of train when the eval split "
+        "is a separate test split)", DATA, low=0,
+    )  # fmt: skip
     max_length: int = _opt(256, "truncate to N tokens", DATA, low=8)
     padding: str = _opt(
         "longest", "longest: pad each batch to its longest text; max_length: pad all to --max-length", DATA,
