@@ -94,10 +94,10 @@ def test_train_all_option_groups_then_eval_and_predict(tiny_model_dir, toy_data,
 
     code, stdout, err = run(["eval", "--adapter", str(adapter)], capsys)
     assert code == 0, err
-    assert f"accuracy  {summary['best']['accuracy']:.4f}" in stdout  # the same data as in training
+    assert f"accuracy  {summary['test']['accuracy']:.4f}" in stdout  # the test split, scored as the run scored it
     assert "true \\ pred" in stdout
     code, stdout, _ = run(["eval", "--adapter", str(adapter), "--json"], capsys)
-    assert json.loads(stdout)["accuracy"] == pytest.approx(summary["best"]["accuracy"])
+    assert json.loads(stdout)["accuracy"] == pytest.approx(summary["test"]["accuracy"])
 
     code, stdout, _ = run(["predict", "--adapter", str(adapter), "a wonderful superb film", "awful dull"], capsys)
     lines = stdout.splitlines()
@@ -141,6 +141,10 @@ def test_full_finetuning_writes_model_and_evaluates(tiny_model_dir, toy_data, tm
     assert summary["frozen_linears_in_compute_dtype"] == 0  # nothing is frozen
     code, _, err = run(["predict", "--adapter", str(out / "model"), "superb"], capsys)
     assert code == 0, err
+    # the test split was scored once with the kept model, as eval scores the saved model
+    code, stdout, err = run(["eval", "--adapter", str(out / "model"), "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["loss"] == pytest.approx(summary["test"]["loss"], rel=1e-5)
 
 
 def test_padded_baseline_options_count_more_flops(tiny_model_dir, toy_data, tmp_path, capsys):
@@ -211,7 +215,7 @@ def test_interrupt_and_resume_equals_uninterrupted_run(tiny_model_dir, toy_data,
     parted = tmp_path / "parted"
     code, _, err = run(train_args(tiny_model_dir, toy_data, parted, *args), capsys)
     assert code == 130
-    assert "checkpoint saved at step 7/24" in err and "--resume" in err
+    assert "checkpoint saved at step 7/22" in err and "--resume" in err  # 86 rows (10 validation), batch 8: 11 steps
     monkeypatch.undo()
 
     code, _, err = run(train_args(tiny_model_dir, toy_data, parted, *args, "--resume"), capsys)
@@ -403,3 +407,13 @@ def test_max_length_above_the_model_s_positions_is_clamped_with_a_warning(tiny_m
         "warning: --max-length 1024 is more than the 128 positions BertForSequenceClassification has; using 128" in err
     )
     assert json.loads((out / "adapter" / "loratune.json").read_text())["max_length"] == 128
+
+
+def test_without_a_separate_test_split_the_summary_says_so(tiny_model_dir, toy_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = run(train_args(tiny_model_dir, toy_data / "train.csv", out, "--epochs", "1"), capsys)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test"] is None and summary["val_examples"] is None
+    assert "which is also the one reported" in summary["selection"] and "--val-size" in summary["selection"]
+    assert "best chosen on      the eval split" in stdout

@@ -49,7 +49,7 @@ def test_script_stops_at_once_without_torch(tmp_path: Path) -> None:
 
 def test_requirements_are_the_projects_plus_peft_and_pytest() -> None:
     reqs = gpu_check.requirements()
-    assert "datasets>=2.19" in reqs and any(r.startswith("torch") for r in reqs)
+    assert any(r.startswith("datasets>=") for r in reqs) and any(r.startswith("torch") for r in reqs)
     assert any(r.startswith("peft") for r in reqs) and any(r.startswith("pytest") for r in reqs)
     assert not any(r.startswith("ruff") for r in reqs)
 

@@ -119,15 +119,19 @@ def format_summary(s: dict[str, Any], metrics: Sequence[str]) -> str:
 
     best, final = s.get("best") or {}, s.get("final") or {}
     metric = s["metric"]
-    rows = [("run", s["title"]), ("examples", f"{s['train_examples']} train / {s['eval_examples']} eval")]
+    shown = list(dict.fromkeys([metric, *metrics]))
+    val = f" / {s['val_examples']} validation" if s.get("val_examples") else ""
+    rows = [("run", s["title"]), ("examples", f"{s['train_examples']} train{val} / {s['eval_examples']} eval")]
     rows += [
         (
             f"{name} (best)",
             f"{best.get(name, float('nan')):.4f}" + (f"  at epoch {best.get('epoch')}" if i == 0 else ""),
         )
-        for i, name in enumerate(dict.fromkeys([metric, *metrics]))
+        for i, name in enumerate(shown)
     ]
+    rows += [(f"{name} (test)", f"{s['test'][name]:.4f}") for name in shown if name in (s.get("test") or {})]
     rows += [
+        ("best chosen on", s.get("selection") or "the eval split"),
         (f"{metric} (final)", f"{final.get(metric, float('nan')):.4f}"),
         ("trainable params", f"{s['trainable_params']:,} of {s['total_params']:,} ({s['trainable_percent']:.2f} %)"),
         (

