@@ -78,6 +78,30 @@ def test_cli_train_pause_and_resume_on_cuda(tiny_model_dir, toy_data, tmp_path):
     assert 0 < summary["mfu"] < 1
 
 
+def test_deterministic_resume_on_cuda_is_bit_exact(tiny_llama_bf16_dir, toy_data, tmp_path):
+    """A tiny Llama stored in bf16 (SDPA attention, whose CUDA backward is not deterministic by default):
+    paused at step 6 and resumed under --deterministic, it ends with an uninterrupted run's adapter, bit for bit."""
+    from safetensors.torch import load_file
+
+    from loratune.cli import main
+
+    def args(name: str) -> list[str]:
+        return [*cli_args(tiny_llama_bf16_dir, toy_data, tmp_path / name), "--deterministic"]
+
+    def adapter(name: str) -> dict[str, torch.Tensor]:
+        return load_file(str(tmp_path / name / "adapter" / "adapter_model.safetensors"))
+
+    assert main(args("whole")) == 0
+    assert main([*args("resumed"), "--pause-at-step", "6"]) == 0
+    assert main([*args("resumed"), "--resume"]) == 0
+    whole, resumed = adapter("whole"), adapter("resumed")
+    assert whole.keys() == resumed.keys() and all(t.dtype == torch.float32 for t in whole.values())
+    for name, tensor in whole.items():
+        assert torch.equal(resumed[name], tensor), name
+    summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
+    assert summary["deterministic"] is True and summary["resumed_from_step"] == 6
+
+
 def test_peak_memory_is_the_training_peak(tiny_model_dir, toy_data, tmp_path):
     """The tiny run's peak, not the MFU benchmark's 8192 x 8192 matrices (needs run.py to read it first)."""
     from loratune.cli import main
