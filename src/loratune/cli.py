@@ -239,6 +239,7 @@ def _quiet_libraries() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # "Loading weights" of a full model
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
 

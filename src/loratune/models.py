@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from loratune.errors import LoratuneError, ModelNotFoundError
@@ -300,9 +301,14 @@ def _checked(name: str, *, need_config: bool = True) -> str:
 
 @contextlib.contextmanager
 def _model_errors(name: str) -> Iterator[None]:
-    """Turn transformers' not-found / offline errors into one-line ModelNotFoundError."""
+    """Turn transformers' not-found, offline and corrupt-weights errors into one-line ModelNotFoundError."""
     try:
         yield
+    except SafetensorError as err:
+        detail = (str(err).strip().splitlines() or ["SafetensorError"])[0]
+        raise ModelNotFoundError(
+            f"a weights file of model '{name}' is corrupt or truncated ({detail}); save or download the model again"
+        ) from None
     except (OSError, ValueError) as err:
         text = str(err)
         low = text.lower()

@@ -1,0 +1,225 @@
+"""The CLI through a table of bad inputs, and PEFT-saved adapters through predict and eval.
+
+Each row of ``BAD`` gives one line ``error: ...`` that names the option, file or key, exit code 2, no
+traceback, and leaves nothing written: stdout is empty and the folders it reads or writes are unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import peft
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import toy_rows, write_csv
+from loratune.cli import main
+
+
+@dataclass
+class Env:
+    """What the rows work on: read-only artifacts (module-wide) and this row's own folder ``tmp``."""
+
+    adapter: Path  # trained by loratune (with loratune.json)
+    peft: Path  # saved by PEFT (no loratune.json), labels "0" and "1"
+    peft_headless: Path  # saved by PEFT without task_type: no classifier head
+    data: Path  # toy_data: train.csv + test.csv, labels negative/positive
+    numeric_csv: Path  # labels 0/1, for the PEFT adapter
+    model: Path  # the tiny base model
+    train_warnings: list[warnings.WarningMessage]
+    tmp: Path
+
+
+@pytest.fixture(scope="module")
+def artifacts(tiny_model_dir, toy_data, tmp_path_factory) -> dict:
+    """One trained adapter and two PEFT-saved ones, shared by every row of this module."""
+    from transformers import AutoModelForSequenceClassification
+
+    root = tmp_path_factory.mktemp("bad-input")
+    argv = ["train", "--model", str(tiny_model_dir), "--dataset", str(toy_data), "--output", str(root / "run"),
+            "--max-length", "32", "--batch-size", "16", "--precision", "fp32", "--no-progress", "--r", "2",
+            "--epochs", "1", "--train-size", "32", "--gradient-checkpointing"]  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(argv) == 0
+    for name, task_type in (("peft", "SEQ_CLS"), ("peft-headless", None)):
+        torch.manual_seed(0)
+        base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
+        config = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"], task_type=task_type)
+        peft.get_peft_model(base, config).save_pretrained(str(root / name))
+    numeric = write_csv(root / "numeric.csv", [(t, str(int(lab == "positive"))) for t, lab in toy_rows(12)])
+    return {"adapter": root / "run" / "adapter", "peft": root / "peft", "peft_headless": root / "peft-headless",
+            "data": toy_data, "numeric_csv": numeric, "model": tiny_model_dir, "train_warnings": caught}  # fmt: skip
+
+
+@pytest.fixture
+def env(artifacts, tmp_path, monkeypatch) -> Env:
+    monkeypatch.chdir(tmp_path)
+    return Env(**artifacts, tmp=tmp_path)
+
+
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def snapshot(*folders: Path) -> dict[str, tuple[int, int, int]]:
+    """Every file below ``folders``: its size, modification time and mode."""
+    return {
+        str(p): (p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_mode)
+        for folder in folders
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+# ------------------------------------------------------------------------------ broken artifacts
+def copy_of(folder: Path, env: Env) -> Path:
+    target = env.tmp / folder.name
+    shutil.copytree(folder, target)
+    return target
+
+
+def truncated(folder: Path, name: str, env: Env) -> Path:
+    copy = copy_of(folder, env)
+    data = (copy / name).read_bytes()
+    (copy / name).write_bytes(data[: len(data) // 2])
+    return copy
+
+
+def bin_only(env: Env) -> Path:
+    copy = copy_of(env.peft, env)
+    torch.save(load_file(str(copy / "adapter_model.safetensors")), copy / "adapter_model.bin")
+    (copy / "adapter_model.safetensors").unlink()
+    return copy
+
+
+def without(folder: Path, name: str, env: Env) -> Path:
+    copy = copy_of(folder, env)
+    (copy / name).unlink()
+    return copy
+
+
+def edited_json(folder: Path, name: str, key: str, value: object, env: Env) -> Path:
+    copy = copy_of(folder, env)
+    data = json.loads((copy / name).read_text())
+    (copy / name).write_text(json.dumps({**data, key: value}))
+    return copy
+
+
+def written(folder: Path, name: str, content: bytes, env: Env) -> Path:
+    copy = copy_of(folder, env)
+    (copy / name).write_bytes(content)
+    return copy
+
+
+def full_model(env: Env) -> Path:
+    """A full fine-tuned model folder (config, weights, tokenizer), saved by hand."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = env.tmp / "saved" / "model"
+    AutoModelForSequenceClassification.from_pretrained(env.model, num_labels=2).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(env.model).save_pretrained(folder)
+    return folder
+
+
+# -------------------------------------------------------------------------------------- the table
+Artifact = Callable[[Env], Path]
+# name -> (how to make the broken artifact, what the error line must name)
+BROKEN_ARTIFACTS: dict[str, tuple[Artifact, list[str]]] = {
+    "peft-truncated-safetensors": (
+        lambda e: truncated(e.peft, "adapter_model.safetensors", e),
+        ["adapter_model.safetensors", "truncated"],
+    ),
+    "peft-bin-only": (bin_only, ["adapter_model.bin", "pickle", "safe_serialization=True"]),
+    "peft-no-config": (lambda e: without(e.peft, "adapter_config.json", e), ["adapter_config.json"]),
+    "peft-no-head": (lambda e: copy_of(e.peft_headless, e), ["no loratune.json", "classifier head"]),
+    "config-r-not-int": (
+        lambda e: edited_json(e.adapter, "adapter_config.json", "r", "four", e),
+        ["adapter_config.json", "'r'"],
+    ),
+    "config-targets-not-names": (
+        lambda e: edited_json(e.adapter, "adapter_config.json", "target_modules", 5, e),
+        ["'target_modules'"],
+    ),
+    "info-not-utf8": (lambda e: written(e.adapter, "loratune.json", b"\xff\xfe{", e), ["loratune.json"]),
+    "info-not-object": (lambda e: written(e.adapter, "loratune.json", b"[1, 2]", e), ["loratune.json", "object"]),
+    "info-labels-not-list": (
+        lambda e: edited_json(e.adapter, "loratune.json", "labels", 5, e),
+        ["loratune.json", "'labels'"],
+    ),
+    "info-max-length-not-int": (
+        lambda e: edited_json(e.adapter, "loratune.json", "max_length", "long", e),
+        ["'max_length'"],
+    ),
+    "tokenizer-corrupt": (lambda e: written(e.adapter, "tokenizer.json", b'{"broken', e), ["tokenizer"]),
+    "full-model-labels-mismatch": (
+        lambda e: written(full_model(e), "loratune.json", b'{"labels": ["a", "b", "c"]}', e),
+        ["loratune.json", "3 labels", "2 outputs"],
+    ),
+    "full-model-truncated": (
+        lambda e: truncated(full_model(e), "model.safetensors", e),
+        ["model", "corrupt or truncated"],
+    ),
+}
+
+
+def inference(command: str, make: Artifact, *extra: str) -> Callable[[Env], list[str]]:
+    """The argv of ``predict`` (one text) or ``eval`` (the 0/1 csv) on the artifact that ``make`` builds."""
+
+    def argv(e: Env) -> list[str]:
+        data = ["--eval-file", str(e.numeric_csv)] if command == "eval" else ["a text"]
+        return [command, "--adapter", str(make(e)), *data, *extra]
+
+    return argv
+
+
+def _artifact_rows() -> list:
+    return [
+        pytest.param(inference(command, make), needles, id=f"{command}-{name}")
+        for name, (make, needles) in BROKEN_ARTIFACTS.items()
+        for command in ("predict", "eval")
+    ]
+
+
+BAD = [*_artifact_rows()]
+
+
+@pytest.mark.parametrize("argv,needles", BAD)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, needles, env, capsys):
+    args = argv(env)
+    before = snapshot(env.tmp, env.adapter.parent, env.peft)
+    code, out, err = run(args, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert out == ""
+    assert snapshot(env.tmp, env.adapter.parent, env.peft) == before
+
+
+# ------------------------------------------------------------------------------ good PEFT adapters
+def test_peft_saved_adapter_predicts_and_evaluates(env, capsys):
+    """An adapter saved by PEFT (no loratune.json): labels from its head, base model from its config."""
+    code, out, err = run(["predict", "--adapter", str(env.peft), "--json", "a great film", "dull"], capsys)
+    assert code == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [set(r["probs"]) for r in records] == [{"0", "1"}] * 2
+    code, out, err = run(["eval", "--adapter", str(env.peft), "--eval-file", str(env.numeric_csv), "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["num_examples"] == 12
+
+
+def test_full_model_predicts_without_library_lines(env, capsys):
+    code, out, err = run(["predict", "--adapter", str(full_model(env)), "a great film"], capsys)
+    assert code == 0 and len(out.splitlines()) == 1
+    assert err == ""  # no "Loading weights" bar from transformers
