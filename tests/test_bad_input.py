@@ -189,7 +189,30 @@ def _artifact_rows() -> list:
     ]
 
 
-BAD = [*_artifact_rows()]
+def _option_rows() -> list:
+    """Numeric options out of range: refused at parse time (or, for --max-length, against the model)."""
+    cases = [
+        ("--batch-size", "0", ["--batch-size", ">= 1", "got 0"]),
+        ("--batch-size", "-3", ["--batch-size", ">= 1", "got -3"]),
+        ("--batch-size", "two", ["--batch-size", "integer"]),
+        ("--max-length", "0", ["--max-length", ">= 1", "got 0"]),
+        ("--max-length", "-1", ["--max-length", ">= 1"]),
+        ("--max-length", "4096", ["--max-length 4096", "128 positions", "max_position_embeddings"]),
+    ]
+    rows = [
+        pytest.param(inference(command, lambda e: e.adapter, flag, value), needles, id=f"{command}{flag}={value}")
+        for flag, value, needles in cases
+        for command in ("predict", "eval")
+    ]
+    rows.append(
+        pytest.param(
+            inference("eval", lambda e: e.adapter, "--eval-size", "0"), ["--eval-size", ">= 1"], id="eval--eval-size=0"
+        )
+    )
+    return rows
+
+
+BAD = [*_artifact_rows(), *_option_rows()]
 
 
 @pytest.mark.parametrize("argv,needles", BAD)
@@ -210,7 +233,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, needles, env, cap
 # ------------------------------------------------------------------------------ good PEFT adapters
 def test_peft_saved_adapter_predicts_and_evaluates(env, capsys):
     """An adapter saved by PEFT (no loratune.json): labels from its head, base model from its config."""
-    code, out, err = run(["predict", "--adapter", str(env.peft), "--json", "a great film", "dull"], capsys)
+    long_text = "a great film " * 100  # 300 tokens: more than the model's 128 positions
+    code, out, err = run(["predict", "--adapter", str(env.peft), "--json", long_text, "dull"], capsys)
     assert code == 0, err
     records = [json.loads(line) for line in out.splitlines()]
     assert [set(r["probs"]) for r in records] == [{"0", "1"}] * 2

@@ -10,11 +10,14 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from loratune.errors import Interrupted, LoratuneError
 from loratune.train.options import add_train_options
+
+if TYPE_CHECKING:
+    from loratune.artifacts import Loaded
 
 DEFAULTS_NOTE = "defaults: the offline demo (--model minilm --dataset tweets)"
 
@@ -28,12 +31,31 @@ class _Parser(argparse.ArgumentParser):
 
 
 # ------------------------------------------------------------------------------------------ parser
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer ``>= low`` (argparse names the flag in its error)."""
+
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return integer
+
+
 def _inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapter", required=True, help="the adapter/ (or model/) folder of a run")
     p.add_argument("--model", help="base model (default: the one the adapter names)")
     p.add_argument("--device", help="cpu, cuda (default: cuda when present)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, help="default: the length the adapter was trained with")
+    p.add_argument("--batch-size", type=at_least(1), default=32)
+    p.add_argument(
+        "--max-length",
+        type=at_least(1),
+        help="default: the length the adapter was trained with (at most the model's positions)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--trust-remote-code", action="store_true")
 
@@ -69,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--eval-file", help="a labelled file to evaluate on")
     ev.add_argument("--text-column")
     ev.add_argument("--label-column")
-    ev.add_argument("--eval-size", type=int)
+    ev.add_argument("--eval-size", type=at_least(1))
     pr = sub.add_parser("predict", help="label texts with an adapter")
     _inference_options(pr)
     pr.add_argument("texts", nargs="*", help="texts to label")
@@ -149,6 +171,20 @@ def _load(args: argparse.Namespace):
     return load_artifact(args.adapter, model=args.model, device=device, trust_remote_code=args.trust_remote_code)
 
 
+def _max_length(args: argparse.Namespace, loaded: Loaded) -> int:
+    """--max-length, refused above the model's positions; by default the adapter's, at most those positions."""
+    positions = getattr(loaded.model.config, "max_position_embeddings", None)
+    if args.max_length is not None:
+        if positions and args.max_length > positions:
+            raise LoratuneError(
+                f"--max-length {args.max_length} is more than the {positions} positions of the model "
+                f"(max_position_embeddings); pass --max-length {positions} or less"
+            )
+        return args.max_length
+    default = loaded.info.get("max_length", 256)
+    return min(default, positions) if positions else default
+
+
 def _eval_data(args: argparse.Namespace, task, info: dict[str, Any]):
     """The data ``eval`` scores: --eval-file, --dataset, or the data the artifact was trained on."""
     from loratune.errors import DataError
@@ -176,8 +212,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     loaded = _load(args)
     task = get_task(loaded.info.get("task", "seq-cls"))
+    max_length = _max_length(args, loaded)
     data = _eval_data(args, task, loaded.info)
-    max_length = args.max_length or loaded.info.get("max_length", 256)
     tokens = task.tokenize(data.eval, loaded.tokenizer, max_length)
     collate = task.collator(loaded.tokenizer, max_length=None, pad_to_multiple_of=None)
     sampler = LengthGroupedBatchSampler(tokens["length"], args.batch_size, shuffle=False)
@@ -215,7 +251,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     texts = _read_texts(args)
     loaded = _load(args)
     task = get_task(loaded.info.get("task", "seq-cls"))
-    max_length = args.max_length or loaded.info.get("max_length", 256)
+    max_length = _max_length(args, loaded)
     records = task.predict(loaded.model, loaded.tokenizer, texts, loaded.info, max_length=max_length,
                            batch_size=args.batch_size)  # fmt: skip
     for record in records:
