@@ -6,6 +6,7 @@ traceback, and leaves nothing written: stdout is empty and the folders it reads 
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import warnings
@@ -212,7 +213,23 @@ def _option_rows() -> list:
     return rows
 
 
-BAD = [*_artifact_rows(), *_option_rows()]
+def predict(*args: str) -> Callable[[Env], list[str]]:
+    """``predict`` with the trained adapter and ``args`` (``{tmp}`` stands for the row's folder)."""
+    return lambda e: ["predict", "--adapter", str(e.adapter), *(a.format(tmp=e.tmp) for a in args)]
+
+
+PREDICT_INPUT_ROWS = [
+    pytest.param(predict("--file", "{tmp}/missing.txt"), ["--file", "missing.txt"], id="predict-file-missing"),
+    pytest.param(predict("--file", "{tmp}"), ["--file"], id="predict-file-is-a-folder"),
+    pytest.param(predict(), ["nothing to predict", "--file"], id="predict-no-texts"),
+    pytest.param(
+        inference("predict", lambda e: without(e.peft, "adapter_config.json", e), ""),
+        ["adapter_config.json"],
+        id="predict-empty-text-and-broken-adapter",  # the error alone: no warning for the empty text
+    ),
+]
+
+BAD = [*_artifact_rows(), *_option_rows(), *PREDICT_INPUT_ROWS]
 
 
 @pytest.mark.parametrize("argv,needles", BAD)
@@ -247,3 +264,32 @@ def test_full_model_predicts_without_library_lines(env, capsys):
     code, out, err = run(["predict", "--adapter", str(full_model(env)), "a great film"], capsys)
     assert code == 0 and len(out.splitlines()) == 1
     assert err == ""  # no "Loading weights" bar from transformers
+
+
+# ------------------------------------------------------------------------------ predict's inputs
+def test_predict_file_keeps_one_output_per_line_and_warns_of_blank_ones(env, capsys):
+    texts = env.tmp / "texts.txt"
+    texts.write_bytes(b"great fun\r\n\r\nterrible plot\n   \nlast, no newline")
+    code, out, err = run(["predict", "--adapter", str(env.adapter), "--file", str(texts), "--json"], capsys)
+    assert code == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [(r["line"], r["text"]) for r in records] == [
+        (1, "great fun"), (2, ""), (3, "terrible plot"), (4, "   "), (5, "last, no newline")
+    ]  # fmt: skip
+    assert err.splitlines() == [
+        f"warning: line {n} of {texts} is empty; its prediction is for an empty text" for n in (2, 4)
+    ]
+    code, out, _ = run(["predict", "--adapter", str(env.adapter), "--file", str(texts)], capsys)
+    assert len(out.splitlines()) == 5  # plain output too: one line per input line
+
+
+def test_predict_empty_argument_and_stdin_are_numbered(env, capsys, monkeypatch):
+    code, out, err = run(["predict", "--adapter", str(env.adapter), "--json", "fine", "", "dull"], capsys)
+    assert code == 0, err
+    assert [(r["line"], r["text"]) for r in map(json.loads, out.splitlines())] == [(1, "fine"), (2, ""), (3, "dull")]
+    assert err == "warning: text argument 2 is empty; its prediction is for an empty text\n"
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"\nsuperb\n")))
+    code, out, err = run(["predict", "--adapter", str(env.adapter), "--json", "--file", "-"], capsys)
+    assert code == 0, err
+    assert [(r["line"], r["text"]) for r in map(json.loads, out.splitlines())] == [(1, ""), (2, "superb")]
+    assert err == "warning: line 1 of stdin is empty; its prediction is for an empty text\n"

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from loratune.errors import Interrupted, LoratuneError
@@ -95,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="label texts with an adapter")
     _inference_options(pr)
     pr.add_argument("texts", nargs="*", help="texts to label")
-    pr.add_argument("--file", help="a file with one text per line ('-' for stdin)")
+    pr.add_argument("--file", help="a file with one text per line ('-' for stdin); --json records carry its line")
     cmp = sub.add_parser(
         "compare",
         help="measure full fine-tuning vs LoRA, sweep ranks, pick a rank",
@@ -229,17 +230,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_texts(args: argparse.Namespace) -> list[str]:
+def _file_lines(name: str) -> list[str]:
+    """The lines of --file (``-``: stdin), every one kept, blank ones too, without their line ends."""
     from loratune.errors import DataError
 
-    texts = list(args.texts)
+    try:
+        data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+    except OSError as err:
+        raise DataError(f"cannot read --file {name} ({err.strerror}); pass a readable text file") from None
+    text = data.decode("utf-8", errors="replace").replace("\r\n", "\n")
+    return text.removesuffix("\n").split("\n") if text else []
+
+
+def read_texts(args: argparse.Namespace) -> list[tuple[str, int, str]]:
+    """The texts to label as ``(where, line, text)``: ``line`` is a text's position among the arguments,
+    or its line in --file; ``where`` names it for a message. Empty and blank texts are kept."""
+    from loratune.errors import DataError
+
+    texts = [(f"text argument {n}", n, text) for n, text in enumerate(args.texts, 1)]
     if args.file:
-        try:
-            stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8", errors="replace")  # noqa: SIM115
-            with stream:
-                texts += [line.rstrip("\n") for line in stream if line.strip()]
-        except OSError as err:
-            raise DataError(f"cannot read --file {args.file} ({err.strerror}); pass a readable text file") from None
+        name = "stdin" if args.file == "-" else args.file
+        texts += [(f"line {n} of {name}", n, text) for n, text in enumerate(_file_lines(args.file), 1)]
     if not texts:
         raise DataError('nothing to predict; pass texts as arguments ("a great film") or --file PATH')
     return texts
@@ -248,14 +259,18 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
 def cmd_predict(args: argparse.Namespace) -> int:
     from loratune.tasks import get_task
 
-    texts = _read_texts(args)
+    numbered = read_texts(args)
     loaded = _load(args)
     task = get_task(loaded.info.get("task", "seq-cls"))
     max_length = _max_length(args, loaded)
+    for where, _, text in numbered:
+        if not text.strip():
+            print(f"warning: {where} is empty; its prediction is for an empty text", file=sys.stderr)
+    texts = [text for _, _, text in numbered]
     records = task.predict(loaded.model, loaded.tokenizer, texts, loaded.info, max_length=max_length,
                            batch_size=args.batch_size)  # fmt: skip
-    for record in records:
-        print(json.dumps(record) if args.json else task.format_prediction(record))
+    for (_, line, _), record in zip(numbered, records, strict=True):
+        print(json.dumps({"line": line, **record}) if args.json else task.format_prediction(record))
     return 0
 
 
