@@ -229,7 +229,63 @@ PREDICT_INPUT_ROWS = [
     ),
 ]
 
-BAD = [*_artifact_rows(), *_option_rows(), *PREDICT_INPUT_ROWS]
+
+def latin1_csv(e: Env) -> Path:
+    """Labelled rows in latin-1, each text ending in 'café'."""
+    rows = "".join(f'"{text} café",{label}\n' for text, label in toy_rows(8))
+    path = e.tmp / "latin1.csv"
+    path.write_bytes(("text,label\n" + rows).encode("latin-1"))
+    return path
+
+
+def latin1_txt(e: Env) -> Path:
+    path = e.tmp / "latin1.txt"
+    path.write_bytes("a café\nthé\n".encode("latin-1"))
+    return path
+
+
+def train(*args: str) -> Callable[[Env], list[str]]:
+    """``train`` of the tiny model into ``{tmp}/out`` with ``args`` (``{csv}``: a latin-1 csv)."""
+
+    def argv(e: Env) -> list[str]:
+        values = {"tmp": e.tmp, "csv": latin1_csv(e) if any("{csv}" in a for a in args) else None}
+        base = ["train", "--model", str(e.model), "--output", str(e.tmp / "out"), "--epochs", "1", "--no-progress"]
+        return [*base, *(a.format(**values) for a in args)]
+
+    return argv
+
+
+ENCODING_ROWS = [
+    pytest.param(predict("--encoding", "klingon", "x"), ["--encoding", "'klingon'"], id="predict-encoding-unknown"),
+    pytest.param(
+        inference("eval", lambda e: e.adapter, "--encoding", "klingon"), ["--encoding", "'klingon'"],
+        id="eval-encoding-unknown",
+    ),
+    pytest.param(
+        lambda e: ["predict", "--adapter", str(e.adapter), "--file", str(latin1_txt(e)), "--encoding", "utf-8"],
+        ["latin1.txt", "not valid utf-8", "line 1", "--encoding"],
+        id="predict-file-not-in-its-encoding",
+    ),
+    pytest.param(
+        lambda e: ["eval", "--adapter", str(e.adapter), "--eval-file", str(latin1_csv(e)), "--encoding", "ascii"],
+        ["latin1.csv", "not valid ascii", "line 2", "--encoding"],
+        id="eval-file-not-in-its-encoding",
+    ),
+    pytest.param(train("--dataset", "{csv}", "--encoding", "klingon"), ["--encoding", "'klingon'"],
+                 id="train-encoding-unknown"),
+    pytest.param(train("--dataset", "{csv}", "--encoding", "utf-8"), ["latin1.csv", "--encoding"],
+                 id="train-file-not-in-its-encoding"),
+]  # fmt: skip
+
+EVAL_DATA_ROWS = [
+    pytest.param(
+        lambda e: ["eval", "--adapter", str(e.adapter), "--dataset", str(e.data), "--eval-file", str(e.numeric_csv)],
+        ["--dataset", "--eval-file"],
+        id="eval-dataset-and-eval-file",
+    ),
+]
+
+BAD = [*_artifact_rows(), *_option_rows(), *PREDICT_INPUT_ROWS, *ENCODING_ROWS, *EVAL_DATA_ROWS]
 
 
 @pytest.mark.parametrize("argv,needles", BAD)
@@ -293,3 +349,38 @@ def test_predict_empty_argument_and_stdin_are_numbered(env, capsys, monkeypatch)
     assert code == 0, err
     assert [(r["line"], r["text"]) for r in map(json.loads, out.splitlines())] == [(1, ""), (2, "superb")]
     assert err == "warning: line 1 of stdin is empty; its prediction is for an empty text\n"
+
+
+# ------------------------------------------------------------------------------------- encodings
+def test_latin1_eval_file_warns_in_one_line_unless_its_encoding_is_given(env, capfd):
+    path = latin1_csv(env)
+    code = main(["eval", "--adapter", str(env.adapter), "--eval-file", str(path)])
+    err = [line for line in capfd.readouterr().err.splitlines() if not line.startswith("eval:")]  # its bar
+    assert code == 0
+    assert err == [
+        f"warning: {path} is not valid UTF-8 (line 2 has byte 0xe9): undecodable bytes become U+FFFD; "
+        "pass --encoding (e.g. latin-1) to read it exactly"
+    ]  # one line per read of the file, and no "Failed to read file" line from datasets
+    assert main(["eval", "--adapter", str(env.adapter), "--eval-file", str(path), "--encoding", "latin-1"]) == 0
+    assert [line for line in capfd.readouterr().err.splitlines() if not line.startswith("eval:")] == []
+
+
+def test_latin1_predict_file_is_exact_with_its_encoding(env, capsys):
+    path = latin1_txt(env)
+    code, out, err = run(["predict", "--adapter", str(env.adapter), "--json", "--file", str(path)], capsys)
+    assert code == 0 and [json.loads(x)["text"] for x in out.splitlines()] == ["a caf\ufffd", "th\ufffd"]
+    assert err.splitlines() == [
+        f"warning: {path} is not valid UTF-8 (line 1 has byte 0xe9): undecodable bytes become U+FFFD; "
+        "pass --encoding (e.g. latin-1) to read it exactly"
+    ]
+    args = ["predict", "--adapter", str(env.adapter), "--json", "--file", str(path), "--encoding", "latin-1"]
+    code, out, err = run(args, capsys)
+    assert code == 0 and err == ""
+    assert [json.loads(x)["text"] for x in out.splitlines()] == ["a café", "thé"]
+
+
+def test_eval_file_takes_eval_size(env, capsys):
+    args = ["eval", "--adapter", str(env.adapter), "--eval-file", str(env.data / "test.csv"), "--eval-size", "5"]
+    code, out, err = run([*args, "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["num_examples"] == 5

@@ -7,7 +7,9 @@ no traceback.
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from loratune.artifacts import Loaded
 
 DEFAULTS_NOTE = "defaults: the offline demo (--model minilm --dataset tweets)"
+ENCODING_HELP = "the text encoding of the {what}, e.g. latin-1 (default: UTF-8, bad bytes replaced with a warning)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,6 +48,17 @@ def at_least(low: int) -> Callable[[str], int]:
         return value
 
     return integer
+
+
+def text_encoding(text: str) -> str:
+    """An argparse type: the name of a text encoding Python knows."""
+    try:
+        codecs.lookup(text)
+    except LookupError:
+        raise argparse.ArgumentTypeError(
+            f"unknown encoding {text!r}; pass one such as utf-8, latin-1 or cp1252"
+        ) from None
+    return text
 
 
 def _inference_options(p: argparse.ArgumentParser) -> None:
@@ -93,10 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--text-column")
     ev.add_argument("--label-column")
     ev.add_argument("--eval-size", type=at_least(1))
+    ev.add_argument("--encoding", type=text_encoding, help=ENCODING_HELP.format(what="data files"))
     pr = sub.add_parser("predict", help="label texts with an adapter")
     _inference_options(pr)
     pr.add_argument("texts", nargs="*", help="texts to label")
     pr.add_argument("--file", help="a file with one text per line ('-' for stdin); --json records carry its line")
+    pr.add_argument("--encoding", type=text_encoding, help=ENCODING_HELP.format(what="--file"))
     cmp = sub.add_parser(
         "compare",
         help="measure full fine-tuning vs LoRA, sweep ranks, pick a rank",
@@ -190,17 +206,19 @@ def _eval_data(args: argparse.Namespace, task, info: dict[str, Any]):
     """The data ``eval`` scores: --eval-file, --dataset, or the data the artifact was trained on."""
     from loratune.errors import DataError
 
-    columns = {"text_column": args.text_column, "label_column": args.label_column}
+    options = {"text_column": args.text_column, "label_column": args.label_column, "encoding": args.encoding}
+    if args.eval_file and args.dataset is not None:
+        raise DataError("both --dataset and --eval-file were given; pass one of them")
     if args.eval_file:
         return task.load_eval_data(None, info=info, seed=42, train_file=args.eval_file, eval_file=args.eval_file,
-                                   **columns)  # fmt: skip
+                                   eval_size=args.eval_size, **options)  # fmt: skip
     recorded = dict(info.get("data") or {})
-    if args.dataset is not None:  # another dataset: only the column and size options carry over
-        return task.load_eval_data(args.dataset, info=info, seed=42, eval_size=args.eval_size, **columns)
+    if args.dataset is not None:  # another dataset: only the column, encoding and size options carry over
+        return task.load_eval_data(args.dataset, info=info, seed=42, eval_size=args.eval_size, **options)
     if recorded.get("dataset") is None and not recorded.get("train_file"):
         raise DataError("no data to evaluate on; pass --dataset NAME or --eval-file PATH")
     dataset, seed = recorded.pop("dataset", None), recorded.pop("seed", 42)
-    recorded.update({k: v for k, v in {**columns, "eval_size": args.eval_size}.items() if v is not None})
+    recorded.update({k: v for k, v in {**options, "eval_size": args.eval_size}.items() if v is not None})
     return task.load_eval_data(dataset, info=info, seed=seed, **recorded)
 
 
@@ -230,15 +248,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _file_lines(name: str) -> list[str]:
-    """The lines of --file (``-``: stdin), every one kept, blank ones too, without their line ends."""
+def _file_lines(name: str, encoding: str | None) -> list[str]:
+    """The lines of --file (``-``: stdin) decoded as ``encoding``, blank ones too, without their line ends."""
+    from loratune.data.sources import text_errors
     from loratune.errors import DataError
 
     try:
         data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
     except OSError as err:
         raise DataError(f"cannot read --file {name} ({err.strerror}); pass a readable text file") from None
-    text = data.decode("utf-8", errors="replace").replace("\r\n", "\n")
+    errors = text_errors("stdin" if name == "-" else name, [data], encoding)
+    text = data.decode(encoding or "utf-8", errors=errors).replace("\r\n", "\n")
     return text.removesuffix("\n").split("\n") if text else []
 
 
@@ -250,7 +270,7 @@ def read_texts(args: argparse.Namespace) -> list[tuple[str, int, str]]:
     texts = [(f"text argument {n}", n, text) for n, text in enumerate(args.texts, 1)]
     if args.file:
         name = "stdin" if args.file == "-" else args.file
-        texts += [(f"line {n} of {name}", n, text) for n, text in enumerate(_file_lines(args.file), 1)]
+        texts += [(f"line {n} of {name}", n, text) for n, text in enumerate(_file_lines(args.file, args.encoding), 1)]
     if not texts:
         raise DataError('nothing to predict; pass texts as arguments ("a great film") or --file PATH')
     return texts
@@ -283,8 +303,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "compare": cmd_compare}
 
 
+class _WarningLines(logging.Handler):
+    """loratune's log records on stderr as one line each: ``warning: <message>``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+
+
 def _quiet_libraries() -> None:
-    """Keep the console for loratune's own output: no library warnings or download bars."""
+    """Keep the console for loratune's own output (its warnings as ``warning: ...`` lines): no library
+    warnings or download bars."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import datasets
     import transformers
@@ -293,6 +321,9 @@ def _quiet_libraries() -> None:
     transformers.logging.disable_progress_bar()  # "Loading weights" of a full model
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
+    own = logging.getLogger("loratune")
+    if not any(isinstance(h, _WarningLines) for h in own.handlers):
+        own.addHandler(_WarningLines(logging.WARNING))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

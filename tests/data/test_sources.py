@@ -118,11 +118,48 @@ def test_train_and_eval_size_subsample_with_seed(tmp_path: Path) -> None:
     assert len(big.train) == 50
 
 
-def test_non_utf8_csv_is_read_with_replacement(tmp_path: Path) -> None:
+LATIN1_CSV = b"text,label\nfine,0\ncaf\xe9 ok,1\nmore,1\nless,0\n"
+
+
+def test_non_utf8_csv_is_read_with_replacement_and_one_warning(tmp_path: Path, caplog, capfd) -> None:
     path = tmp_path / "train.csv"
-    path.write_bytes(b"text,label\ncaf\xe9 ok,1\nfine,0\nmore,1\nless,0\n")
-    data = load_text_classification(str(path), eval_size=1)
-    assert any("caf" in t for t in data.train["text"][:] + data.eval["text"][:])
+    path.write_bytes(LATIN1_CSV)
+    with caplog.at_level("WARNING"):
+        data = load_text_classification(str(path), eval_size=1)
+    assert "caf\ufffd ok" in data.train["text"][:] + data.eval["text"][:]
+    (record,) = caplog.records
+    assert record.getMessage() == (
+        f"{path} is not valid UTF-8 (line 3 has byte 0xe9): undecodable bytes become U+FFFD; "
+        "pass --encoding (e.g. latin-1) to read it exactly"
+    )
+    assert "Failed to read" not in capfd.readouterr().err  # no stray line from datasets
+
+
+def test_encoding_reads_a_latin1_file_exactly(tmp_path: Path, caplog) -> None:
+    csv_path, jsonl_path = tmp_path / "train.csv", tmp_path / "train.jsonl"
+    csv_path.write_bytes(LATIN1_CSV)
+    jsonl_path.write_bytes(b'{"text": "caf\xe9", "label": 1}\n{"text": "tea", "label": 0}\n' * 3)
+    with caplog.at_level("WARNING"):
+        data = load_text_classification(str(csv_path), eval_size=1, encoding="latin-1")
+        assert "café ok" in data.train["text"][:] + data.eval["text"][:]
+        data = load_text_classification(str(jsonl_path), eval_size=1, encoding="latin-1")
+        assert "café" in data.train["text"][:] + data.eval["text"][:]
+    assert not caplog.records
+
+
+def test_encoding_errors(tmp_path: Path) -> None:
+    path = tmp_path / "train.csv"
+    path.write_bytes(LATIN1_CSV)
+    msg = error_of(load_text_classification, str(path), encoding="utf-8")  # asked for: no replacement
+    assert (
+        msg == f"{path} is not valid utf-8 (line 3 has byte 0xe9); pass the file's --encoding, e.g. latin-1 or cp1252."
+    )
+    assert "--encoding 'klingon' is not a known" in error_of(load_text_classification, str(path), encoding="klingon")
+    jsonl = tmp_path / "t.jsonl"  # JSON is UTF-8 by its standard: no silent replacement
+    jsonl.write_bytes(b'{"text": "ok", "label": 1}\n{"text": "caf\xe9", "label": 0}\n')
+    assert "t.jsonl is not valid UTF-8 (line 2 has byte 0xe9); pass the file's --encoding" in error_of(
+        load_text_classification, str(jsonl)
+    )
 
 
 def test_case_insensitive_column_detection(tmp_path: Path) -> None:

@@ -9,12 +9,13 @@ through the ``datasets`` library (its csv/json/parquet builders); its exceptions
 
 from __future__ import annotations
 
+import codecs
 import importlib.util
 import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,7 @@ def load_text_classification(
     eval_size: int | None = None,
     seed: int = 42,
     eval_fraction: float = 0.1,
+    encoding: str | None = None,
 ) -> TextClassificationData:
     """Load a text-classification dataset from an alias, a local folder/file, or the hub.
 
@@ -108,9 +110,12 @@ def load_text_classification(
     ``test*``/``validation*``/``dev*`` files, a single file (train; eval split off), or a hub name
     (``"imdb"``, ``"glue/sst2"``). Alternatively pass ``train_file`` (and optionally ``eval_file``).
     ``train_size``/``eval_size`` subsample with ``seed``; without an eval split, ``eval_size`` rows (else
-    ``eval_fraction`` of the rows) are split off with ``seed``.
+    ``eval_fraction`` of the rows) are split off with ``seed``. ``encoding`` is that of local text files
+    (csv, tsv, json): by default UTF-8, and a file that is not valid UTF-8 is read with its undecodable
+    bytes replaced, with a warning.
     """
     _check_sizes(train_size, eval_size, eval_fraction)
+    check_encoding(encoding)
     if dataset is not None and (train_file is not None or eval_file is not None):
         raise DataError(f"both a dataset ('{dataset}') and --train-file/--eval-file were given; pass one of them.")
     if dataset is None and train_file is None:
@@ -125,19 +130,20 @@ def load_text_classification(
     elif dataset is None:
         assert train_file is not None
         train_path = _existing_file(Path(train_file))
-        train = _read_split(train_path, text_column, label_column)
+        train = _read_split(train_path, text_column, label_column, encoding=encoding)
         ev = None
         source = str(train_path)
         if eval_file is not None:
             eval_path = _existing_file(Path(eval_file))
-            ev = _read_split(eval_path, text_column, label_column, train_columns=(train,))
+            same = eval_path.resolve() == train_path.resolve()  # e.g. `loratune eval --eval-file`: read once
+            ev = train if same else _read_split(eval_path, text_column, label_column, (train,), encoding)
             source = f"train: {train_path}, eval: {eval_path}"
     else:
         path = Path(dataset).expanduser()
         if path.is_dir():
-            train, ev, source = _load_folder(path, text_column, label_column)
+            train, ev, source = _load_folder(path, text_column, label_column, encoding)
         elif path.is_file():
-            train = _read_split(_existing_file(path), text_column, label_column)
+            train = _read_split(_existing_file(path), text_column, label_column, encoding=encoding)
             ev, source = None, str(path)
         elif _looks_like_path(dataset):
             raise DataError(
@@ -176,7 +182,9 @@ def _load_tweets(text_column: str | None, label_column: str | None) -> _Split:
     return split
 
 
-def _load_folder(folder: Path, text_column: str | None, label_column: str | None) -> tuple[_Split, _Split | None, str]:
+def _load_folder(
+    folder: Path, text_column: str | None, label_column: str | None, encoding: str | None = None
+) -> tuple[_Split, _Split | None, str]:
     """A folder with one train file and (optionally) a test/validation/dev file."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FILE_FORMATS)
     train_files = [p for p in files if _split_name(p) in TRAIN_SPLIT_NAMES]
@@ -191,7 +199,7 @@ def _load_folder(folder: Path, text_column: str | None, label_column: str | None
             f"folder {folder} has several train files ({', '.join(p.name for p in train_files)}); "
             "pass --train-file PATH to pick one."
         )
-    train = _read_split(train_files[0], text_column, label_column)
+    train = _read_split(train_files[0], text_column, label_column, encoding=encoding)
 
     ev: _Split | None = None
     first_error: DataError | None = None
@@ -205,7 +213,7 @@ def _load_folder(folder: Path, text_column: str | None, label_column: str | None
         if not candidates:
             continue
         try:
-            ev = _read_split(candidates[0], text_column, label_column, train_columns=(train,))
+            ev = _read_split(candidates[0], text_column, label_column, train_columns=(train,), encoding=encoding)
             break
         except DataError as err:  # e.g. an unlabelled GLUE test.tsv next to dev.tsv: try the next one
             first_error = first_error or err
@@ -291,24 +299,23 @@ def _is_offline_error(err: BaseException) -> bool:
 # reading files
 
 
-def _read_dataset(path: Path, **extra: Any) -> datasets.Dataset:
-    """Read one file with the ``datasets`` builder for its suffix; errors become DataError."""
+def _read_dataset(path: Path, encoding: str | None = None) -> datasets.Dataset:
+    """Read one file with the ``datasets`` builder for its suffix; errors become DataError.
+
+    A text file is read as ``encoding`` (default UTF-8); see ``text_errors`` for one that does not decode.
+    """
     suffix = path.suffix.lower()
     if suffix not in FILE_FORMATS:
         raise DataError(
             f"cannot read {path}: unsupported file type '{suffix or '(none)'}'; use one of {', '.join(FILE_FORMATS)}."
         )
     builder, kwargs = FILE_FORMATS[suffix]
-    kwargs = {**kwargs, **extra}
+    if builder != "parquet":
+        errors = text_errors(str(path), _chunks(path), encoding, replace=builder == "csv")
+        kwargs = {**kwargs, "encoding": encoding or "utf-8", "encoding_errors": errors}
     try:
         return _load_file(builder, path, kwargs)
     except Exception as err:  # mapped to one DataError below
-        if builder == "csv" and "encoding" not in kwargs and _has(err, UnicodeDecodeError):
-            log.warning("%s is not valid UTF-8; undecodable bytes are replaced by U+FFFD", path)
-            try:
-                return _load_file(builder, path, {**kwargs, "encoding_errors": "replace"})
-            except Exception as err2:
-                err = err2
         if any("corresponds to no data" in str(e) or type(e).__name__ == "EmptyDataError" for e in _chain(err)):
             raise DataError(f"{path} has no rows; fill it with data or pass another file.") from err
         raise DataError(
@@ -317,8 +324,60 @@ def _read_dataset(path: Path, **extra: Any) -> datasets.Dataset:
         ) from err
 
 
+def check_encoding(encoding: str | None) -> None:
+    """Raise ``DataError`` unless ``encoding`` is None or a text encoding Python knows."""
+    if encoding is None:
+        return
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise DataError(
+            f"--encoding {encoding!r} is not a known text encoding; pass one such as utf-8, latin-1 or cp1252."
+        ) from None
+
+
+def text_errors(name: str, chunks: Iterable[bytes], encoding: str | None, *, replace: bool = True) -> str:
+    """How to decode the bytes of file ``name``: ``"strict"`` when they are valid ``encoding`` (default UTF-8).
+
+    When they are not: with no ``encoding`` given and ``replace``, ``"replace"`` (undecodable bytes become
+    U+FFFD) and a one-line warning naming the file, the first bad line and --encoding; else a DataError.
+    """
+    decoder = codecs.getincrementaldecoder(encoding or "utf-8")()
+    lines = 0
+    try:
+        for chunk in chunks:
+            decoder.decode(chunk)
+            lines += chunk.count(b"\n")
+        decoder.decode(b"", final=True)
+        return "strict"
+    except UnicodeDecodeError as err:
+        line = lines + err.object[: err.start].count(b"\n") + 1
+        bad = f"line {line} has byte 0x{err.object[err.start]:02x}"
+    if encoding is None and replace:
+        log.warning(
+            "%s is not valid UTF-8 (%s): undecodable bytes become U+FFFD; pass --encoding (e.g. latin-1) "
+            "to read it exactly",
+            name,
+            bad,
+        )
+        return "replace"
+    codec = encoding or "UTF-8"
+    raise DataError(f"{name} is not valid {codec} ({bad}); pass the file's --encoding, e.g. latin-1 or cp1252.")
+
+
+def _chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        yield from iter(lambda: f.read(size), b"")
+
+
 def _load_file(builder: str, path: Path, kwargs: dict[str, Any]) -> datasets.Dataset:
-    ds = datasets.load_dataset(builder, data_files={"train": str(path)}, split="train", **kwargs)
+    """``datasets.load_dataset`` on one file, its own error log silenced (its errors become DataError)."""
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # no stray "Failed to read file" line
+    try:
+        ds = datasets.load_dataset(builder, data_files={"train": str(path)}, split="train", **kwargs)
+    finally:
+        datasets.logging.set_verbosity(verbosity)
     assert isinstance(ds, datasets.Dataset)
     return ds
 
@@ -328,9 +387,10 @@ def _read_split(
     text_column: str | None,
     label_column: str | None,
     train_columns: tuple[_Split, ...] = (),
+    encoding: str | None = None,
 ) -> _Split:
     """Read a file and pick its text/label columns (auto-detected per file when not given)."""
-    ds = _read_dataset(path)
+    ds = _read_dataset(path, encoding)
     if train_columns:  # an eval file: the train's names, else this file's own detected names
         (train,) = train_columns
         text_column = text_column or (train.text_column if train.text_column in ds.column_names else None)
@@ -584,10 +644,6 @@ def _chain(err: BaseException | None) -> list[BaseException]:
         seen.append(err)
         err = err.__cause__ or err.__context__
     return seen
-
-
-def _has(err: BaseException, kind: type[BaseException]) -> bool:
-    return any(isinstance(e, kind) for e in _chain(err))
 
 
 def _one_line(err: BaseException | None) -> str:

@@ -98,7 +98,7 @@ class Prepared:
 
 def data_options(cfg: RunConfig) -> dict[str, Any]:
     """The data options of ``cfg``, as ``Task.load_data`` takes them."""
-    names = ("train_file", "eval_file", "text_column", "label_column", "train_size", "eval_size")
+    names = ("train_file", "eval_file", "text_column", "label_column", "encoding", "train_size", "eval_size")
     return {name: getattr(cfg, name) for name in names}
 
 
