@@ -384,3 +384,18 @@ def test_eval_file_takes_eval_size(env, capsys):
     code, out, err = run([*args, "--json"], capsys)
     assert code == 0, err
     assert json.loads(out)["num_examples"] == 5
+
+
+# --------------------------------------------------------------------------------- eval's data
+def test_eval_on_a_single_class_is_scored_on_that_class(env, capsys):
+    path = write_csv(env.tmp / "positive.csv", [row for row in toy_rows(12) if row[1] == "positive"])
+    code, out, err = run(["eval", "--adapter", str(env.adapter), "--eval-file", str(path)], capsys)
+    assert code == 0, err
+    assert "macro-F1" in out and "(over the 1 class in the data, of 2)" in out
+    code, out, err = run(["eval", "--adapter", str(env.adapter), "--eval-file", str(path), "--json"], capsys)
+    metrics = json.loads(out)
+    recall = metrics["accuracy"]  # every example is positive
+    expected = 2 * recall / (1 + recall) if recall else 0.0  # precision is 1 when positive is predicted
+    assert metrics["macro_f1"] == pytest.approx(expected)
+    code, out, _ = run(["eval", "--adapter", str(env.adapter), "--eval-file", str(env.data / "test.csv")], capsys)
+    assert code == 0 and "class in the data" not in out  # both classes: no note

@@ -203,6 +203,8 @@ def test_single_class(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "train.csv", rows(10, ("pos",)))
     msg = error_of(load_text_classification, str(path))
     assert "single class 'pos'" in msg and "at least 2" in msg and "--label-column" in msg
+    data = load_text_classification(str(path), eval_size=2, min_train_classes=1)  # data to evaluate on
+    assert data.labels == ["pos"] and len(data.eval) == 2
 
 
 def test_missing_labels_counted_per_file(tmp_path: Path) -> None:

@@ -103,6 +103,7 @@ def load_text_classification(
     seed: int = 42,
     eval_fraction: float = 0.1,
     encoding: str | None = None,
+    min_train_classes: int = 2,
 ) -> TextClassificationData:
     """Load a text-classification dataset from an alias, a local folder/file, or the hub.
 
@@ -112,7 +113,8 @@ def load_text_classification(
     ``train_size``/``eval_size`` subsample with ``seed``; without an eval split, ``eval_size`` rows (else
     ``eval_fraction`` of the rows) are split off with ``seed``. ``encoding`` is that of local text files
     (csv, tsv, json): by default UTF-8, and a file that is not valid UTF-8 is read with its undecodable
-    bytes replaced, with a warning.
+    bytes replaced, with a warning. The train split must hold ``min_train_classes`` classes (1: data to
+    evaluate on, where the train split is only the source of the eval rows).
     """
     _check_sizes(train_size, eval_size, eval_fraction)
     check_encoding(encoding)
@@ -152,7 +154,7 @@ def load_text_classification(
         else:
             train, ev, source = _load_hub(dataset, text_column, label_column)
 
-    return _finish(train, ev, source, train_size, eval_size, seed, eval_fraction)
+    return _finish(train, ev, source, train_size, eval_size, seed, eval_fraction, min_train_classes)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -462,6 +464,7 @@ def _finish(
     eval_size: int | None,
     seed: int,
     eval_fraction: float,
+    min_train_classes: int = 2,
 ) -> TextClassificationData:
     """Check, encode labels, split off eval if needed, subsample, build the datasets."""
     for split in (train, ev):
@@ -493,7 +496,7 @@ def _finish(
     eval_texts, eval_ids = _subsample(eval_texts, eval_ids, eval_size, seed, ev.name if ev else train.name)
 
     counts = Counter(train_ids)
-    if len(counts) < 2:
+    if len(counts) < min_train_classes:
         only = names[next(iter(counts))] if counts else "?"
         raise DataError(
             f"the train data of {train.name} has a single class '{only}' ({len(train_ids)} rows); "
