@@ -399,3 +399,13 @@ def test_eval_on_a_single_class_is_scored_on_that_class(env, capsys):
     assert metrics["macro_f1"] == pytest.approx(expected)
     code, out, _ = run(["eval", "--adapter", str(env.adapter), "--eval-file", str(env.data / "test.csv")], capsys)
     assert code == 0 and "class in the data" not in out  # both classes: no note
+
+
+# -------------------------------------------------------------------------------- what train writes
+def test_train_writes_files_with_the_umask(artifacts):
+    from loratune.fsutil import umask
+
+    run_dir = artifacts["adapter"].parent
+    modes = {str(p.relative_to(run_dir)): p.stat().st_mode & 0o777 for p in run_dir.rglob("*") if p.is_file()}
+    assert {"adapter/adapter_model.safetensors", "summary.json"} <= set(modes)
+    assert set(modes.values()) == {0o666 & ~umask()}, modes  # safetensors files too, not 0600

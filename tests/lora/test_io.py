@@ -127,6 +127,12 @@ def test_save_is_atomic_and_replaces(tmp_path, tokens, monkeypatch):
     assert (tmp_path / "ad" / "adapter_model.safetensors").read_bytes() != before
 
 
+def test_saved_files_follow_the_umask(tmp_path, umask):
+    save_adapter(add_lora(tiny_bert_cls(), LoraConfig(**QV)), tmp_path / "ad")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "ad").iterdir()}
+    assert modes == dict.fromkeys(["adapter_config.json", "adapter_model.safetensors"], 0o666 & ~umask)
+
+
 def test_old_peft_config_with_unknown_and_missing_fields(tmp_path, tokens):
     model = add_lora(tiny_bert_cls(), LoraConfig(**QV, task_type="SEQ_CLS"))
     perturb(model)

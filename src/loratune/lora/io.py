@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from loratune.errors import AdapterFileError, AdapterShapeError
-from loratune.fsutil import atomic_dir
+from loratune.fsutil import atomic_dir, follow_umask
 from loratune.lora.config import ALL_LINEAR, LoraConfig, module_matches
 from loratune.lora.layer import LoraLinear, ModulesToSaveWrapper, is_conv1d, is_linear
 from loratune.lora.model import (
@@ -113,6 +113,7 @@ def write_adapter(model: nn.Module, folder: str | Path, adapter_name: str | None
     folder = Path(folder)
     config = peft_config_dict(model, adapter_name)
     save_file(adapter_state_dict(model, adapter_name), str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    follow_umask(folder / WEIGHTS_NAME)  # save_file writes 0600
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
 
 

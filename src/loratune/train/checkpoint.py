@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 
 import loratune
 from loratune.errors import RunError
-from loratune.fsutil import TMP_MARKER, atomic_dir
+from loratune.fsutil import TMP_MARKER, atomic_dir, follow_umask
 
 __all__ = [
     "CHECKPOINTS_DIR",
@@ -154,6 +154,12 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """``safetensors``' ``save_file``, the file then given the umask's mode like every other file."""
+    save_file(tensors, path, metadata={"format": "pt"})
+    follow_umask(path)
+
+
 def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
 
@@ -244,14 +250,14 @@ def save_checkpoint(
         raise TypeError(f"checkpoint 'extra' must be JSON-serialisable: {e}") from None
 
     with atomic_dir(folder) as tmp:
-        save_file(weights, tmp / WEIGHTS, metadata={"format": "pt"})
-        save_file(_for_safetensors(opt_tensors), tmp / OPT_TENSORS, metadata={"format": "pt"})
+        _save_tensors(weights, tmp / WEIGHTS)
+        _save_tensors(_for_safetensors(opt_tensors), tmp / OPT_TENSORS)
         _write_json(tmp / OPT_JSON, opt_json)
         if sched_json is not None:
             _write_json(tmp / SCHED_JSON, sched_json)
             if sched_tensors:
-                save_file(_for_safetensors(sched_tensors), tmp / SCHED_TENSORS, metadata={"format": "pt"})
-        save_file(_for_safetensors(rng_tensors), tmp / RNG_TENSORS, metadata={"format": "pt"})
+                _save_tensors(_for_safetensors(sched_tensors), tmp / SCHED_TENSORS)
+        _save_tensors(_for_safetensors(rng_tensors), tmp / RNG_TENSORS)
         _write_json(tmp / RNG_JSON, rng_json)
         files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
         state = {
