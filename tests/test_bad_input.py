@@ -409,3 +409,9 @@ def test_train_writes_files_with_the_umask(artifacts):
     modes = {str(p.relative_to(run_dir)): p.stat().st_mode & 0o777 for p in run_dir.rglob("*") if p.is_file()}
     assert {"adapter/adapter_model.safetensors", "summary.json"} <= set(modes)
     assert set(modes.values()) == {0o666 & ~umask()}, modes  # safetensors files too, not 0600
+
+
+def test_train_prints_no_future_warning(artifacts):
+    """transformers 5.24 renamed is_gradient_checkpointing and gradient_checkpointing_enable."""
+    caught = artifacts["train_warnings"]  # the module's train run, with --gradient-checkpointing
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
