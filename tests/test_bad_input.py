@@ -142,6 +142,14 @@ BROKEN_ARTIFACTS: dict[str, tuple[Artifact, list[str]]] = {
     "peft-bin-only": (bin_only, ["adapter_model.bin", "pickle", "safe_serialization=True"]),
     "peft-no-config": (lambda e: without(e.peft, "adapter_config.json", e), ["adapter_config.json"]),
     "peft-no-head": (lambda e: copy_of(e.peft_headless, e), ["no loratune.json", "classifier head"]),
+    "peft-base-unnamed": (
+        lambda e: edited_json(e.peft, "adapter_config.json", "base_model_name_or_path", None, e),
+        ["does not name its base model", "--model"],
+    ),
+    "peft-base-missing": (
+        lambda e: edited_json(e.peft, "adapter_config.json", "base_model_name_or_path", str(e.tmp / "gone"), e),
+        ["gone", "does not exist"],
+    ),
     "config-r-not-int": (
         lambda e: edited_json(e.adapter, "adapter_config.json", "r", "four", e),
         ["adapter_config.json", "'r'"],
@@ -160,6 +168,11 @@ BROKEN_ARTIFACTS: dict[str, tuple[Artifact, list[str]]] = {
         lambda e: edited_json(e.adapter, "loratune.json", "max_length", "long", e),
         ["'max_length'"],
     ),
+    "info-data-not-object": (
+        lambda e: edited_json(e.adapter, "loratune.json", "data", "tweets", e),
+        ["loratune.json", "'data'"],
+    ),
+    "adapter-is-a-file": (lambda e: e.numeric_csv, ["--adapter", "is a file"]),
     "tokenizer-corrupt": (lambda e: written(e.adapter, "tokenizer.json", b'{"broken', e), ["tokenizer"]),
     "full-model-labels-mismatch": (
         lambda e: written(full_model(e), "loratune.json", b'{"labels": ["a", "b", "c"]}', e),
@@ -383,7 +396,9 @@ def test_eval_file_takes_eval_size(env, capsys):
     args = ["eval", "--adapter", str(env.adapter), "--eval-file", str(env.data / "test.csv"), "--eval-size", "5"]
     code, out, err = run([*args, "--json"], capsys)
     assert code == 0, err
-    assert json.loads(out)["num_examples"] == 5
+    record = json.loads(out)
+    assert record["num_examples"] == 5
+    assert record["data"] == str(env.data / "test.csv")  # the file, read once, not "train: F, eval: F"
 
 
 # --------------------------------------------------------------------------------- eval's data

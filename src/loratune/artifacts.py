@@ -57,6 +57,8 @@ def read_task_info(folder: Path) -> dict[str, Any]:
         raise AdapterFileError(f"{path} is not valid JSON ({_first_line(err)}); re-save the adapter") from None
     if not isinstance(info, dict):
         raise AdapterFileError(f"{path} does not hold a JSON object; re-save the adapter")
+    if not isinstance(info.get("data", {}), dict | None):
+        raise AdapterFileError(f"{path}: 'data' must be an object of data options, got {info['data']!r}; fix it")
     labels, max_length = info.get("labels"), info.get("max_length")
     if labels is not None and not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)):
         raise AdapterFileError(f"{path}: 'labels' must be a non-empty list of names, got {labels!r}; re-save it")
@@ -81,7 +83,8 @@ def load_artifact(
     """
     folder = Path(path)
     if not folder.is_dir():
-        raise AdapterFileError(f"--adapter {folder} does not exist; pass the adapter/ (or model/) folder of a run")
+        problem = "is a file" if folder.exists() else "does not exist"
+        raise AdapterFileError(f"--adapter {folder} {problem}; pass the adapter/ (or model/) folder of a run")
     info = read_task_info(folder)
     if (folder / "adapter_config.json").is_file():
         net, labels, base = _load_lora(folder, info, model, trust_remote_code)

@@ -147,6 +147,16 @@ def test_encoding_reads_a_latin1_file_exactly(tmp_path: Path, caplog) -> None:
     assert not caplog.records
 
 
+def test_unreadable_file_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_csv(tmp_path / "train.csv", rows(10))
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "open", denied)
+    assert f"cannot read {path} as csv: PermissionError" in error_of(load_text_classification, str(path))
+
+
 def test_encoding_errors(tmp_path: Path) -> None:
     path = tmp_path / "train.csv"
     path.write_bytes(LATIN1_CSV)

@@ -139,7 +139,7 @@ def load_text_classification(
             eval_path = _existing_file(Path(eval_file))
             same = eval_path.resolve() == train_path.resolve()  # e.g. `loratune eval --eval-file`: read once
             ev = train if same else _read_split(eval_path, text_column, label_column, (train,), encoding)
-            source = f"train: {train_path}, eval: {eval_path}"
+            source = str(eval_path) if same else f"train: {train_path}, eval: {eval_path}"
     else:
         path = Path(dataset).expanduser()
         if path.is_dir():
@@ -312,11 +312,13 @@ def _read_dataset(path: Path, encoding: str | None = None) -> datasets.Dataset:
             f"cannot read {path}: unsupported file type '{suffix or '(none)'}'; use one of {', '.join(FILE_FORMATS)}."
         )
     builder, kwargs = FILE_FORMATS[suffix]
-    if builder != "parquet":
-        errors = text_errors(str(path), _chunks(path), encoding, replace=builder == "csv")
-        kwargs = {**kwargs, "encoding": encoding or "utf-8", "encoding_errors": errors}
     try:
+        if builder != "parquet":
+            errors = text_errors(str(path), _chunks(path), encoding, replace=builder == "csv")
+            kwargs = {**kwargs, "encoding": encoding or "utf-8", "encoding_errors": errors}
         return _load_file(builder, path, kwargs)
+    except DataError:
+        raise
     except Exception as err:  # mapped to one DataError below
         if any("corresponds to no data" in str(e) or type(e).__name__ == "EmptyDataError" for e in _chain(err)):
             raise DataError(f"{path} has no rows; fill it with data or pass another file.") from err
