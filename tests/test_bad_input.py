@@ -158,6 +158,14 @@ BROKEN_ARTIFACTS: dict[str, tuple[Artifact, list[str]]] = {
         lambda e: edited_json(e.adapter, "adapter_config.json", "target_modules", 5, e),
         ["'target_modules'"],
     ),
+    "config-dropout-out-of-range": (
+        lambda e: edited_json(e.adapter, "adapter_config.json", "lora_dropout", -1, e),
+        ["adapter_config.json", "dropout", "[0, 1)"],
+    ),
+    "config-alpha-pattern-not-number": (
+        lambda e: edited_json(e.adapter, "adapter_config.json", "alpha_pattern", {"query": [1]}, e),
+        ["adapter_config.json", "alpha_pattern['query']"],
+    ),
     "info-not-utf8": (lambda e: written(e.adapter, "loratune.json", b"\xff\xfe{", e), ["loratune.json"]),
     "info-not-object": (lambda e: written(e.adapter, "loratune.json", b"[1, 2]", e), ["loratune.json", "object"]),
     "info-labels-not-list": (

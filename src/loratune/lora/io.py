@@ -280,19 +280,7 @@ def load_adapter(
     for key, value in rest.items():
         head_path = _head_of(model, key, heads)
         head_tensors.setdefault(head_path, {})[key.removeprefix(head_path + ".")] = value
-    config = LoraConfig(
-        r=int(config_dict.get("r", 8)),
-        alpha=float(config_dict.get("lora_alpha", 8)),
-        dropout=float(config_dict.get("lora_dropout") or 0.0),
-        # exactly the layers the file holds tensors for, as one full-path regex
-        target_modules="|".join(re.escape(p) for p in sorted(lora)),
-        modules_to_save=sorted(head_tensors) or None,
-        use_rslora=bool(config_dict.get("use_rslora", False)),
-        task_type=config_dict.get("task_type"),
-        base_model_name_or_path=config_dict.get("base_model_name_or_path"),
-        rank_pattern=dict(config_dict.get("rank_pattern") or {}),
-        alpha_pattern=dict(config_dict.get("alpha_pattern") or {}),
-    )
+    config = _lora_config(Path(path) / CONFIG_NAME, config_dict, sorted(lora), sorted(head_tensors))
     _check_fits(model, config, lora, head_tensors)
     add_lora(model, config, name)
     # Saving it again writes the names the file was saved with, not the regex.
@@ -309,6 +297,27 @@ def load_adapter(
         for p in model.parameters():
             p.requires_grad_(False)
     return model
+
+
+def _lora_config(cfg_file: Path, config_dict: dict[str, Any], layers: list[str], heads: list[str]) -> LoraConfig:
+    """The ``LoraConfig`` of exactly ``layers`` (and the ``heads``) that the file holds tensors for;
+    values that ``LoraConfig`` refuses are an ``AdapterFileError`` naming ``cfg_file``."""
+    try:
+        return LoraConfig(
+            r=int(config_dict.get("r", 8)),
+            alpha=float(config_dict.get("lora_alpha", 8)),
+            dropout=float(config_dict.get("lora_dropout") or 0.0),
+            target_modules="|".join(re.escape(p) for p in layers),  # one full-path regex
+            modules_to_save=heads or None,
+            use_rslora=bool(config_dict.get("use_rslora", False)),
+            task_type=config_dict.get("task_type"),
+            base_model_name_or_path=config_dict.get("base_model_name_or_path"),
+            rank_pattern=dict(config_dict.get("rank_pattern") or {}),
+            alpha_pattern=dict(config_dict.get("alpha_pattern") or {}),
+        )
+    except ValueError as err:
+        problem = str(err).split(";")[0]  # without LoraConfig's advice for code
+        raise AdapterFileError(f"{cfg_file}: {problem}; fix or re-save the adapter") from None
 
 
 def _check_fits(
