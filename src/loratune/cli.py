@@ -157,15 +157,19 @@ def format_summary(s: dict[str, Any], metrics: Sequence[str]) -> str:
 
     best, final = s.get("best") or {}, s.get("final") or {}
     metric = s["metric"]
-    rows = [("run", s["title"]), ("examples", f"{s['train_examples']} train / {s['eval_examples']} eval")]
+    shown = list(dict.fromkeys([metric, *metrics]))
+    val = f" / {s['val_examples']} validation" if s.get("val_examples") else ""
+    rows = [("run", s["title"]), ("examples", f"{s['train_examples']} train{val} / {s['eval_examples']} eval")]
     rows += [
         (
             f"{name} (best)",
             f"{best.get(name, float('nan')):.4f}" + (f"  at epoch {best.get('epoch')}" if i == 0 else ""),
         )
-        for i, name in enumerate(dict.fromkeys([metric, *metrics]))
+        for i, name in enumerate(shown)
     ]
+    rows += [(f"{name} (test)", f"{s['test'][name]:.4f}") for name in shown if name in (s.get("test") or {})]
     rows += [
+        ("best chosen on", s.get("selection") or "the eval split"),
         (f"{metric} (final)", f"{final.get(metric, float('nan')):.4f}"),
         ("trainable params", f"{s['trainable_params']:,} of {s['total_params']:,} ({s['trainable_percent']:.2f} %)"),
         (
@@ -311,15 +315,23 @@ class _WarningLines(logging.Handler):
 
 
 def _quiet_libraries() -> None:
-    """Keep the console for loratune's own output (its warnings as ``warning: ...`` lines): no library
-    warnings or download bars."""
+    """Keep the console for loratune's own output and for download progress.
+
+    Library warnings and the per-item processing bars are off: datasets' own bars (map, "Tokenising",
+    split generation) and transformers' (per-tensor "Loading weights"). huggingface_hub's download bars,
+    which model and dataset downloads both use, stay on. loratune's own log warnings print as one
+    ``warning: ...`` line each.
+    """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import datasets
     import transformers
 
+    from loratune.models import empty_tqdm
+
     transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()  # "Loading weights" of a full model
-    datasets.disable_progress_bars()
+    if hasattr(transformers.logging, "set_tqdm_hook"):  # absent in older transformers
+        transformers.logging.set_tqdm_hook(empty_tqdm)
+    datasets.disable_progress_bars()  # datasets' bars only; huggingface_hub's are separate
     datasets.logging.set_verbosity_error()
     own = logging.getLogger("loratune")
     if not any(isinstance(h, _WarningLines) for h in own.handlers):

@@ -20,7 +20,9 @@ Each change is feature-detected, because it relies on transformers internals (it
 ``AttentionInterface``, the layer classes' attribute names): a model whose internals are not what
 this module expects (an older or newer transformers, an architecture it does not know) keeps its
 own code for that part, and ``KernelReport.notes`` says why in one line. The first-token layer is
-also checked at once: a tiny batch must give the same logits with and without it.
+also checked at once: a tiny batch must give the same logits with and without it. The transformers
+internals are imported inside the functions that use them, so that a transformers without one
+makes that function fall back instead of making ``import loratune`` fail.
 
 ``restore_torch_kernels`` undoes all three, e.g. to read every position's hidden state after training.
 """

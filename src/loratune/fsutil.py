@@ -1,8 +1,12 @@
-"""Atomic file and folder writes (stdlib only, usable from every layer).
+"""Atomic file and folder writes, and the lock that gives a run folder one writer (stdlib only).
 
 A reader never sees a half-written file or folder: each write goes to a temporary sibling
 (same folder, so the same file system), is flushed and fsynced, then renamed over the target
 with ``os.replace``. A crash leaves either the old content or the new, never a mix.
+
+``folder_lock`` holds an exclusive ``flock`` on ``<folder>/.loratune.lock`` while a command writes
+the folder: a second command on the same folder fails at once. The kernel drops the lock when the
+process ends, however it ends, so a lock file left behind is harmless.
 """
 
 from __future__ import annotations
@@ -16,12 +20,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from loratune.errors import RunError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; folders go unlocked there
+    fcntl = None
+
 __all__ = [
+    "LOCK_FILE",
     "TMP_MARKER",
     "atomic_dir",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "clear_folder",
+    "folder_lock",
     "follow_umask",
     "fsync_dir",
     "umask",
@@ -29,6 +43,7 @@ __all__ = [
 
 # Hidden temporary siblings are named ".<name><TMP_MARKER><random>"; cleaners may match on it.
 TMP_MARKER = ".tmp-"
+LOCK_FILE = ".loratune.lock"
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -157,3 +172,55 @@ def _fsync_tree(root: Path) -> None:
                 finally:
                     os.close(fd)
         fsync_dir(dirpath)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike[str], flag: str = "--output") -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` (created if missing) while the block runs.
+
+    Another process holding it makes this raise ``RunError`` at once, naming its pid. A folder that
+    this call created and that holds nothing but the lock file when the block ends is removed
+    again, so a command that fails on its input leaves nothing behind.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise RunError(f"{flag} {folder} is a file; pass a folder path")
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunError(f"cannot create {flag} {folder} ({err.strerror}); pass a folder you can write to") from None
+    lock = folder / LOCK_FILE
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    locked = False
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
+                raise RunError(
+                    f"{flag} {folder} is in use by another loratune command (pid {holder}); wait for it to end "
+                    f"or pass another {flag}"
+                ) from None
+        locked = True
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield folder
+    finally:
+        if locked and created and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+            lock.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        os.close(fd)  # releases the lock
+
+
+def clear_folder(folder: str | os.PathLike[str]) -> None:
+    """Delete everything in ``folder`` but its lock file."""
+    for path in Path(folder).iterdir():
+        if path.name == LOCK_FILE:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()

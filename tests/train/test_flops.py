@@ -58,6 +58,46 @@ def test_matmul_peak_is_positive():
     assert matmul_peak_flops("cpu", "fp32", n=256, repeats=2) > 1e8
 
 
+def test_matmul_peak_on_cpu_times_single_2048_products(monkeypatch):
+    shapes = []
+    mm = torch.mm
+
+    def spy(a, b, **kwargs):
+        shapes.append((tuple(a.shape), a.dtype, kwargs))
+        return mm(a, b, **kwargs)
+
+    monkeypatch.setattr(torch, "mm", spy)
+    assert matmul_peak_flops("cpu", "bf16") > 0
+    assert shapes == [((2048, 2048), torch.bfloat16, {})] * 6  # a warm-up and 5 timed products
+
+
+def test_matmul_peak_on_cuda_halves_n_until_it_fits(monkeypatch):
+    """The CUDA dispatch, without a GPU: the timing itself is faked."""
+    from contextlib import nullcontext
+
+    from loratune.train import flops
+
+    tried, fits = [], {"n": 2048}
+
+    def seconds(device, dtype, n, repeats, iters):
+        tried.append((device, dtype, n, repeats, iters))
+        if n > fits["n"]:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return 1e-3
+
+    monkeypatch.setattr(flops, "_cuda_matmul_seconds", seconds)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: nullcontext())
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    assert matmul_peak_flops("cuda:1", "bf16") == 2.0 * 2048**3 / 1e-3
+    cuda1 = torch.device("cuda:1")
+    assert tried == [(cuda1, torch.bfloat16, n, 3, 10) for n in (8192, 4096, 2048)]
+    tried.clear()
+    fits["n"] = 0
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        matmul_peak_flops("cuda", "fp32", n=4096)
+    assert [t[2] for t in tried] == [4096, 2048, 1024]
+
+
 def test_activation_checkpointing_recompute_is_not_counted():
     from conftest import tiny_bert_cls
 

@@ -76,3 +76,22 @@ def test_atomic_dir_exception_without_existing(tmp_path):
         (tmp / "x").write_text("x")
         raise KeyError("x")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_folder_lock_removes_only_a_folder_it_created_and_left_empty(tmp_path):
+    from loratune.errors import RunError
+    from loratune.fsutil import LOCK_FILE, folder_lock
+
+    with folder_lock(tmp_path / "new") as folder:
+        assert (folder / LOCK_FILE).read_text() == str(os.getpid())
+    assert not (tmp_path / "new").exists()  # nothing was written: nothing is left
+    with folder_lock(tmp_path / "kept") as folder:
+        (folder / "result.txt").write_text("x")
+    assert (tmp_path / "kept" / "result.txt").exists()
+    (tmp_path / "existing").mkdir()
+    with folder_lock(tmp_path / "existing"):
+        pass
+    assert (tmp_path / "existing").is_dir()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(RunError, match="is a file; pass a folder path"), folder_lock(tmp_path / "file"):
+        pass

@@ -29,6 +29,7 @@ from loratune.compare.report import compare_methods, comparison_rows
 from loratune.compare.runner import ChildRunError, Runner, child_argv, child_mode
 from loratune.compare.sweep import parse_ranks, sweep_ranks
 from loratune.errors import LoratuneError, RunError
+from loratune.fsutil import LOCK_FILE, folder_lock
 from loratune.train.config import build_config
 
 __all__ = [
@@ -62,11 +63,7 @@ def parse_methods(text: str | None) -> list[str]:
 
 
 def check_compare_output(out: Path, *, resume: bool, overwrite: bool) -> None:
-    if resume and overwrite:
-        raise LoratuneError("--resume and --overwrite exclude each other; pick one")
-    if out.exists() and not out.is_dir():
-        raise RunError(f"--output {out} is a file; pass a folder path")
-    if out.is_dir() and any(out.iterdir()) and not (resume or overwrite):
+    if out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()) and not (resume or overwrite):
         raise RunError(
             f"--output {out} exists and is not empty; pass --overwrite to replace its runs, "
             "--resume to continue them, or another --output"
@@ -92,8 +89,14 @@ def run_compare(args: argparse.Namespace, flags: dict[str, Any]) -> int:
     # The flags, recipe and ranks are checked here, once, before any child starts or OUT changes.
     own = {k: v for k, v in flags.items() if k not in ("resume", "overwrite")}
     cfg = build_config(args.config, **{**own, "output": str(out)})
-    check_compare_output(out, resume=resume, overwrite=overwrite)
+    if resume and overwrite:
+        raise LoratuneError("--resume and --overwrite exclude each other; pick one")
+    with folder_lock(out):  # one compare per folder (each child locks its own run folder too)
+        check_compare_output(out, resume=resume, overwrite=overwrite)
+        return _run_jobs(args, cfg, out, methods, ranks, sweep, resume=resume, overwrite=overwrite)
 
+
+def _run_jobs(args, cfg, out: Path, methods, ranks, sweep: bool, *, resume: bool, overwrite: bool) -> int:
     runner = Runner(out, cfg, resume=resume, overwrite=overwrite)
     with runner.forwarding_sigint():
         budget = full_budget(cfg) if args.auto_rank else None  # data errors surface before OUT changes

@@ -124,67 +124,55 @@ def _evidence_table(rounds: Sequence[Round], per_epoch: int) -> str:
     return "\n".join(lines)
 
 
-def auto_rank(
-    runner: Runner, candidates: Sequence[int], budget: tuple[int, int], *, tolerance_pt: float, first_budget: float
-) -> dict:
-    """Successive halving over ``candidates``, then the chosen rank trained fully into OUT/auto-rank.
+class _PrefixRuns:
+    """One full-schedule run per rank under OUT/rounds, each continued to a later step when asked."""
 
-    ``budget`` is ``full_budget(cfg)``: (steps of one full run, steps per epoch).
-    """
-    out = runner.out
-    full_steps, per_epoch = budget
-    first_steps = max(1, math.ceil(first_budget * full_steps))
-    print(
-        f"auto-rank: candidates r={','.join(map(str, candidates))}; full budget {full_steps} steps "
-        f"({full_steps / per_epoch:.2f} epochs of {per_epoch}); first round {first_steps} steps, doubling; "
-        f"tolerance {tolerance_pt:g} accuracy points",
-        flush=True,
-    )
+    def __init__(self, runner: Runner, full_steps: int) -> None:
+        self.runner, self.full_steps = runner, full_steps
+        self.reached: dict[int, int] = {}  # rank -> optimizer steps its run has done so far
 
-    reached: dict[int, int] = {}  # rank -> optimizer steps its run has done so far
-
-    def train(r: int, steps: int, index: int) -> dict[str, Any]:
-        """Continue rank ``r``'s one full-schedule run to ``steps`` (a prefix of the full run)."""
-        pause = steps if steps < full_steps else None
-        m = runner.run(f"round{index}-r{r}", out / "rounds" / f"r{r}", f"[round {index}, {steps} steps] r={r}",
-                       continue_run=r in reached, method="lora", r=r, pause_at_step=pause)  # fmt: skip
+    def __call__(self, r: int, steps: int, index: int) -> dict[str, Any]:
+        """Continue rank ``r``'s run to ``steps`` (a prefix of the full run); its measures there."""
+        pause = steps if steps < self.full_steps else None
+        m = self.runner.run(f"round{index}-r{r}", self.runner.out / "rounds" / f"r{r}",
+                            f"[round {index}, {steps} steps] r={r}", continue_run=r in self.reached, method="lora",
+                            r=r, pause_at_step=pause)  # fmt: skip
         m["round_steps"] = steps
-        m["new_steps"] = steps - reached.get(r, 0)
-        reached[r] = steps
+        m["new_steps"] = steps - self.reached.get(r, 0)
+        self.reached[r] = steps
         return m
 
-    choice, rounds = successive_halving(
-        candidates, train, full_steps=full_steps, first_steps=first_steps, tolerance_pt=tolerance_pt
-    )
-    table = _evidence_table(rounds, per_epoch)
-    if rounds:
-        last = rounds[-1]
-        reason = (
-            f"r={choice} is the smallest rank within {tolerance_pt:g} pt of the best accuracy in round {last.index} "
-            f"({100 * last.results[last.best]['accuracy']:.2f} % at r={last.best}, {last.steps} steps)"
-        )
-        print("\n" + table + "\n")
-    else:
-        reason = f"r={choice} is the only candidate"
-    print(f"auto-rank: choice r={choice}: {reason}", flush=True)
 
-    final_dir = out / "auto-rank"
-    final_steps = full_steps - reached.get(choice, 0)
-    if final_steps > 0:  # the choice's run continues to the end of its schedule
-        final = train(choice, full_steps, len(rounds) + 1)
+def _reason(choice: int, rounds: Sequence[Round], tolerance_pt: float) -> str:
+    if not rounds:
+        return f"r={choice} is the only candidate"
+    last = rounds[-1]
+    return (
+        f"r={choice} is the smallest rank within {tolerance_pt:g} pt of the best accuracy in round {last.index} "
+        f"({100 * last.results[last.best]['accuracy']:.2f} % at r={last.best}, {last.steps} steps)"
+    )
+
+
+def _finish(runs: _PrefixRuns, choice: int, rounds: Sequence[Round]) -> dict[str, Any]:
+    """The chosen rank's run continued to the full budget, copied (without checkpoints) to OUT/auto-rank."""
+    if runs.reached.get(choice, 0) < runs.full_steps:
+        final = runs(choice, runs.full_steps, len(rounds) + 1)
     else:
         final = next(rnd.results[choice] for rnd in reversed(rounds) if choice in rnd.results)
-    source = Path(final["run_dir"])
+    source, final_dir = Path(final["run_dir"]), runs.runner.out / "auto-rank"
     if final_dir.exists():
         shutil.rmtree(final_dir)
     shutil.copytree(source, final_dir, ignore=shutil.ignore_patterns("checkpoints"))
-    final = dict(final, run_dir=str(final_dir), copied_from=str(source))
     print(f"[final] r={choice}: its run reached the full budget; copied {source} to {final_dir}")
-    adapter = final_dir / "adapter"
+    return dict(final, run_dir=str(final_dir), copied_from=str(source))
+
+
+def _cost(rounds: Sequence[Round], final: dict[str, Any], final_steps: int, sweep_steps: int) -> dict[str, Any]:
+    """Optimizer steps and training seconds of the rounds and the final stretch, against the full sweep."""
+    choice = int(final["r"])
     round_steps = sum(m["new_steps"] for rnd in rounds for m in rnd.results.values())
     round_seconds = {r: float(m["train_seconds"]) for rnd in rounds for r, m in rnd.results.items()}
-    sweep_steps = len(candidates) * full_steps
-    cost = {
+    return {
         "round_steps": round_steps,
         "final_steps": final_steps,
         "total_steps": round_steps + final_steps,
@@ -194,6 +182,47 @@ def auto_rank(
         "round_train_seconds": round(sum(round_seconds.values()), 2),
         "final_train_seconds": round(final["train_seconds"] - round_seconds.get(choice, 0.0), 2),
     }
+
+
+def _round_records(rounds: Sequence[Round], per_epoch: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "round": rnd.index,
+            "steps": rnd.steps,
+            "epochs": round(rnd.steps / per_epoch, 4),
+            "best": rnd.best,
+            "choice": rnd.choice,
+            "kept": rnd.kept,
+            "results": [{"r": r, **m} for r, m in sorted(rnd.results.items())],
+        }
+        for rnd in rounds
+    ]
+
+
+def auto_rank(
+    runner: Runner, candidates: Sequence[int], budget: tuple[int, int], *, tolerance_pt: float, first_budget: float
+) -> dict:
+    """Successive halving over ``candidates``, then the chosen rank trained fully into OUT/auto-rank.
+
+    ``budget`` is ``full_budget(cfg)``: (steps of one full run, steps per epoch).
+    """
+    full_steps, per_epoch = budget
+    first_steps = max(1, math.ceil(first_budget * full_steps))
+    print(f"auto-rank: candidates r={','.join(map(str, candidates))}; full budget {full_steps} steps "
+          f"({full_steps / per_epoch:.2f} epochs of {per_epoch}); first round {first_steps} steps, doubling; "
+          f"tolerance {tolerance_pt:g} accuracy points", flush=True)  # fmt: skip
+    runs = _PrefixRuns(runner, full_steps)
+    choice, rounds = successive_halving(
+        candidates, runs, full_steps=full_steps, first_steps=first_steps, tolerance_pt=tolerance_pt
+    )
+    table, reason = _evidence_table(rounds, per_epoch), _reason(choice, rounds, tolerance_pt)
+    if rounds:
+        print("\n" + table + "\n")
+    print(f"auto-rank: choice r={choice}: {reason}", flush=True)
+    final_steps = full_steps - runs.reached.get(choice, 0)  # the stretch the chosen run still has to go
+    final = _finish(runs, choice, rounds)
+    cost = _cost(rounds, final, final_steps, len(candidates) * full_steps)
+    adapter = Path(final["run_dir"]) / "adapter"
     result = {
         "method": "successive halving (see loratune.compare.successive_halving)",
         "candidates": list(candidates),
@@ -201,18 +230,7 @@ def auto_rank(
         "full_steps": full_steps,
         "steps_per_epoch": per_epoch,
         "first_steps": first_steps,
-        "rounds": [
-            {
-                "round": rnd.index,
-                "steps": rnd.steps,
-                "epochs": round(rnd.steps / per_epoch, 4),
-                "best": rnd.best,
-                "choice": rnd.choice,
-                "kept": rnd.kept,
-                "results": [{"r": r, **m} for r, m in sorted(rnd.results.items())],
-            }
-            for rnd in rounds
-        ],
+        "rounds": _round_records(rounds, per_epoch),
         "evidence_table": table,
         "choice": choice,
         "reason": reason,
@@ -220,12 +238,10 @@ def auto_rank(
         "final": final,
         "cost": cost,
     }
-    atomic_write_json(out / "auto_rank.json", result)
-    print(
-        f"auto-rank: r={choice} trained with the full budget: accuracy {100 * final['accuracy']:.2f} %, "
-        f"macro-F1 {100 * final['macro_f1']:.2f}; adapter in {adapter}\n"
-        f"auto-rank: cost {round_steps} steps in rounds + {final_steps} final = {round_steps + final_steps} steps, "
-        f"vs {sweep_steps} for the full sweep ({cost['fraction_of_full_sweep']:.2f}x); wrote {out / 'auto_rank.json'}",
-        flush=True,
-    )
+    atomic_write_json(runner.out / "auto_rank.json", result)
+    print(f"auto-rank: r={choice} trained with the full budget: accuracy {100 * final['accuracy']:.2f} %, "
+          f"macro-F1 {100 * final['macro_f1']:.2f}; adapter in {adapter}\n"
+          f"auto-rank: cost {cost['round_steps']} steps in rounds + {cost['final_steps']} final = "
+          f"{cost['total_steps']} steps, vs {cost['full_sweep_steps']} for the full sweep "
+          f"({cost['fraction_of_full_sweep']:.2f}x); wrote {runner.out / 'auto_rank.json'}", flush=True)  # fmt: skip
     return result

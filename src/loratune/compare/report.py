@@ -46,6 +46,12 @@ def comparison_rows(runs: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any
         ("accuracy", "accuracy", lambda m: f"{100 * m['accuracy']:.2f} %"),
         ("macro-F1", "macro_f1", lambda m: f"{100 * m['macro_f1']:.2f}"),
     ]
+    if all(m.get("test_accuracy") is not None for m in runs.values()):  # a validation split chose the checkpoints
+        spec[-2:] = [
+            ("test accuracy", "test_accuracy", lambda m: f"{100 * m['test_accuracy']:.2f} %"),
+            ("test macro-F1", "test_macro_f1", lambda m: f"{100 * m['test_macro_f1']:.2f}"),
+            ("validation accuracy", "accuracy", lambda m: f"{100 * m['accuracy']:.2f} %"),
+        ]
     rows = []
     for measure, key, fmt in spec:
         row: dict[str, Any] = {"measure": measure, "key": key}
@@ -54,7 +60,7 @@ def comparison_rows(runs: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any
             row[f"{method}_text"] = fmt(m)
         if "full" in runs and "lora" in runs:
             row["ratio"] = _ratio(runs["lora"][key], runs["full"][key])
-            if key in ("accuracy", "macro_f1"):
+            if key in ("accuracy", "macro_f1", "test_accuracy", "test_macro_f1"):
                 row["diff_pt"] = 100 * (runs["lora"][key] - runs["full"][key])
         rows.append(row)
     return rows
@@ -80,7 +86,12 @@ def comparison_markdown(runs: Mapping[str, Mapping[str, Any]], rows: list[dict[s
         "gradients, optimizer state; on CPU also Python and its libraries).",
         "Training time: optimizer steps only (evaluation and loading excluded). Storage per task: the saved "
         "weights (safetensors); the folder adds tokenizer and config.",
-        "Accuracy and macro-F1: the best evaluation of each run (the one its artifact holds), on the eval split.",
+        f"Accuracy and macro-F1: each run's checkpoint was chosen on {first.get('selection') or 'the eval split'}"
+        + (
+            "; the test rows score the eval split once, with that checkpoint."
+            if first.get("test_accuracy") is not None
+            else "."
+        ),
     ]
     if any(m["reused"] for m in runs.values()):
         notes.append("Some runs were reused from an earlier, resumed invocation (--resume).")

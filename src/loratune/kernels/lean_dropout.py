@@ -1,16 +1,16 @@
 """Dropout with a 1-byte mask, drawn fast on CPU.
 
-``torch.bernoulli_`` on CPU spends about 5 ns per element (one generator call each); on this
-project's 2-core machine BERT's dropouts took a third of a training step. ``dropout_mask`` instead
-takes one seed from torch's generator, fills 64-bit words with NumPy's PCG64 bit stream (about
-1 ns per word; the raw stream of a NumPy bit generator is stable across releases), cuts each word
-into four 16-bit integers and compares them with a threshold: 5-6x faster than ``bernoulli_``
-(``benchmarks/kernels.py``), and as deterministic under ``torch.manual_seed`` (or a given generator).
+``torch.bernoulli_`` on CPU makes one generator call per element, which made drawing BERT's
+dropout masks a large share of a training step. ``dropout_mask`` instead takes one seed from
+torch's generator, fills 64-bit words with NumPy's PCG64 bit stream (the raw stream of a NumPy bit
+generator is stable across releases), cuts each word into four 16-bit integers and compares them
+with a threshold: several times faster than ``bernoulli_`` (``benchmarks/kernels.py``), and as
+deterministic under ``torch.manual_seed`` (or a given generator).
 
 The keep probability is ``round((1 - p) * 2**16) / 2**16`` (within 7.7e-6 of ``1 - p``), and the
 kept values are scaled by its exact inverse, so the output's expectation is the input, as with
 ``nn.Dropout``. Masks are applied by multiplying with their ``uint8`` view, which CPU kernels
-vectorise (``torch.where`` on a bool mask is about 2.5x slower). Other devices use
+vectorise (``torch.where`` on a bool mask is slower in half precision). Other devices use
 ``bernoulli_``, which is fast there.
 """
 

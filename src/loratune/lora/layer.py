@@ -63,9 +63,9 @@ def _shared_cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _keep(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``x`` where ``mask`` is True, zero elsewhere (a new tensor).
 
-    In bf16/fp16, ``torch.where`` is not vectorised on CPU: multiplying by the mask's ``uint8``
-    view is 2.9x faster alone (4096 x 768) and makes whole bf16 steps 0.94-0.97x. In fp32
-    ``where`` is as fast alone, and the multiply measured 1.03x on a bert-base step.
+    In bf16/fp16 ``torch.where`` is not vectorised on CPU, so the mask multiplies by its ``uint8``
+    view there; fp32 keeps ``where``, which the multiply did not beat in a whole step
+    (``benchmarks/README.md``).
     """
     if x.dtype in (torch.bfloat16, torch.float16):
         return apply_mask(x, mask)
@@ -82,8 +82,8 @@ class _LoraLinearFn(torch.autograd.Function):
 
     * ``x`` in the compute dtype: the input itself, or under autocast one bf16 copy shared by the
       sibling layers that read the same input (``_shared_cast``);
-    * the dropout mask as booleans (1 byte per element, drawn by ``kernels.dropout_mask``, which
-      is 5-6x faster than ``bernoulli_`` on CPU); the dropped-out input is recomputed;
+    * the dropout mask as booleans (1 byte per element, drawn by ``kernels.dropout_mask``, faster
+      than ``bernoulli_`` on CPU); the dropped-out input is recomputed;
     * the small ``A dropout(x)`` (r values per token);
     * references to the parameters (no copies: ``W`` is cast again in the backward pass).
 

@@ -47,11 +47,17 @@ class Metrics(Protocol):
 
 
 class TaskData(Protocol):
-    """A task's train and eval splits (``datasets.Dataset``) and where they came from."""
+    """A task's splits (``datasets.Dataset``), where they came from, and which one chooses the best checkpoint.
+
+    ``val`` (or None) chooses the best checkpoint and stops early; ``eval`` is then scored once at the
+    end. Without ``val``, ``eval`` does both, and ``selection`` says so in words.
+    """
 
     train: Any
     eval: Any
+    val: Any
     source: str
+    selection: str
 
 
 class Task(ABC):

@@ -168,9 +168,9 @@ class SeqClsTask(Task):
     def load_eval_data(
         self, dataset: str | None, *, info: dict[str, Any], seed: int, **options: Any
     ) -> TextClassificationData:
-        """Data to evaluate an artifact on, with the artifact's label ids (``info["labels"]``); a single
-        class is enough (only a classifier's training data needs two)."""
-        data = self.load_data(dataset, seed=seed, min_train_classes=1, **options)
+        """Data to evaluate an artifact on, with the artifact's label ids (``info["labels"]``); no validation
+        split, and a single class is enough (only a classifier's training data needs two)."""
+        data = self.load_data(dataset, seed=seed, **{**options, "val_size": 0, "min_train_classes": 1})
         labels = list(info["labels"])
         unknown = sorted(set(data.labels) - set(labels))
         if unknown:

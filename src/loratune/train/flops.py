@@ -84,20 +84,64 @@ class FlopSampler:
         self.tokens = int(state.get("tokens", 0))
 
 
-def matmul_peak_flops(device: torch.device | str = "cpu", precision: str = "fp32", n: int = 2048, repeats: int = 5):
-    """Best-of-``repeats`` FLOP/s of an ``n x n`` matmul in the precision's dtype (``auto``: fp32)."""
+def matmul_peak_flops(
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    n: int | None = None,
+    repeats: int | None = None,
+    iters: int = 10,
+) -> float:
+    """Best-of-``repeats`` FLOP/s of an ``n x n`` matmul in the precision's dtype (``auto``: fp32).
+
+    On CPU (``n`` 2048, ``repeats`` 5) each product is timed with ``perf_counter``. On CUDA (``n`` 8192,
+    ``repeats`` 3) each timing spans ``iters`` back-to-back products, measured with CUDA events on
+    ``device`` itself, so that launch latency does not count; when the matrices do not fit, ``n`` halves.
+    The CUDA matrices raise torch's peak-allocation statistic: read peak memory before calling this.
+    """
     device = torch.device(device)
     dtype = DTYPES.get(precision, torch.float32)
+    if device.type == "cuda":
+        return _cuda_matmul_peak(device, dtype, n or 8192, repeats or 3, iters)
+    n, repeats = n or 2048, repeats or 5
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with torch.no_grad():
         torch.mm(a, b)  # warm-up: kernel selection, page faults
-        sync()
         best = float("inf")
         for _ in range(repeats):
             t0 = time.perf_counter()
             torch.mm(a, b)
-            sync()
             best = min(best, time.perf_counter() - t0)
     return 2.0 * n**3 / best
+
+
+def _cuda_matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int, iters: int) -> float:
+    """FLOP/s of ``n x n`` products on a CUDA device, halving ``n`` (down to 1024) while they do not fit."""
+    with torch.cuda.device(device), torch.no_grad():
+        while True:
+            try:
+                return 2.0 * n**3 / _cuda_matmul_seconds(device, dtype, n, repeats, iters)
+            except torch.cuda.OutOfMemoryError:
+                if n <= 1024:
+                    raise
+                n //= 2
+            finally:
+                torch.cuda.empty_cache()  # hand the benchmark's blocks back to the device
+
+
+def _cuda_matmul_seconds(device: torch.device, dtype: torch.dtype, n: int, repeats: int, iters: int) -> float:
+    """Best time of one ``n x n`` product, each timing over ``iters`` products between two CUDA events."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    torch.mm(a, b, out=out)  # warm-up: kernel selection
+    best = float("inf")
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            torch.mm(a, b, out=out)
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) / 1000.0 / iters)  # elapsed_time is in ms
+    return best

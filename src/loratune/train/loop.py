@@ -202,6 +202,10 @@ class _Loop:
     def restore(self) -> None:
         """Continue from the newest checkpoint in ``run_dir``: weights, optimizer, RNG, counters."""
         ckpt = load_checkpoint(latest_checkpoint(self.run_dir), self.optimizer, self.scheduler)
+        # this invocation's schedule sets the learning rate from here (the same one, unless --max-steps grew)
+        sched = self.scheduler
+        for group, base, factor in zip(self.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas, strict=True):
+            group["lr"] = base * factor(sched.last_epoch)
         named = dict(self.model.named_parameters())
         with torch.no_grad():
             for name, tensor in ckpt.trainable_state.items():

@@ -101,74 +101,67 @@ def training_figure(records: list[dict[str, Any]], *, title: str = "", best: dic
 
     Works with a single epoch, and with no eval records (the right panel then says so).
     """
-    train = [r for r in records if r.get("type", "train") == "train" and _num(r.get("loss")) is not None]
-    evals = [r for r in records if r.get("type") == "eval"]
-
     fig = Figure(figsize=(11, 4.2), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     ax_loss, ax_eval = fig.subplots(1, 2)
-
-    # Left: training loss per step, and each epoch's mean as a segment over that epoch's steps.
-    if train:
-        steps = [int(r.get("step", i + 1)) for i, r in enumerate(train)]
-        losses = [float(r["loss"]) for r in train]
-        ax_loss.plot(steps, losses, color="tab:blue", alpha=0.45, lw=1, label="loss per step")
-        by_epoch: dict[int, list[tuple[int, float]]] = defaultdict(list)
-        for s, loss, r in zip(steps, losses, train, strict=True):
-            by_epoch[_epoch_index(r.get("epoch"))].append((s, loss))
-        for n, (_ep, pts) in enumerate(sorted(by_epoch.items())):
-            lo, hi = min(s for s, _ in pts), max(s for s, _ in pts)
-            mean = sum(v for _, v in pts) / len(pts)
-            ax_loss.hlines(mean, lo, hi, colors="tab:orange", lw=2.5, label="epoch mean" if n == 0 else None)
-            ax_loss.plot([(lo + hi) / 2], [mean], "o", color="tab:orange", ms=5)
-            ax_loss.annotate(
-                f"{mean:.3f}",
-                ((lo + hi) / 2, mean),
-                textcoords="offset points",
-                xytext=(0, 7),
-                ha="center",
-                fontsize=8,
-                color="tab:orange",
-            )
-        ax_loss.legend(loc="upper right", fontsize=8)
-    else:
-        ax_loss.text(0.5, 0.5, "no training records", ha="center", va="center", transform=ax_loss.transAxes)
-        ax_loss.set_yticks([])
-        ax_loss.set_xticks([])
-    ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("training loss")
-    ax_loss.set_title("Training loss")
-    ax_loss.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_loss.grid(alpha=0.3)
-
-    # Right: validation metrics per epoch.
-    plotted = [(label, pts) for label, keys in _EVAL_SERIES if (pts := _series(evals, keys))]
-    if not plotted:
-        plotted = [(label, pts) for label, keys in _EVAL_FALLBACK if (pts := _series(evals, keys))]
-    if plotted:
-        for (label, pts), color in zip(plotted, ("tab:green", "tab:purple", "tab:red"), strict=False):
-            xs, ys = zip(*pts, strict=True)
-            ax_eval.plot(xs, ys, "o-", color=color, label=label, ms=5)
-        _mark_best(ax_eval, evals, best, plotted)
-        ax_eval.margins(x=0.08)
-        all_y = [y for _, pts in plotted for _, y in pts]
-        lo, hi = min(all_y), max(all_y)
-        pad = max((hi - lo) * 0.15, 0.02 * max(abs(hi), 1.0))
-        ax_eval.set_ylim(lo - pad, hi + pad * 1.5)
-        all_x = [x for _, pts in plotted for x, _ in pts]
-        if min(all_x) == max(all_x):
-            ax_eval.set_xlim(all_x[0] - 1, all_x[0] + 1)
-        ax_eval.legend(loc="lower right", fontsize=8)
-    else:
-        ax_eval.text(0.5, 0.5, "no validation records", ha="center", va="center", transform=ax_eval.transAxes)
-        ax_eval.set_yticks([])
-        ax_eval.set_xticks([])
-    ax_eval.set_xlabel("epoch")
-    ax_eval.set_ylabel("validation metric")
-    ax_eval.set_title("Validation")
-    ax_eval.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_eval.grid(alpha=0.3)
-
+    train = [r for r in records if r.get("type", "train") == "train" and _num(r.get("loss")) is not None]
+    _loss_panel(ax_loss, train)
+    _eval_panel(ax_eval, [r for r in records if r.get("type") == "eval"], best)
+    for ax, title_text, xlabel, ylabel in (
+        (ax_loss, "Training loss", "step", "training loss"),
+        (ax_eval, "Validation", "epoch", "validation metric"),
+    ):
+        ax.set(title=title_text, xlabel=xlabel, ylabel=ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
     return fig
+
+
+def _empty(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    ax.set_yticks([])
+    ax.set_xticks([])
+
+
+def _loss_panel(ax: Any, train: list[dict[str, Any]]) -> None:
+    """The training loss per step, and each epoch's mean as a labelled segment over that epoch's steps."""
+    if not train:
+        return _empty(ax, "no training records")
+    steps = [int(r.get("step", i + 1)) for i, r in enumerate(train)]
+    losses = [float(r["loss"]) for r in train]
+    ax.plot(steps, losses, color="tab:blue", alpha=0.45, lw=1, label="loss per step")
+    by_epoch: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    for s, loss, r in zip(steps, losses, train, strict=True):
+        by_epoch[_epoch_index(r.get("epoch"))].append((s, loss))
+    for n, (_ep, pts) in enumerate(sorted(by_epoch.items())):
+        lo, hi = min(s for s, _ in pts), max(s for s, _ in pts)
+        mean = sum(v for _, v in pts) / len(pts)
+        ax.hlines(mean, lo, hi, colors="tab:orange", lw=2.5, label="epoch mean" if n == 0 else None)
+        ax.plot([(lo + hi) / 2], [mean], "o", color="tab:orange", ms=5)
+        ax.annotate(f"{mean:.3f}", ((lo + hi) / 2, mean), textcoords="offset points", xytext=(0, 7), ha="center",
+                    fontsize=8, color="tab:orange")  # fmt: skip
+    ax.legend(loc="upper right", fontsize=8)
+
+
+def _eval_panel(ax: Any, evals: list[dict[str, Any]], best: dict[str, Any] | None) -> None:
+    """The validation metrics per evaluation (the loss or perplexity when there is no other), the kept one starred."""
+    plotted = [(label, pts) for label, keys in _EVAL_SERIES if (pts := _series(evals, keys))]
+    if not plotted:
+        plotted = [(label, pts) for label, keys in _EVAL_FALLBACK if (pts := _series(evals, keys))]
+    if not plotted:
+        return _empty(ax, "no validation records")
+    for (label, pts), color in zip(plotted, ("tab:green", "tab:purple", "tab:red"), strict=False):
+        xs, ys = zip(*pts, strict=True)
+        ax.plot(xs, ys, "o-", color=color, label=label, ms=5)
+    _mark_best(ax, evals, best, plotted)
+    ax.margins(x=0.08)
+    all_y = [y for _, pts in plotted for _, y in pts]
+    lo, hi = min(all_y), max(all_y)
+    pad = max((hi - lo) * 0.15, 0.02 * max(abs(hi), 1.0))
+    ax.set_ylim(lo - pad, hi + pad * 1.5)
+    all_x = [x for _, pts in plotted for x, _ in pts]
+    if min(all_x) == max(all_x):
+        ax.set_xlim(all_x[0] - 1, all_x[0] + 1)
+    ax.legend(loc="lower right", fontsize=8)

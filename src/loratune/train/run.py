@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import random
-import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -33,13 +34,13 @@ import loratune
 from loratune.artifacts import TASK_FILE, base_fingerprint
 from loratune.data.batching import LengthGroupedBatchSampler
 from loratune.errors import RunError
-from loratune.fsutil import atomic_dir, atomic_write_json
-from loratune.lora import LoraConfig, parameter_report, write_adapter
+from loratune.fsutil import LOCK_FILE, atomic_dir, atomic_write_json, clear_folder, folder_lock
+from loratune.lora import LoraConfig, load_adapter, parameter_report, write_adapter
 from loratune.models import default_target_modules, head_module_names, hub_id, load_tokenizer
 from loratune.prepare import Preparation, prepare_model
 from loratune.tasks import Task, TaskData, get_task
 from loratune.train.checkpoint import latest_checkpoint
-from loratune.train.config import RunConfig
+from loratune.train.config import RunConfig, flag_of, resumable_options, resume_conflicts
 from loratune.train.evaluate import evaluate
 from loratune.train.flops import matmul_peak_flops
 from loratune.train.host_memory import freed_memory_kept
@@ -64,7 +65,7 @@ def check_output_dir(cfg: RunConfig) -> Path:
     out = Path(cfg.output)
     if out.exists() and not out.is_dir():
         raise RunError(f"--output {out} is a file; pass a folder path")
-    non_empty = out.is_dir() and any(out.iterdir())
+    non_empty = out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir())
     if cfg.resume:
         if latest_checkpoint(out) is None:
             raise RunError(f"no checkpoint in {out}/checkpoints to resume from; drop --resume to start a fresh run")
@@ -81,6 +82,41 @@ def check_output_dir(cfg: RunConfig) -> Path:
     return out
 
 
+def check_resume(cfg: RunConfig, out: Path) -> None:
+    """Refuse a --resume whose options would change the run its checkpoints come from."""
+    try:
+        saved = json.loads((out / RUN_CONFIG).read_text())
+    except (OSError, ValueError):
+        raise RunError(f"{out / RUN_CONFIG} is missing or unreadable, so --resume cannot check its options; "
+                       "start a fresh run with --overwrite") from None  # fmt: skip
+    changed = resume_conflicts(saved, cfg)
+    if changed:
+        allowed = ", ".join(flag_of(name) for name in resumable_options() if name not in ("resume", "output"))
+        raise RunError(
+            f"--resume cannot change the options of the run in {out}: {'; '.join(changed)}; pass them as before, "
+            f"or start a fresh run with --overwrite (may change on resume: {allowed}, and --max-steps upward)"
+        )
+
+
+def usable_max_length(requested: int, model: nn.Module, tokenizer: Any) -> int:
+    """``requested``, or the model's number of positions if that is fewer (with a one-line warning).
+
+    RoBERTa-style position embeddings reserve ``padding_idx + 1`` positions; a tokenizer may know a
+    smaller limit (``model_max_length``).
+    """
+    limits = [getattr(getattr(model, "config", None), "max_position_embeddings", None)]
+    positions = next((m for n, m in model.named_modules() if n.endswith("position_embeddings")), None)
+    if limits[0] and isinstance(positions, nn.Embedding) and positions.padding_idx is not None:
+        limits[0] -= positions.padding_idx + 1
+    limits.append(getattr(tokenizer, "model_max_length", None))
+    limit = min((n for n in limits if isinstance(n, int) and 0 < n < 1_000_000), default=None)
+    if limit is None or requested <= limit:
+        return requested
+    print(f"warning: --max-length {requested} is more than the {limit} positions {type(model).__name__} has; "
+          f"using {limit}", file=sys.stderr, flush=True)  # fmt: skip
+    return limit
+
+
 @dataclass
 class Prepared:
     """Everything a run needs, built and checked before the output folder is touched."""
@@ -94,11 +130,21 @@ class Prepared:
     precision: str
     fingerprint: str | None
     preparation: Preparation
+    max_length: int  # --max-length, or the model's positions if fewer
 
 
 def data_options(cfg: RunConfig) -> dict[str, Any]:
     """The data options of ``cfg``, as ``Task.load_data`` takes them."""
-    names = ("train_file", "eval_file", "text_column", "label_column", "encoding", "train_size", "eval_size")
+    names = (
+        "train_file",
+        "eval_file",
+        "text_column",
+        "label_column",
+        "encoding",
+        "train_size",
+        "eval_size",
+        "val_size",
+    )
     return {name: getattr(cfg, name) for name in names}
 
 
@@ -131,6 +177,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     torch.manual_seed(cfg.seed)  # the new head's initialisation
     model = task.load_model(cfg.model, data, trust_remote_code=cfg.trust_remote_code)
+    max_length = usable_max_length(cfg.max_length, model, tokenizer)
     fingerprint = base_fingerprint(model)
     adapter = lora_config(cfg, task, model) if cfg.method == "lora" else None
     prepare_model(model, adapter, precision=precision, kernels=cfg.kernels,
@@ -139,7 +186,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     done = loratune.preparation(model)
     for note in done.notes:
         print(f"note: {note}", flush=True)
-    return Prepared(cfg, task, data, tokenizer, model, device, precision, fingerprint, done)
+    return Prepared(cfg, task, data, tokenizer, model, device, precision, fingerprint, done, max_length)
 
 
 def task_info(prep: Prepared) -> dict[str, Any]:
@@ -152,7 +199,7 @@ def task_info(prep: Prepared) -> dict[str, Any]:
         "base_model": cfg.model,
         "base_model_hub_id": hub_id(cfg.model),
         "base_model_fingerprint": prep.fingerprint,
-        "max_length": cfg.max_length,
+        "max_length": prep.max_length,
         "data": {"dataset": cfg.dataset, **data_options(cfg), "seed": cfg.seed},
         "loratune_version": loratune.__version__,
     }
@@ -174,30 +221,52 @@ def save_artifact(prep: Prepared, out: Path, metrics: dict[str, Any] | None = No
     return target
 
 
-def make_loaders(prep: Prepared) -> tuple[DataLoader, DataLoader]:
+@dataclass
+class Loaders:
+    """The run's batches: training, the evaluations that choose the best checkpoint, and the final test."""
+
+    train: DataLoader
+    select: DataLoader  # the validation split, else the eval split
+    test: DataLoader | None  # the eval split, scored once at the end, when a validation split chooses
+
+
+def make_loaders(prep: Prepared) -> Loaders:
     cfg, task = prep.cfg, prep.task
     collator = task.collator(
         prep.tokenizer,
-        max_length=cfg.max_length if cfg.padding == "max_length" else None,
+        max_length=prep.max_length if cfg.padding == "max_length" else None,
         pad_to_multiple_of=cfg.pad_to_multiple_of if cfg.pad_to_multiple_of > 1 else None,
     )
-    train_tok = task.tokenize(prep.data.train, prep.tokenizer, cfg.max_length)
-    eval_tok = task.tokenize(prep.data.eval, prep.tokenizer, cfg.max_length)
-    train_sampler = LengthGroupedBatchSampler(
-        train_tok["length"],
-        cfg.batch_size,
-        shuffle=True,
-        seed=cfg.seed,
-        mega_batches=50 if cfg.group_by_length else 1,  # 1: random batches, nothing grouped
-    )
-    eval_sampler = LengthGroupedBatchSampler(eval_tok["length"], cfg.batch_size * 2, shuffle=False)
     # A private generator: creating the loader's iterator must not draw from the global RNG,
     # or a resumed run's dropout masks would differ from an uninterrupted run's.
     kwargs = {"collate_fn": collator, "generator": torch.Generator().manual_seed(cfg.seed)}
-    return (
-        DataLoader(train_tok, batch_sampler=train_sampler, **kwargs),
-        DataLoader(eval_tok, batch_sampler=eval_sampler, **kwargs),
-    )
+
+    def loader(split: Any, shuffle: bool) -> DataLoader:
+        tokens = task.tokenize(split, prep.tokenizer, prep.max_length)
+        if shuffle:  # mega_batches=1: random batches, nothing grouped
+            sampler = LengthGroupedBatchSampler(tokens["length"], cfg.batch_size, shuffle=True, seed=cfg.seed,
+                                                mega_batches=50 if cfg.group_by_length else 1)  # fmt: skip
+        else:
+            sampler = LengthGroupedBatchSampler(tokens["length"], cfg.batch_size * 2, shuffle=False)
+        return DataLoader(tokens, batch_sampler=sampler, **kwargs)
+
+    data = prep.data
+    train_loader, eval_loader = loader(data.train, True), loader(data.eval, False)
+    if data.val is None:
+        return Loaders(train_loader, eval_loader, None)
+    return Loaders(train_loader, loader(data.val, False), eval_loader)
+
+
+def test_kept(prep: Prepared, out: Path, loader: DataLoader) -> dict[str, Any]:
+    """The eval split's metrics for the kept evaluation's weights (the saved artifact), scored once."""
+    if prep.cfg.method == "lora":
+        load_adapter(prep.model, out / ADAPTER_DIR, adapter_name="kept")  # and make it the active one
+    else:
+        state: dict[str, torch.Tensor] = {}
+        for shard in sorted((out / MODEL_DIR).glob("*.safetensors")):
+            state.update(load_file(shard, device=str(prep.device)))
+        prep.model.load_state_dict(state, strict=False)  # tied weights are saved once
+    return evaluate(prep.model, loader, prep.task.metrics(prep.data), device=prep.device, precision=prep.precision)
 
 
 def loop_config(cfg: RunConfig) -> LoopConfig:
@@ -219,25 +288,34 @@ def loop_config(cfg: RunConfig) -> LoopConfig:
 
 
 def run_training(cfg: RunConfig) -> dict[str, Any]:
-    """Train as ``cfg`` says; return the summary (also written to ``summary.json``)."""
+    """Train as ``cfg`` says; return the summary (also written to ``summary.json``).
+
+    The run folder is locked for the whole run: a second run into it stops at once with an error.
+    """
     cfg.validate()
+    with folder_lock(cfg.output):
+        return _run(cfg)
+
+
+def _run(cfg: RunConfig) -> dict[str, Any]:
     out = check_output_dir(cfg)  # cheap checks first
+    if cfg.resume:
+        check_resume(cfg, out)
     if cfg.report_to == "tensorboard":
         tensorboard_writer()  # installed?
     prep = prepare(cfg)
-    train_loader, eval_loader = make_loaders(prep)
+    loaders = make_loaders(prep)
     # All input is valid: now the output folder may change.
-    if cfg.overwrite and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if cfg.overwrite:
+        clear_folder(out)
     atomic_write_json(out / RUN_CONFIG, asdict(cfg))
     reset_peak_cuda(prep.device)
     report = parameter_report(prep.model)
-    run_eval = functools.partial(evaluate, prep.model, eval_loader, device=prep.device, precision=prep.precision)
+    run_eval = functools.partial(evaluate, prep.model, loaders.select, device=prep.device, precision=prep.precision)
     started = time.perf_counter()
     result = train(
         prep.model,
-        train_loader,
+        loaders.train,
         config=loop_config(cfg),
         device=prep.device,
         precision=prep.precision,
@@ -251,8 +329,9 @@ def run_training(cfg: RunConfig) -> dict[str, Any]:
     )
     wall = time.perf_counter() - started
     peak_memory = peak_memory_bytes(prep.device)  # before the matmul peak allocates its matrices
+    test = test_kept(prep, out, loaders.test) if loaders.test is not None and not result.paused else None
     peak = matmul_peak_flops(prep.device, prep.precision)
-    summary = build_summary(prep, result, report, out, wall, peak, peak_memory)
+    summary = build_summary(prep, result, report, out, wall, peak, peak_memory, test)
     atomic_write_json(out / "summary.json", summary)
     records = read_metrics(out / "metrics.jsonl")
     plot_training_curves(records, out / "curves.png", title=summary["title"], best=result.best)
@@ -277,8 +356,17 @@ def _speed(result: LoopResult, matmul_peak: float | None) -> dict[str, Any]:
 
 
 def build_summary(
-    prep: Prepared, result: LoopResult, report, out: Path, wall: float, matmul_peak: float | None, peak_memory: int
+    prep: Prepared,
+    result: LoopResult,
+    report,
+    out: Path,
+    wall: float,
+    matmul_peak: float | None,
+    peak_memory: int,
+    test: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """summary.json: ``best``/``final`` are the evaluations that chose the checkpoint; ``test`` the
+    eval split scored once with the kept weights, when a validation split chose them."""
     cfg, done = prep.cfg, prep.preparation
     artifact = out / (ADAPTER_DIR if cfg.method == "lora" else MODEL_DIR)
     return {
@@ -291,9 +379,12 @@ def build_summary(
         **prep.task.artifact_info(prep.data),
         "train_examples": len(prep.data.train),
         "eval_examples": len(prep.data.eval),
+        "val_examples": len(prep.data.val) if prep.data.val is not None else None,
+        "selection": prep.data.selection,
         "final": _without_matrix(result.last_eval),
         "best": _without_matrix(result.best),
         "confusion_matrix": (result.best or {}).get("confusion_matrix"),
+        "test": test,
         "steps": result.steps,
         "epochs": round(result.epochs_done, 4),
         "stopped_early": result.stopped_early,
