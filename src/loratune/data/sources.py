@@ -14,6 +14,8 @@ import importlib.util
 import logging
 import math
 import re
+import shutil
+import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -380,7 +382,8 @@ def _not_found(err: BaseException) -> bool:
 def _read_dataset(path: Path, encoding: str | None = None) -> datasets.Dataset:
     """Read one file with the ``datasets`` builder for its suffix; errors become DataError.
 
-    A text file is read as ``encoding`` (default UTF-8); see ``text_errors`` for one that does not decode.
+    A text file is read as ``encoding`` (default UTF-8); one that is not valid UTF-8, with no ``encoding``
+    given, is read with its undecodable bytes replaced (``text_errors`` warns of it).
     """
     suffix = path.suffix.lower()
     if suffix not in FILE_FORMATS:
@@ -389,10 +392,10 @@ def _read_dataset(path: Path, encoding: str | None = None) -> datasets.Dataset:
         )
     builder, kwargs = FILE_FORMATS[suffix]
     try:
-        if builder != "parquet":
-            errors = text_errors(str(path), _chunks(path), encoding, replace=builder == "csv")
-            kwargs = {**kwargs, "encoding": encoding or "utf-8", "encoding_errors": errors}
-        return _load_file(builder, path, kwargs)
+        if builder != "parquet" and text_errors(str(path), _chunks(path), encoding) == "replace":
+            with tempfile.TemporaryDirectory() as tmp:  # datasets 4.x cannot decode with replacement
+                return _load_file(builder, _utf8_copy(path, Path(tmp)), kwargs)
+        return _load_file(builder, path, {**kwargs, **({"encoding": encoding} if encoding else {})})
     except DataError:
         raise
     except Exception as err:  # mapped to one DataError below
@@ -416,11 +419,11 @@ def check_encoding(encoding: str | None) -> None:
         ) from None
 
 
-def text_errors(name: str, chunks: Iterable[bytes], encoding: str | None, *, replace: bool = True) -> str:
+def text_errors(name: str, chunks: Iterable[bytes], encoding: str | None) -> str:
     """How to decode the bytes of file ``name``: ``"strict"`` when they are valid ``encoding`` (default UTF-8).
 
-    When they are not: with no ``encoding`` given and ``replace``, ``"replace"`` (undecodable bytes become
-    U+FFFD) and a one-line warning naming the file, the first bad line and --encoding; else a DataError.
+    When they are not: with no ``encoding`` given, ``"replace"`` (undecodable bytes become U+FFFD) and a
+    one-line warning naming the file, the first bad line and --encoding; with one, a DataError.
     """
     decoder = codecs.getincrementaldecoder(encoding or "utf-8")()
     lines = 0
@@ -433,7 +436,7 @@ def text_errors(name: str, chunks: Iterable[bytes], encoding: str | None, *, rep
     except UnicodeDecodeError as err:
         line = lines + err.object[: err.start].count(b"\n") + 1
         bad = f"line {line} has byte 0x{err.object[err.start]:02x}"
-    if encoding is None and replace:
+    if encoding is None:
         log.warning(
             "%s is not valid UTF-8 (%s): undecodable bytes become U+FFFD; pass --encoding (e.g. latin-1) "
             "to read it exactly",
@@ -441,13 +444,23 @@ def text_errors(name: str, chunks: Iterable[bytes], encoding: str | None, *, rep
             bad,
         )
         return "replace"
-    codec = encoding or "UTF-8"
-    raise DataError(f"{name} is not valid {codec} ({bad}); pass the file's --encoding, e.g. latin-1 or cp1252.")
+    raise DataError(f"{name} is not valid {encoding} ({bad}); pass the file's --encoding, e.g. latin-1 or cp1252.")
 
 
 def _chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
     with path.open("rb") as f:
         yield from iter(lambda: f.read(size), b"")
+
+
+def _utf8_copy(path: Path, folder: Path) -> Path:
+    """A UTF-8 copy of ``path`` in ``folder`` (same name), undecodable bytes replaced, line ends kept."""
+    copy = folder / path.name
+    with (
+        path.open(encoding="utf-8", errors="replace", newline="") as src,
+        copy.open("w", encoding="utf-8", newline="") as dst,
+    ):
+        shutil.copyfileobj(src, dst)
+    return copy
 
 
 def _load_file(builder: str, path: Path, kwargs: dict[str, Any]) -> datasets.Dataset:
