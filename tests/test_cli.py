@@ -137,6 +137,9 @@ def test_full_finetuning_writes_model_and_evaluates(tiny_model_dir, toy_data, tm
                                        "--lr", "1e-3"), capsys)  # fmt: skip
     assert code == 0, err
     assert (out / "model" / "model.safetensors").is_file() and not (out / "adapter").exists()
+    from loratune.fsutil import umask
+
+    assert (out / "model" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask()  # not safetensors' 0600
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trainable_params"] == summary["total_params"]
     assert summary["frozen_linears_in_compute_dtype"] == 0  # nothing is frozen
