@@ -74,6 +74,14 @@ def tiny_gpt2_lm(seed: int = 0):
     return GPT2LMHeadModel(cfg).eval()
 
 
+@pytest.fixture(params=[0o022, 0o027], ids=["umask022", "umask027"])
+def umask(request) -> int:
+    """The process umask set to 022 (then 027) for the test, and restored after it."""
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

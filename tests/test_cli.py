@@ -107,9 +107,10 @@ def test_train_all_option_groups_then_eval_and_predict(tiny_model_dir, toy_data,
     )
     texts = tmp_path / "texts.txt"
     texts.write_text("great fun\n\nterrible plot\n")
-    code, stdout, _ = run(["predict", "--adapter", str(adapter), "--file", str(texts), "--json"], capsys)
+    code, stdout, err = run(["predict", "--adapter", str(adapter), "--file", str(texts), "--json"], capsys)
     preds = [json.loads(line) for line in stdout.splitlines()]
-    assert [p["text"] for p in preds] == ["great fun", "terrible plot"]  # the blank line is skipped
+    assert [(p["line"], p["text"]) for p in preds] == [(1, "great fun"), (2, ""), (3, "terrible plot")]
+    assert err == f"warning: line 2 of {texts} is empty; its prediction is for an empty text\n"
     assert set(preds[0]["probs"]) == {"negative", "positive"} and sum(preds[0]["probs"].values()) == pytest.approx(1)
 
 
@@ -136,6 +137,9 @@ def test_full_finetuning_writes_model_and_evaluates(tiny_model_dir, toy_data, tm
                                        "--lr", "1e-3"), capsys)  # fmt: skip
     assert code == 0, err
     assert (out / "model" / "model.safetensors").is_file() and not (out / "adapter").exists()
+    from loratune.fsutil import umask
+
+    assert (out / "model" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask()  # not safetensors' 0600
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trainable_params"] == summary["total_params"]
     assert summary["frozen_linears_in_compute_dtype"] == 0  # nothing is frozen

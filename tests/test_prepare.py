@@ -114,3 +114,18 @@ def test_prepare_model_checks_its_arguments():
         prepare_model(tiny_bert_cls(), None, precision="auto")
     with pytest.raises(ValueError, match="kernels must be one of lean, torch"):
         prepare_model(tiny_bert_cls(), None, kernels="fast")
+
+
+def test_activation_checkpointing_is_enabled_without_a_future_warning():
+    """transformers 5.24 renamed gradient_checkpointing_enable; prepare_model uses the new name where it exists."""
+    import warnings
+
+    from conftest import tiny_bert_cls
+    from loratune import LoraConfig, prepare_model
+
+    model = tiny_bert_cls()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prepare_model(model, LoraConfig(r=2, target_modules=["query"]), precision="fp32", gradient_checkpointing=True)
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
+    assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules())

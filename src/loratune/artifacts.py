@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from loratune.errors import AdapterFileError, AdapterShapeError
-from loratune.lora import load_adapter, read_adapter_config
+from loratune.errors import AdapterFileError, AdapterShapeError, LoratuneError
+from loratune.lora import load_adapter, read_adapter_config, read_adapter_shapes
+from loratune.lora.io import PICKLE_WEIGHTS_NAME, WEIGHTS_NAME
 from loratune.models import load_model_for_sequence_classification, load_tokenizer, use_tokenizer_pad_id
 
 TASK_FILE = "loratune.json"
@@ -46,14 +47,24 @@ class Loaded:
 
 
 def read_task_info(folder: Path) -> dict[str, Any]:
+    """``loratune.json`` of an artifact folder (``{}`` when absent), its fields' types checked."""
     path = folder / TASK_FILE
     if not path.is_file():
         return {}
     try:
-        info = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise AdapterFileError(f"{path} is not valid JSON ({err}); re-save the adapter") from None
-    return info if isinstance(info, dict) else {}
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # ValueError: not JSON, or not UTF-8
+        raise AdapterFileError(f"{path} is not valid JSON ({_first_line(err)}); re-save the adapter") from None
+    if not isinstance(info, dict):
+        raise AdapterFileError(f"{path} does not hold a JSON object; re-save the adapter")
+    if not isinstance(info.get("data", {}), dict | None):
+        raise AdapterFileError(f"{path}: 'data' must be an object of data options, got {info['data']!r}; fix it")
+    labels, max_length = info.get("labels"), info.get("max_length")
+    if labels is not None and not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)):
+        raise AdapterFileError(f"{path}: 'labels' must be a non-empty list of names, got {labels!r}; re-save it")
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
+        raise AdapterFileError(f"{path}: 'max_length' must be a positive integer, got {max_length!r}; fix it")
+    return info
 
 
 def load_artifact(
@@ -70,56 +81,32 @@ def load_artifact(
     ``base_model_name_or_path``), or ``model`` to override; a base model other than the one the
     adapter was trained on is refused (shapes, or the embedding fingerprint when shapes agree).
     The base loads at ``revision``, or else at the hub revision it was trained at (``loratune.json``).
+    Every file is checked: a missing, corrupt or truncated one is an ``AdapterFileError``.
     """
     folder = Path(path)
     if not folder.is_dir():
-        raise AdapterFileError(f"--adapter {folder} does not exist; pass the adapter/ (or model/) folder of a run")
+        problem = "is a file" if folder.exists() else "does not exist"
+        raise AdapterFileError(f"--adapter {folder} {problem}; pass the adapter/ (or model/) folder of a run")
     info = read_task_info(folder)
-    is_adapter = (folder / "adapter_config.json").is_file()
-    if not is_adapter and not (folder / "config.json").is_file():
-        hint = " (did you mean its adapter/ subfolder?)" if (folder / "adapter").is_dir() else ""
-        raise AdapterFileError(
-            f"{folder} holds neither adapter_config.json nor config.json{hint}; pass an adapter or model folder"
-        )
-    tokenizer_src = str(folder) if (folder / "tokenizer_config.json").is_file() else None
-    if is_adapter:
-        peft_config = read_adapter_config(folder)
-        base = model or info.get("base_model") or peft_config.get("base_model_name_or_path")
-        if not base:
-            raise AdapterFileError(f"{folder} does not name its base model; pass --model NAME_OR_PATH")
-        labels = info.get("labels") or _labels_from_weights(folder)
-        if revision is None and base == info.get("base_model"):
+    if (folder / "adapter_config.json").is_file():
+        if revision is None and model in (None, info.get("base_model")):
             revision = info.get("base_model_revision")
-        net = load_model_for_sequence_classification(
-            base,
-            len(labels),
-            dict(enumerate(labels)),
-            {n: i for i, n in enumerate(labels)},
-            trust_remote_code=trust_remote_code,
-            revision=revision,
-        )
-        expected = info.get("base_model_fingerprint")
-        if expected and base_fingerprint(net) not in (None, expected):
-            raise AdapterShapeError(
-                f"adapter {folder} was trained on base model {info.get('base_model')!r}, and {base!r} is a "
-                f"different model (its embeddings differ); pass --model {info.get('base_model')}"
-            )
-        load_adapter(net, folder)
-        tokenizer = load_tokenizer(tokenizer_src or base, trust_remote_code=trust_remote_code,
-                                   revision=None if tokenizer_src else revision)  # fmt: skip
+        net, labels, base = _load_lora(folder, info, model, trust_remote_code, revision)
         kind = "lora"
-    else:
+    elif (folder / "config.json").is_file():
         if revision is not None:
             raise AdapterFileError(f"--revision pins a base model, and {folder} is a whole model; drop --revision")
-        from transformers import AutoModelForSequenceClassification
-
-        from loratune.models import _model_errors  # the same one-line errors as for base models
-
-        with _model_errors(str(folder)):
-            net = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        net, base = _load_full(folder, trust_remote_code), str(folder)
         labels = info.get("labels") or [net.config.id2label[i] for i in range(net.config.num_labels)]
-        tokenizer = load_tokenizer(tokenizer_src or str(folder), trust_remote_code=trust_remote_code)
+        if len(labels) != net.config.num_labels:
+            raise AdapterFileError(
+                f"{folder / TASK_FILE} names {len(labels)} labels but the model has {net.config.num_labels} "
+                "outputs; fix its 'labels'"
+            )
         kind = "full"
+    else:
+        raise AdapterFileError(_neither_config(folder))
+    tokenizer = _artifact_tokenizer(folder, base, trust_remote_code, revision)
     use_tokenizer_pad_id(net, tokenizer)
     info = {**info, "labels": labels}
     if model and info.get("base_model") and model != info["base_model"] and kind == "lora":
@@ -130,12 +117,79 @@ def load_artifact(
     return Loaded(net, tokenizer, info, kind)
 
 
+def _neither_config(folder: Path) -> str:
+    """The error for a folder that is neither an adapter nor a model, with the likely fix."""
+    if any((folder / name).is_file() for name in (WEIGHTS_NAME, PICKLE_WEIGHTS_NAME)):
+        return (
+            f"{folder} holds adapter weights but no adapter_config.json; copy that file from where the adapter "
+            "was saved, or re-save the adapter with PEFT's save_pretrained"
+        )
+    hint = " (did you mean its adapter/ subfolder?)" if (folder / "adapter").is_dir() else ""
+    return f"{folder} holds neither adapter_config.json nor config.json{hint}; pass an adapter or model folder"
+
+
+def _load_lora(
+    folder: Path, info: dict[str, Any], model: str | None, trust_remote_code: bool, revision: str | None
+) -> tuple[nn.Module, list[str], str]:
+    """The base model (at the hub ``revision``) with the adapter of ``folder`` loaded; its labels; its name."""
+    peft_config = read_adapter_config(folder)
+    base = model or info.get("base_model") or peft_config.get("base_model_name_or_path")
+    if not base:
+        raise AdapterFileError(f"{folder} does not name its base model; pass --model NAME_OR_PATH")
+    labels = info.get("labels") or _labels_from_weights(folder)
+    net = load_model_for_sequence_classification(
+        base,
+        len(labels),
+        dict(enumerate(labels)),
+        {n: i for i, n in enumerate(labels)},
+        trust_remote_code=trust_remote_code,
+        revision=revision,
+    )
+    expected = info.get("base_model_fingerprint")
+    if expected and base_fingerprint(net) not in (None, expected):
+        raise AdapterShapeError(
+            f"adapter {folder} was trained on base model {info.get('base_model')!r}, and {base!r} is a "
+            f"different model (its embeddings differ); pass --model {info.get('base_model')}"
+        )
+    load_adapter(net, folder)
+    return net, labels, base
+
+
+def _load_full(folder: Path, trust_remote_code: bool) -> nn.Module:
+    """A fully fine-tuned model saved with ``save_pretrained``."""
+    from transformers import AutoModelForSequenceClassification
+
+    from loratune.models import _model_errors  # the same one-line errors as for base models
+
+    with _model_errors(str(folder)):
+        return AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=trust_remote_code)
+
+
+def _artifact_tokenizer(folder: Path, base: str, trust_remote_code: bool, revision: str | None = None) -> Any:
+    """The tokenizer saved in ``folder``, else the base model's (at ``revision``); unreadable files are an error."""
+    if not (folder / "tokenizer_config.json").is_file():
+        return load_tokenizer(base, trust_remote_code=trust_remote_code, revision=revision)
+    try:
+        return load_tokenizer(str(folder), trust_remote_code=trust_remote_code)
+    except LoratuneError:
+        raise
+    except Exception as err:  # tokenizers raises plain Exceptions for a corrupt tokenizer.json
+        raise AdapterFileError(
+            f"the tokenizer files in {folder} cannot be read ({_first_line(err)}); re-save them, or delete "
+            "tokenizer_config.json there to use the base model's tokenizer"
+        ) from None
+
+
 def _labels_from_weights(folder: Path) -> list[str]:
     """Label names for an adapter without ``loratune.json`` (e.g. saved by PEFT): from the head size."""
-    from safetensors import safe_open
+    for key, shape in read_adapter_shapes(folder).items():
+        if key.endswith(("classifier.weight", "score.weight", "out_proj.weight")):
+            return [str(i) for i in range(shape[0])]
+    raise AdapterFileError(
+        f"{folder} has no loratune.json and its weights hold no classifier head; pass an adapter saved by "
+        "loratune train, or one that PEFT saved with task_type='SEQ_CLS' (which saves the head)"
+    )
 
-    with safe_open(str(folder / "adapter_model.safetensors"), "pt") as f:
-        for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
-            if key.endswith(("classifier.weight", "score.weight", "out_proj.weight")):
-                return [str(i) for i in range(f.get_slice(key).get_shape()[0])]
-    raise AdapterFileError(f"{folder} has no loratune.json and no classifier head; pass an adapter saved by a run")
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]

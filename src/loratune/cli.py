@@ -7,16 +7,23 @@ no traceback.
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
+import logging
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from loratune.errors import Interrupted, LoratuneError
 from loratune.train.options import add_train_options
 
+if TYPE_CHECKING:
+    from loratune.artifacts import Loaded
+
 DEFAULTS_NOTE = "defaults: the offline demo (--model minilm --dataset tweets)"
+ENCODING_HELP = "the text encoding of the {what}, e.g. latin-1 (default: UTF-8, bad bytes replaced with a warning)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,13 +35,43 @@ class _Parser(argparse.ArgumentParser):
 
 
 # ------------------------------------------------------------------------------------------ parser
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer ``>= low`` (argparse names the flag in its error)."""
+
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return integer
+
+
+def text_encoding(text: str) -> str:
+    """An argparse type: the name of a text encoding Python knows."""
+    try:
+        codecs.lookup(text)
+    except LookupError:
+        raise argparse.ArgumentTypeError(
+            f"unknown encoding {text!r}; pass one such as utf-8, latin-1 or cp1252"
+        ) from None
+    return text
+
+
 def _inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapter", required=True, help="the adapter/ (or model/) folder of a run")
     p.add_argument("--model", help="base model (default: the one the adapter names)")
     p.add_argument("--revision", help="the base model's hub revision (default: the one it was trained at)")
     p.add_argument("--device", help="cpu, cuda (default: cuda when present)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, help="default: the length the adapter was trained with")
+    p.add_argument("--batch-size", type=at_least(1), default=32)
+    p.add_argument(
+        "--max-length",
+        type=at_least(1),
+        help="default: the length the adapter was trained with (at most the model's positions)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--trust-remote-code", action="store_true")
 
@@ -70,11 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--eval-file", help="a labelled file to evaluate on")
     ev.add_argument("--text-column")
     ev.add_argument("--label-column")
-    ev.add_argument("--eval-size", type=int)
+    ev.add_argument("--eval-size", type=at_least(1))
+    ev.add_argument("--encoding", type=text_encoding, help=ENCODING_HELP.format(what="data files"))
     pr = sub.add_parser("predict", help="label texts with an adapter")
     _inference_options(pr)
     pr.add_argument("texts", nargs="*", help="texts to label")
-    pr.add_argument("--file", help="a file with one text per line ('-' for stdin)")
+    pr.add_argument("--file", help="a file with one text per line ('-' for stdin); --json records carry its line")
+    pr.add_argument("--encoding", type=text_encoding, help=ENCODING_HELP.format(what="--file"))
     cmp = sub.add_parser(
         "compare",
         help="measure full fine-tuning vs LoRA, sweep ranks, pick a rank",
@@ -155,21 +194,37 @@ def _load(args: argparse.Namespace):
                          revision=args.revision)  # fmt: skip
 
 
+def _max_length(args: argparse.Namespace, loaded: Loaded) -> int:
+    """--max-length, refused above the model's positions; by default the adapter's, at most those positions."""
+    positions = getattr(loaded.model.config, "max_position_embeddings", None)
+    if args.max_length is not None:
+        if positions and args.max_length > positions:
+            raise LoratuneError(
+                f"--max-length {args.max_length} is more than the {positions} positions of the model "
+                f"(max_position_embeddings); pass --max-length {positions} or less"
+            )
+        return args.max_length
+    default = loaded.info.get("max_length", 256)
+    return min(default, positions) if positions else default
+
+
 def _eval_data(args: argparse.Namespace, task, info: dict[str, Any]):
     """The data ``eval`` scores: --eval-file, --dataset, or the data the artifact was trained on."""
     from loratune.errors import DataError
 
-    columns = {"text_column": args.text_column, "label_column": args.label_column}
+    options = {"text_column": args.text_column, "label_column": args.label_column, "encoding": args.encoding}
+    if args.eval_file and args.dataset is not None:
+        raise DataError("both --dataset and --eval-file were given; pass one of them")
     if args.eval_file:
         return task.load_eval_data(None, info=info, seed=42, train_file=args.eval_file, eval_file=args.eval_file,
-                                   **columns)  # fmt: skip
+                                   eval_size=args.eval_size, **options)  # fmt: skip
     recorded = dict(info.get("data") or {})
-    if args.dataset is not None:  # another dataset: only the column and size options carry over
-        return task.load_eval_data(args.dataset, info=info, seed=42, eval_size=args.eval_size, **columns)
+    if args.dataset is not None:  # another dataset: only the column, encoding and size options carry over
+        return task.load_eval_data(args.dataset, info=info, seed=42, eval_size=args.eval_size, **options)
     if recorded.get("dataset") is None and not recorded.get("train_file"):
         raise DataError("no data to evaluate on; pass --dataset NAME or --eval-file PATH")
     dataset, seed = recorded.pop("dataset", None), recorded.pop("seed", 42)
-    recorded.update({k: v for k, v in {**columns, "eval_size": args.eval_size}.items() if v is not None})
+    recorded.update({k: v for k, v in {**options, "eval_size": args.eval_size}.items() if v is not None})
     return task.load_eval_data(dataset, info=info, seed=seed, **recorded)
 
 
@@ -182,8 +237,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     loaded = _load(args)
     task = get_task(loaded.info.get("task", "seq-cls"))
+    max_length = _max_length(args, loaded)
     data = _eval_data(args, task, loaded.info)
-    max_length = args.max_length or loaded.info.get("max_length", 256)
     tokens = task.tokenize(data.eval, loaded.tokenizer, max_length)
     collate = task.collator(loaded.tokenizer, max_length=None, pad_to_multiple_of=None)
     sampler = LengthGroupedBatchSampler(tokens["length"], args.batch_size, shuffle=False)
@@ -199,17 +254,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_texts(args: argparse.Namespace) -> list[str]:
+def _file_lines(name: str, encoding: str | None) -> list[str]:
+    """The lines of --file (``-``: stdin) decoded as ``encoding``, blank ones too, without their line ends."""
+    from loratune.data.sources import text_errors
     from loratune.errors import DataError
 
-    texts = list(args.texts)
+    try:
+        data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+    except OSError as err:
+        raise DataError(f"cannot read --file {name} ({err.strerror}); pass a readable text file") from None
+    errors = text_errors("stdin" if name == "-" else name, [data], encoding)
+    text = data.decode(encoding or "utf-8", errors=errors).replace("\r\n", "\n")
+    return text.removesuffix("\n").split("\n") if text else []
+
+
+def read_texts(args: argparse.Namespace) -> list[tuple[str, int, str]]:
+    """The texts to label as ``(where, line, text)``: ``line`` is a text's position among the arguments,
+    or its line in --file; ``where`` names it for a message. Empty and blank texts are kept."""
+    from loratune.errors import DataError
+
+    texts = [(f"text argument {n}", n, text) for n, text in enumerate(args.texts, 1)]
     if args.file:
-        try:
-            stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8", errors="replace")  # noqa: SIM115
-            with stream:
-                texts += [line.rstrip("\n") for line in stream if line.strip()]
-        except OSError as err:
-            raise DataError(f"cannot read --file {args.file} ({err.strerror}); pass a readable text file") from None
+        name = "stdin" if args.file == "-" else args.file
+        texts += [(f"line {n} of {name}", n, text) for n, text in enumerate(_file_lines(args.file, args.encoding), 1)]
     if not texts:
         raise DataError('nothing to predict; pass texts as arguments ("a great film") or --file PATH')
     return texts
@@ -218,14 +285,18 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
 def cmd_predict(args: argparse.Namespace) -> int:
     from loratune.tasks import get_task
 
-    texts = _read_texts(args)
+    numbered = read_texts(args)
     loaded = _load(args)
     task = get_task(loaded.info.get("task", "seq-cls"))
-    max_length = args.max_length or loaded.info.get("max_length", 256)
+    max_length = _max_length(args, loaded)
+    for where, _, text in numbered:
+        if not text.strip():
+            print(f"warning: {where} is empty; its prediction is for an empty text", file=sys.stderr)
+    texts = [text for _, _, text in numbered]
     records = task.predict(loaded.model, loaded.tokenizer, texts, loaded.info, max_length=max_length,
                            batch_size=args.batch_size)  # fmt: skip
-    for record in records:
-        print(json.dumps(record) if args.json else task.format_prediction(record))
+    for (_, line, _), record in zip(numbered, records, strict=True):
+        print(json.dumps({"line": line, **record}) if args.json else task.format_prediction(record))
     return 0
 
 
@@ -238,12 +309,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "compare": cmd_compare}
 
 
+class _WarningLines(logging.Handler):
+    """loratune's log records on stderr as one line each: ``warning: <message>``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+
+
 def _quiet_libraries() -> None:
     """Keep the console for loratune's own output and for download progress.
 
     Library warnings and the per-item processing bars are off: datasets' own bars (map, "Tokenising",
     split generation) and transformers' (per-tensor "Loading weights"). huggingface_hub's download bars,
-    which model and dataset downloads both use, stay on.
+    which model and dataset downloads both use, stay on. loratune's own log warnings print as one
+    ``warning: ...`` line each.
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import datasets
@@ -256,6 +335,9 @@ def _quiet_libraries() -> None:
         transformers.logging.set_tqdm_hook(empty_tqdm)
     datasets.disable_progress_bars()  # datasets' bars only; huggingface_hub's are separate
     datasets.logging.set_verbosity_error()
+    own = logging.getLogger("loratune")
+    if not any(isinstance(h, _WarningLines) for h in own.handlers):
+        own.addHandler(_WarningLines(logging.WARNING))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -36,7 +36,9 @@ __all__ = [
     "atomic_write_text",
     "clear_folder",
     "folder_lock",
+    "follow_umask",
     "fsync_dir",
+    "umask",
 ]
 
 # Hidden temporary siblings are named ".<name><TMP_MARKER><random>"; cleaners may match on it.
@@ -92,6 +94,26 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | N
     """
     text = json.dumps(obj, indent=indent, ensure_ascii=False) + "\n"
     return atomic_write_text(path, text)
+
+
+def umask() -> int:
+    """The process umask: read from ``/proc/self/status`` where there is one (Linux), so it is never
+    changed, not even for a moment; elsewhere set and restored."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def follow_umask(path: str | os.PathLike[str]) -> None:
+    """Give the file ``path`` the mode a new file gets (``0o666`` less the umask), as ``open`` does.
+
+    For files that a library writes with a fixed mode (safetensors' ``save_file`` writes 0600).
+    """
+    os.chmod(path, 0o666 & ~umask())
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from loratune.errors import LoratuneError, ModelNotFoundError
@@ -367,11 +368,15 @@ def _model_errors(name: str) -> Iterator[None]:
 
 
 def _model_error_message(err: BaseException, name: str) -> str | None:
-    """The hub's exception types first (anywhere in the chain), then transformers' own loading errors.
+    """The hub's exception types first (anywhere in the chain), then a corrupt safetensors file, then
+    transformers' own loading errors.
 
     transformers raises the latter as plain OSError/ValueError, so their text is all there is to go by.
     """
     message = hub_error_message(err, "model", name, _INSTEAD)
+    if message is None and isinstance(err, SafetensorError):
+        detail = (str(err).strip().splitlines() or ["SafetensorError"])[0]
+        return f"a weights file of model '{name}' is corrupt or truncated ({detail}); save or download the model again"
     if message is not None or not isinstance(err, (OSError, ValueError)):
         return message
     low = str(err).lower()

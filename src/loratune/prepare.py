@@ -79,11 +79,21 @@ def prepare_model(
     else:
         add_lora(model, lora_config, adapter_name)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _enable_activation_checkpointing(model)
     keep_master_weights(model, precision)
     done.frozen_linears_stored = store_frozen_linears(model, precision)
     model.__dict__[_ATTR] = done
     return model
+
+
+def _enable_activation_checkpointing(model: nn.Module) -> None:
+    """Non-reentrant activation checkpointing, by its transformers >= 5.24 name where it exists (the
+    old name, ``gradient_checkpointing_enable``, then warns)."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def preparation(model: nn.Module) -> Preparation | None:

@@ -156,11 +156,57 @@ def test_train_and_eval_size_subsample_with_seed(tmp_path: Path) -> None:
     assert len(big.train) == 45 and len(big.val) == 5  # 10 % held out for validation
 
 
-def test_non_utf8_csv_is_read_with_replacement(tmp_path: Path) -> None:
+LATIN1_CSV = b"text,label\nfine,0\ncaf\xe9 ok,1\nmore,1\nless,0\n"
+LATIN1_JSONL = b'{"text": "caf\xe9", "label": 1}\n{"text": "tea", "label": 0}\n' * 3
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_non_utf8_file_is_read_with_replacement_and_one_warning(tmp_path: Path, caplog, capfd, suffix) -> None:
+    path = tmp_path / f"train{suffix}"
+    path.write_bytes(LATIN1_CSV if suffix == ".csv" else LATIN1_JSONL)
+    with caplog.at_level("WARNING"):
+        data = load_text_classification(str(path), eval_size=1)
+    texts = data.train["text"][:] + data.eval["text"][:]
+    assert ("caf\ufffd ok" if suffix == ".csv" else "caf\ufffd") in texts
+    (record,) = caplog.records
+    line = 3 if suffix == ".csv" else 1
+    assert record.getMessage() == (
+        f"{path} is not valid UTF-8 (line {line} has byte 0xe9): undecodable bytes become U+FFFD; "
+        "pass --encoding (e.g. latin-1) to read it exactly"
+    )
+    assert "Failed to read" not in capfd.readouterr().err  # no stray line from datasets
+
+
+def test_encoding_reads_a_latin1_file_exactly(tmp_path: Path, caplog) -> None:
+    csv_path, jsonl_path = tmp_path / "train.csv", tmp_path / "train.jsonl"
+    csv_path.write_bytes(LATIN1_CSV)
+    jsonl_path.write_bytes(LATIN1_JSONL)
+    with caplog.at_level("WARNING"):
+        data = load_text_classification(str(csv_path), eval_size=1, encoding="latin-1")
+        assert "café ok" in data.train["text"][:] + data.eval["text"][:]
+        data = load_text_classification(str(jsonl_path), eval_size=1, encoding="latin-1")
+        assert "café" in data.train["text"][:] + data.eval["text"][:]
+    assert not caplog.records
+
+
+def test_unreadable_file_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_csv(tmp_path / "train.csv", rows(10))
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "open", denied)
+    assert f"cannot read {path} as csv: PermissionError" in error_of(load_text_classification, str(path))
+
+
+def test_encoding_errors(tmp_path: Path) -> None:
     path = tmp_path / "train.csv"
-    path.write_bytes(b"text,label\ncaf\xe9 ok,1\nfine,0\nmore,1\nless,0\n")
-    data = load_text_classification(str(path), eval_size=1)
-    assert any("caf" in t for t in data.train["text"][:] + data.eval["text"][:])
+    path.write_bytes(LATIN1_CSV)
+    msg = error_of(load_text_classification, str(path), encoding="utf-8")  # asked for: no replacement
+    assert (
+        msg == f"{path} is not valid utf-8 (line 3 has byte 0xe9); pass the file's --encoding, e.g. latin-1 or cp1252."
+    )
+    assert "--encoding 'klingon' is not a known" in error_of(load_text_classification, str(path), encoding="klingon")
 
 
 def test_case_insensitive_column_detection(tmp_path: Path) -> None:
@@ -204,6 +250,8 @@ def test_single_class(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "train.csv", rows(10, ("pos",)))
     msg = error_of(load_text_classification, str(path))
     assert "single class 'pos'" in msg and "at least 2" in msg and "--label-column" in msg
+    data = load_text_classification(str(path), eval_size=2, min_train_classes=1)  # data to evaluate on
+    assert data.labels == ["pos"] and len(data.eval) == 2
 
 
 def test_missing_labels_counted_per_file(tmp_path: Path) -> None:

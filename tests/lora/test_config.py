@@ -37,3 +37,13 @@ def test_rank_and_alpha_patterns_use_the_same_rule():
                         alpha_pattern={r"layer\.[01]\.attention\.self\.query": 4})  # fmt: skip
     assert config.rank_for(PATH) == 8 and config.rank_for(PATH.replace("layer.0", "layer.1")) == 2
     assert config.scaling_for(PATH) == 4 / 8 and config.scaling_for(PATH.replace("layer.0", "layer.2")) == 16 / 8
+
+
+@pytest.mark.parametrize(
+    "field,pattern",
+    [("rank_pattern", {"query": "2"}), ("rank_pattern", {"query": True}), ("alpha_pattern", {"query": [1]}),
+     ("alpha_pattern", {"query": 0}), ("alpha_pattern", {"query": float("nan")})],
+)  # fmt: skip
+def test_pattern_values_are_checked(field, pattern):
+    with pytest.raises(ValueError, match=rf"{field}\['query'\] must be"):
+        LoraConfig(target_modules=["query"], **{field: pattern})

@@ -14,6 +14,7 @@ from conftest import tiny_bert_cls, tiny_gpt2_lm, tiny_roberta_cls
 from lora.test_model import QV, perturb
 from loratune import LoraConfig, add_lora, list_adapters, load_adapter, save_adapter, set_adapter
 from loratune.errors import AdapterFileError, AdapterShapeError, LoratuneError
+from loratune.lora import read_adapter_config, read_adapter_shapes
 
 
 def _train_steps(model, tokens, steps: int = 3) -> None:
@@ -126,6 +127,12 @@ def test_save_is_atomic_and_replaces(tmp_path, tokens, monkeypatch):
     assert (tmp_path / "ad" / "adapter_model.safetensors").read_bytes() != before
 
 
+def test_saved_files_follow_the_umask(tmp_path, umask):
+    save_adapter(add_lora(tiny_bert_cls(), LoraConfig(**QV)), tmp_path / "ad")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "ad").iterdir()}
+    assert modes == dict.fromkeys(["adapter_config.json", "adapter_model.safetensors"], 0o666 & ~umask)
+
+
 def test_old_peft_config_with_unknown_and_missing_fields(tmp_path, tokens):
     model = add_lora(tiny_bert_cls(), LoraConfig(**QV, task_type="SEQ_CLS"))
     perturb(model)
@@ -150,8 +157,12 @@ def test_pickle_refused_unless_opted_in(tmp_path, tokens):
     tensors = load_file(str(tmp_path / "ad" / "adapter_model.safetensors"))
     (tmp_path / "ad" / "adapter_model.safetensors").unlink()
     torch.save(tensors, tmp_path / "ad" / "adapter_model.bin")
-    with pytest.raises(AdapterFileError, match=r"pickle file.*allow_pickle=True"):
+    with pytest.raises(AdapterFileError, match=r"pickle file.*save_pretrained\(.*safe_serialization=True\)") as err:
         load_adapter(tiny_bert_cls(), tmp_path / "ad")
+    assert "--allow-pickle" not in str(err.value)  # no such option: the message names what exists
+    with pytest.raises(AdapterFileError, match="pickle file"):
+        read_adapter_shapes(tmp_path / "ad")
+    assert read_adapter_shapes(tmp_path / "ad", allow_pickle=True) == {k: tuple(t.shape) for k, t in tensors.items()}
     loaded = load_adapter(tiny_bert_cls(), tmp_path / "ad", allow_pickle=True)
     torch.testing.assert_close(loaded(tokens).logits, expected)
 
@@ -165,9 +176,14 @@ def test_file_errors(tmp_path):
         load_adapter(tiny_bert_cls(), tmp_path / "empty")
     save_adapter(model, tmp_path / "ad")
     weights = tmp_path / "ad" / "adapter_model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:100])
-    with pytest.raises(AdapterFileError, match="corrupt or truncated"):
-        load_adapter(tiny_bert_cls(), tmp_path / "ad")
+    shapes = read_adapter_shapes(tmp_path / "ad")
+    assert shapes == {k: tuple(t.shape) for k, t in load_file(str(weights)).items()}
+    for size in (100, weights.stat().st_size - 8):  # a cut header, then cut tensor data
+        weights.write_bytes(weights.read_bytes()[:size])
+        with pytest.raises(AdapterFileError, match="corrupt or truncated"):
+            load_adapter(tiny_bert_cls(), tmp_path / "ad")
+        with pytest.raises(AdapterFileError, match="corrupt or truncated"):
+            read_adapter_shapes(tmp_path / "ad")
     weights.unlink()
     with pytest.raises(AdapterFileError, match=r"has no adapter_model\.safetensors"):
         load_adapter(tiny_bert_cls(), tmp_path / "ad")
@@ -177,6 +193,19 @@ def test_file_errors(tmp_path):
     (tmp_path / "ad" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "use_dora": True}))
     with pytest.raises(AdapterFileError, match="use_dora"):
         load_adapter(tiny_bert_cls(), tmp_path / "ad")
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [("r", "8"), ("r", 0), ("r", True), ("lora_alpha", None), ("lora_dropout", "0.1"), ("use_rslora", 1),
+     ("target_modules", ["query", 3]), ("modules_to_save", "classifier"), ("rank_pattern", []), ("task_type", 2)],
+)  # fmt: skip
+def test_config_field_of_the_wrong_type_is_named(tmp_path, key, value):
+    save_adapter(add_lora(tiny_bert_cls(), LoraConfig(**QV)), tmp_path / "ad")
+    cfg_file = tmp_path / "ad" / "adapter_config.json"
+    cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), key: value}))
+    with pytest.raises(AdapterFileError, match=f"'{key}' must be"):
+        read_adapter_config(tmp_path / "ad")
 
 
 def test_shape_mismatch_names_key_and_shapes(tmp_path):

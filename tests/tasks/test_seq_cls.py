@@ -37,7 +37,9 @@ def test_metrics_accept_logits_tensors_and_absent_classes() -> None:
     assert m["accuracy"] == pytest.approx(2 / 3)
     m = classification_metrics(np.array([0, 0]), np.array([0, 0]), 3)  # classes 1, 2 never seen
     assert m["confusion_matrix"] == [[2, 0, 0], [0, 0, 0], [0, 0, 0]]
-    assert m["macro_f1"] == pytest.approx(1 / 3)
+    assert m["macro_f1"] == 1.0  # averaged over the classes in the data, not zeros for absent ones
+    m = classification_metrics(np.array([0, 2, 0, 0]), np.array([0, 0, 0, 0]), 3)  # one wrong guess of 2
+    assert m["macro_f1"] == pytest.approx(2 * 0.75 / 1.75)  # class 0: precision 1, recall 3/4
     with pytest.raises(DataError, match="2 predictions for 3 labels"):
         classification_metrics([0, 1], [0, 1, 1], 2)
     with pytest.raises(DataError, match="no examples"):

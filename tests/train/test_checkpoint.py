@@ -101,6 +101,16 @@ def test_resume_is_bit_exact(tmp_path):
     assert opt2.state_dict()["param_groups"][0]["betas"] == (0.9, 0.999)
 
 
+def test_checkpoint_files_follow_the_umask(tmp_path, umask):
+    model = make_model()
+    opt, sched = make_opt(model)
+    train_steps(model, opt, sched, 1)
+    args = {"optimizer": opt, "scheduler": sched, "step": 1, "epoch": 0, "batch_in_epoch": 1}
+    folder = save_checkpoint(tmp_path / "c", trainable_state=trainable(model), **args)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()}
+    assert "weights.safetensors" in modes and set(modes.values()) == {0o666 & ~umask}, modes
+
+
 def test_checkpoint_is_pickle_free(tmp_path):
     model = make_model()
     opt, sched = make_opt(model)

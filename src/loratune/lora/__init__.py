@@ -5,7 +5,14 @@ task head in ``modules_to_save``) trained.
 """
 
 from loratune.lora.config import ALL_LINEAR, LoraConfig, module_matches
-from loratune.lora.io import load_adapter, peft_config_dict, read_adapter_config, save_adapter, write_adapter
+from loratune.lora.io import (
+    load_adapter,
+    peft_config_dict,
+    read_adapter_config,
+    read_adapter_shapes,
+    save_adapter,
+    write_adapter,
+)
 from loratune.lora.layer import BASE, LoraLinear, ModulesToSaveWrapper
 from loratune.lora.model import (
     ParameterReport,
@@ -42,6 +49,7 @@ __all__ = [
     "parameter_report",
     "peft_config_dict",
     "read_adapter_config",
+    "read_adapter_shapes",
     "save_adapter",
     "set_adapter",
     "unmerge_adapter",

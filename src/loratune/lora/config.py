@@ -66,8 +66,11 @@ class LoraConfig:
         if self.init_lora_weights not in (True, False, "gaussian"):
             raise ValueError(f"init_lora_weights must be True, False or 'gaussian', got {self.init_lora_weights!r}")
         for name, rank in self.rank_pattern.items():
-            if not isinstance(rank, int) or rank < 1:
+            if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
                 raise ValueError(f"rank_pattern[{name!r}] must be an integer >= 1, got {rank!r}")
+        for name, alpha in self.alpha_pattern.items():
+            if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha) or alpha <= 0:
+                raise ValueError(f"alpha_pattern[{name!r}] must be a number > 0, got {alpha!r}")
 
     def rank_for(self, module_path: str) -> int:
         """The rank of one module: ``rank_pattern`` overrides ``r`` (PEFT semantics)."""

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from loratune.errors import AdapterFileError, AdapterShapeError
-from loratune.fsutil import atomic_dir
+from loratune.fsutil import atomic_dir, follow_umask
 from loratune.lora.config import ALL_LINEAR, LoraConfig, module_matches
 from loratune.lora.layer import LoraLinear, ModulesToSaveWrapper, is_conv1d, is_linear
 from loratune.lora.model import (
@@ -39,6 +39,19 @@ PREFIX = "base_model.model."
 # PEFT config fields that change what the adapter computes and that loratune does not implement.
 _UNSUPPORTED = ("use_dora", "lora_bias", "layer_replication", "trainable_token_indices", "target_parameters")
 _CLS_HEADS = {"SEQ_CLS": ["classifier", "score"], "TOKEN_CLS": ["classifier", "score"]}
+# adapter_config.json fields that loratune reads: their allowed JSON types and how to name them
+_FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "r": ((int,), "a positive integer"),
+    "lora_alpha": ((int, float), "a number"),
+    "lora_dropout": ((int, float, type(None)), "a number"),
+    "use_rslora": ((bool,), "true or false"),
+    "target_modules": ((str, list, type(None)), "a list of layer names or a regex"),
+    "modules_to_save": ((list, type(None)), "a list of module names"),
+    "rank_pattern": ((dict, type(None)), "a mapping of layer names to ranks"),
+    "alpha_pattern": ((dict, type(None)), "a mapping of layer names to alphas"),
+    "task_type": ((str, type(None)), "a task type such as SEQ_CLS"),
+    "base_model_name_or_path": ((str, type(None)), "a model name or path"),
+}
 
 
 def _base_model_name(model: nn.Module, config: LoraConfig) -> str | None:
@@ -100,6 +113,7 @@ def write_adapter(model: nn.Module, folder: str | Path, adapter_name: str | None
     folder = Path(folder)
     config = peft_config_dict(model, adapter_name)
     save_file(adapter_state_dict(model, adapter_name), str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    follow_umask(folder / WEIGHTS_NAME)  # save_file writes 0600
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
 
 
@@ -138,29 +152,75 @@ def read_adapter_config(path: str | Path) -> dict[str, Any]:
             raise AdapterFileError(f"{cfg_file} uses {key}={config[key]!r}, which loratune does not support")
     if config.get("bias", "none") != "none":
         raise AdapterFileError(f"{cfg_file} trains biases (bias={config['bias']!r}); loratune supports bias='none'")
+    _check_field_types(cfg_file, config)
     return config
+
+
+def _check_field_types(cfg_file: Path, config: dict[str, Any]) -> None:
+    """Raise ``AdapterFileError`` naming the first field of ``config`` that has the wrong type."""
+    for key, (types, expected) in _FIELD_TYPES.items():
+        if key not in config:
+            continue
+        value = config[key]
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if isinstance(value, list):
+            ok = ok and all(isinstance(v, str) for v in value)
+        if key == "r" and ok:
+            ok = value >= 1
+        if not ok:
+            raise AdapterFileError(f"{cfg_file}: {key!r} must be {expected}, got {value!r}; fix or re-save the adapter")
+
+
+def _weights_file(folder: Path, allow_pickle: bool) -> Path:
+    """The adapter's weights file: its safetensors, else its pickle ``.bin`` when ``allow_pickle``."""
+    st_file, bin_file = folder / WEIGHTS_NAME, folder / PICKLE_WEIGHTS_NAME
+    if st_file.is_file():
+        return st_file
+    if bin_file.is_file():
+        if not allow_pickle:
+            raise AdapterFileError(
+                f"{bin_file} is a pickle file, which can run code when loaded; if you trust its source, convert it to "
+                f"safetensors with PEFT: model = PeftModel.from_pretrained(base_model, '{folder}'), then "
+                f"model.save_pretrained('{folder}', safe_serialization=True)"
+            )
+        return bin_file
+    raise AdapterFileError(f"{folder} has no {WEIGHTS_NAME}; pass a folder saved by loratune or PEFT")
 
 
 def read_adapter_weights(path: str | Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
     """Read the adapter tensors (safetensors; a pickle ``.bin`` only with ``allow_pickle=True``)."""
-    folder = Path(path)
-    st_file, bin_file = folder / WEIGHTS_NAME, folder / PICKLE_WEIGHTS_NAME
-    if st_file.is_file():
+    file = _weights_file(Path(path), allow_pickle)
+    if file.name == PICKLE_WEIGHTS_NAME:
         try:
-            return load_file(str(st_file))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise AdapterFileError(f"{st_file} is corrupt or truncated ({exc}); re-save the adapter") from None
-    if bin_file.is_file():
-        if not allow_pickle:
-            raise AdapterFileError(
-                f"{bin_file} is a pickle file, which can run code when loaded; convert it to safetensors, "
-                "or pass allow_pickle=True (CLI: --allow-pickle) if you trust its source"
-            )
-        try:
-            return torch.load(bin_file, map_location="cpu", weights_only=True)
+            tensors = torch.load(file, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise AdapterFileError(f"{bin_file} could not be read ({exc}); re-save the adapter") from None
-    raise AdapterFileError(f"{folder} has no {WEIGHTS_NAME}; pass a folder saved by loratune or PEFT")
+            raise AdapterFileError(f"{file} could not be read ({_first_line(exc)}); re-save the adapter") from None
+        if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+            raise AdapterFileError(f"{file} does not hold a dict of tensors; re-save the adapter")
+        return tensors
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise AdapterFileError(f"{file} is corrupt or truncated ({_first_line(exc)}); re-save the adapter") from None
+
+
+def read_adapter_shapes(path: str | Path, *, allow_pickle: bool = False) -> dict[str, tuple[int, ...]]:
+    """The adapter's tensor names and shapes, checked as ``read_adapter_weights`` checks them.
+
+    From a safetensors file only its header is read (which safetensors checks against the file size).
+    """
+    file = _weights_file(Path(path), allow_pickle)
+    if file.name == PICKLE_WEIGHTS_NAME:
+        return {k: tuple(t.shape) for k, t in read_adapter_weights(path, allow_pickle=True).items()}
+    try:
+        with safe_open(str(file), "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - no __iter__
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise AdapterFileError(f"{file} is corrupt or truncated ({_first_line(exc)}); re-save the adapter") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _split_keys(
@@ -220,19 +280,7 @@ def load_adapter(
     for key, value in rest.items():
         head_path = _head_of(model, key, heads)
         head_tensors.setdefault(head_path, {})[key.removeprefix(head_path + ".")] = value
-    config = LoraConfig(
-        r=int(config_dict.get("r", 8)),
-        alpha=float(config_dict.get("lora_alpha", 8)),
-        dropout=float(config_dict.get("lora_dropout") or 0.0),
-        # exactly the layers the file holds tensors for, as one full-path regex
-        target_modules="|".join(re.escape(p) for p in sorted(lora)),
-        modules_to_save=sorted(head_tensors) or None,
-        use_rslora=bool(config_dict.get("use_rslora", False)),
-        task_type=config_dict.get("task_type"),
-        base_model_name_or_path=config_dict.get("base_model_name_or_path"),
-        rank_pattern=dict(config_dict.get("rank_pattern") or {}),
-        alpha_pattern=dict(config_dict.get("alpha_pattern") or {}),
-    )
+    config = _lora_config(Path(path) / CONFIG_NAME, config_dict, sorted(lora), sorted(head_tensors))
     _check_fits(model, config, lora, head_tensors)
     add_lora(model, config, name)
     # Saving it again writes the names the file was saved with, not the regex.
@@ -249,6 +297,27 @@ def load_adapter(
         for p in model.parameters():
             p.requires_grad_(False)
     return model
+
+
+def _lora_config(cfg_file: Path, config_dict: dict[str, Any], layers: list[str], heads: list[str]) -> LoraConfig:
+    """The ``LoraConfig`` of exactly ``layers`` (and the ``heads``) that the file holds tensors for;
+    values that ``LoraConfig`` refuses are an ``AdapterFileError`` naming ``cfg_file``."""
+    try:
+        return LoraConfig(
+            r=int(config_dict.get("r", 8)),
+            alpha=float(config_dict.get("lora_alpha", 8)),
+            dropout=float(config_dict.get("lora_dropout") or 0.0),
+            target_modules="|".join(re.escape(p) for p in layers),  # one full-path regex
+            modules_to_save=heads or None,
+            use_rslora=bool(config_dict.get("use_rslora", False)),
+            task_type=config_dict.get("task_type"),
+            base_model_name_or_path=config_dict.get("base_model_name_or_path"),
+            rank_pattern=dict(config_dict.get("rank_pattern") or {}),
+            alpha_pattern=dict(config_dict.get("alpha_pattern") or {}),
+        )
+    except ValueError as err:
+        problem = str(err).split(";")[0]  # without LoraConfig's advice for code
+        raise AdapterFileError(f"{cfg_file}: {problem}; fix or re-save the adapter") from None
 
 
 def _check_fits(

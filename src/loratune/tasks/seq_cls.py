@@ -31,7 +31,11 @@ def _as_numpy(x: Any) -> np.ndarray:
 
 
 def classification_metrics(preds: Any, labels: Any, num_labels: int) -> dict[str, Any]:
-    """Accuracy, macro F1 over all ``num_labels`` classes, and the confusion matrix.
+    """Accuracy, macro F1 over the classes that occur in ``labels``, and the confusion matrix (all
+    ``num_labels`` classes).
+
+    A class absent from ``labels`` has no F1 to average (predictions of it lower the recall of the
+    classes that do occur), so data of a single class is scored on that class.
 
     ``preds`` are class ids, or logits/probabilities of shape ``(n, num_labels)`` (argmax is taken).
     ``confusion_matrix[i][j]`` counts examples of true class ``i`` predicted as ``j``.
@@ -46,11 +50,11 @@ def classification_metrics(preds: Any, labels: Any, num_labels: int) -> dict[str
         raise DataError(f"{len(p)} predictions for {len(y)} labels; pass one prediction per example.")
     if len(y) == 0:
         raise DataError("no examples to score; pass a non-empty eval set.")
-    classes = list(range(num_labels))
+    present = sorted(set(y.tolist()))
     return {
         "accuracy": float(accuracy_score(y, p)),
-        "macro_f1": float(f1_score(y, p, labels=classes, average="macro", zero_division=0)),
-        "confusion_matrix": confusion_matrix(y, p, labels=classes).tolist(),
+        "macro_f1": float(f1_score(y, p, labels=present, average="macro", zero_division=0)),
+        "confusion_matrix": confusion_matrix(y, p, labels=list(range(num_labels))).tolist(),
         "num_examples": len(y),
     }
 
@@ -168,8 +172,9 @@ class SeqClsTask(Task):
     def load_eval_data(
         self, dataset: str | None, *, info: dict[str, Any], seed: int, **options: Any
     ) -> TextClassificationData:
-        """Data to evaluate an artifact on, with the artifact's label ids (``info["labels"]``)."""
-        data = self.load_data(dataset, seed=seed, **{**options, "val_size": 0})
+        """Data to evaluate an artifact on, with the artifact's label ids (``info["labels"]``); no validation
+        split, and a single class is enough (only a classifier's training data needs two)."""
+        data = self.load_data(dataset, seed=seed, **{**options, "val_size": 0, "min_train_classes": 1})
         labels = list(info["labels"])
         unknown = sorted(set(data.labels) - set(labels))
         if unknown:
@@ -215,7 +220,13 @@ class SeqClsTask(Task):
         return format_record(record)
 
     def format_report(self, metrics: dict[str, Any], info: dict[str, Any]) -> str:
+        """Accuracy, macro-F1 (naming its classes when the data lacks some) and the confusion matrix."""
+        matrix, labels = metrics["confusion_matrix"], info["labels"]
+        present = sum(1 for row in matrix if sum(row))
+        covers = f"  (over the {present} class{'es' * (present != 1)} in the data, of {len(labels)})"
         return (
-            f"accuracy  {metrics['accuracy']:.4f}\nmacro-F1  {metrics['macro_f1']:.4f}\n\n"
-            + format_confusion_matrix(metrics["confusion_matrix"], info["labels"])
+            f"accuracy  {metrics['accuracy']:.4f}\nmacro-F1  {metrics['macro_f1']:.4f}"
+            + (covers if present < len(labels) else "")
+            + "\n\n"
+            + format_confusion_matrix(matrix, labels)
         )

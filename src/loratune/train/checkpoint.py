@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 
 import loratune
 from loratune.errors import RunError
-from loratune.fsutil import TMP_MARKER, atomic_dir
+from loratune.fsutil import TMP_MARKER, atomic_dir, follow_umask
 
 __all__ = [
     "CHECKPOINTS_DIR",
@@ -158,6 +158,12 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """``safetensors``' ``save_file``, the file then given the umask's mode like every other file."""
+    save_file(tensors, path, metadata={"format": "pt"})
+    follow_umask(path)
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -73,6 +73,9 @@ class RunConfig:
     eval_file: str | None = _opt(None, "local eval file; without one, an eval split is held out", DATA)
     text_column: str | None = _opt(None, "text column (default: detected)", DATA)
     label_column: str | None = _opt(None, "label column (default: detected)", DATA)
+    encoding: str | None = _opt(
+        None, "text encoding of the data files, e.g. latin-1 (default: UTF-8, bad bytes replaced with a warning)", DATA
+    )
     train_size: int | None = _opt(None, "subsample the train split to N examples (seeded)", DATA, low=1)
     eval_size: int | None = _opt(None, "subsample the eval split to N examples (seeded)", DATA, low=1)
     val_size: int | None = _opt(

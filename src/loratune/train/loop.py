@@ -192,8 +192,10 @@ class _Loop:
         self.scheduler = linear_schedule_with_warmup(self.optimizer, warmup, max(self.total_steps, 1))
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.params = [p for p in model.parameters() if p.requires_grad]
-        checkpointed = bool(getattr(model, "is_gradient_checkpointing", False))
-        self.flops = FlopSampler(every=config.flop_sample_every, recomputes_forward=checkpointed)
+        checkpointed = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.24
+        if checkpointed is None:  # older transformers (in 5.24 this name warns)
+            checkpointed = getattr(model, "is_gradient_checkpointing", False)
+        self.flops = FlopSampler(every=config.flop_sample_every, recomputes_forward=bool(checkpointed))
         self.state, self.result, self.window = LoopState(), LoopResult(), _Window()
 
     # ------------------------------------------------------------------ resume and checkpoint

@@ -34,7 +34,7 @@ import loratune
 from loratune.artifacts import TASK_FILE, base_fingerprint
 from loratune.data.batching import LengthGroupedBatchSampler
 from loratune.errors import RunError
-from loratune.fsutil import LOCK_FILE, atomic_dir, atomic_write_json, clear_folder, folder_lock
+from loratune.fsutil import LOCK_FILE, atomic_dir, atomic_write_json, clear_folder, folder_lock, follow_umask
 from loratune.lora import LoraConfig, load_adapter, parameter_report, write_adapter
 from loratune.models import default_target_modules, head_module_names, hub_id, load_tokenizer, use_tokenizer_pad_id
 from loratune.prepare import DTYPES, Preparation, prepare_model
@@ -137,9 +137,16 @@ class Prepared:
 def data_options(cfg: RunConfig) -> dict[str, Any]:
     """The data options of ``cfg``, as ``Task.load_data`` takes them."""
     names = (
-        "dataset_revision", "train_file", "eval_file", "text_column", "label_column", "train_size", "eval_size",
+        "dataset_revision",
+        "train_file",
+        "eval_file",
+        "text_column",
+        "label_column",
+        "encoding",
+        "train_size",
+        "eval_size",
         "val_size",
-    )  # fmt: skip
+    )
     return {name: getattr(cfg, name) for name in names}
 
 
@@ -214,6 +221,8 @@ def save_artifact(prep: Prepared, out: Path, metrics: dict[str, Any] | None = No
             write_adapter(prep.model, tmp)
         else:
             prep.model.save_pretrained(tmp, safe_serialization=True)
+            for weights in tmp.glob("*.safetensors"):
+                follow_umask(weights)  # safetensors writes 0600; every other file follows the umask
         prep.tokenizer.save_pretrained(tmp)
         (tmp / TASK_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return target
