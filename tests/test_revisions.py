@@ -15,7 +15,6 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import toy_rows
 from loratune.cli import main
-from loratune.data.revision import hub_dataset_revision
 from loratune.errors import DataError
 
 HUB_MODEL, HUB_DATA = "acme/tiny-bert", "acme/reviews"
@@ -115,17 +114,13 @@ def test_a_whole_model_has_no_base_revision(tmp_path, capsys):
     )
 
 
-def test_hub_dataset_revision_pins_hub_loads_only_within_its_block(monkeypatch):
-    calls = []
-    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: calls.append((args, kwargs)))
-    original = datasets.load_dataset
-    with hub_dataset_revision("r1"):
-        datasets.load_dataset("csv", data_files={"train": "x.csv"})
-        datasets.load_dataset("imdb")
-    assert datasets.load_dataset is original
-    assert calls == [(("csv",), {"data_files": {"train": "x.csv"}}), (("imdb",), {"revision": "r1"})]
-    with pytest.raises(DataError, match="drop --dataset-revision"), hub_dataset_revision("r1"):
-        datasets.load_dataset("csv", data_files={"train": "x.csv"})
-    assert datasets.load_dataset is original
-    with hub_dataset_revision(None):
-        assert datasets.load_dataset is original
+def test_the_dataset_revision_reaches_the_hub_loader_and_local_data_refuses_one(hub, toy_data):
+    from loratune.data.sources import load_text_classification
+
+    data = load_text_classification(HUB_DATA, dataset_revision="r1")
+    assert len(data.eval) == 16 and hub == [("data", HUB_DATA, "r1")]
+    load_text_classification(HUB_DATA)
+    assert hub[-1] == ("data", HUB_DATA, None)
+    for local in (str(toy_data), "tweets"):
+        with pytest.raises(DataError, match=r"is local \(files, or tweets\); drop --dataset-revision"):
+            load_text_classification(local, dataset_revision="r1")

@@ -121,6 +121,7 @@ def load_text_classification(
     eval_fraction: float = 0.1,
     encoding: str | None = None,
     min_train_classes: int = 2,
+    dataset_revision: str | None = None,
 ) -> TextClassificationData:
     """Load a text-classification dataset from an alias, a local folder/file, or the hub.
 
@@ -142,7 +143,8 @@ def load_text_classification(
     if val_size is not None and (not isinstance(val_size, int) or val_size < 0):
         raise DataError(f"--val-size must be an integer >= 0, got {val_size!r}; pass a number of rows.")
     check_encoding(encoding)
-    train, ev, val, source = _load_splits(dataset, train_file, eval_file, text_column, label_column, encoding)
+    train, ev, val, source = _load_splits(dataset, train_file, eval_file, text_column, label_column, encoding,
+                                          dataset_revision)  # fmt: skip
     return _finish(train, ev, val, source, train_size, eval_size, val_size, seed, eval_fraction, min_train_classes)
 
 
@@ -153,8 +155,17 @@ def _load_splits(
     text_column: str | None,
     label_column: str | None,
     encoding: str | None = None,
+    revision: str | None = None,
 ) -> tuple[_Split, _Split | None, _Split | None, str]:
-    """The raw train, eval and validation splits that the arguments name, and a description of them."""
+    """The raw train, eval and validation splits that the arguments name, and a description of them.
+
+    ``revision`` (a branch, tag or commit) applies to a hub dataset only.
+    """
+    if revision is not None and not _is_hub_name(dataset):
+        raise DataError(
+            f"--dataset-revision {revision} pins a dataset on the Hugging Face hub, and this data is local "
+            "(files, or tweets); drop --dataset-revision"
+        )
     if dataset is not None and (train_file is not None or eval_file is not None):
         raise DataError(f"both a dataset ('{dataset}') and --train-file/--eval-file were given; pass one of them.")
     if dataset is None and train_file is None:
@@ -182,7 +193,14 @@ def _load_splits(
         return _read_split(_existing_file(path), text_column, label_column, encoding=encoding), None, None, str(path)
     if _looks_like_path(dataset):
         raise DataError(f"'{dataset}' does not exist; pass an existing file or folder, a hub dataset name, or tweets.")
-    return _load_hub(dataset, text_column, label_column)
+    return _load_hub(dataset, text_column, label_column, revision)
+
+
+def _is_hub_name(dataset: str | None) -> bool:
+    """Whether ``dataset`` names a hub dataset (not tweets, not a local path)."""
+    if dataset is None or dataset.strip().lower() == TWEETS_ALIAS:
+        return False
+    return not Path(dataset).expanduser().exists() and not _looks_like_path(dataset)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -276,14 +294,14 @@ def _first_labelled(
 
 
 def _load_hub(
-    name: str, text_column: str | None, label_column: str | None
+    name: str, text_column: str | None, label_column: str | None, revision: str | None = None
 ) -> tuple[_Split, _Split, _Split | None, str]:
     """A hub dataset: ``name``, ``name:config`` or ``name/config`` (e.g. ``glue/sst2``).
 
     Its labelled test split is the eval split, and its validation split (if any) the validation
     one; a dataset whose test split has no labels (GLUE) is evaluated on its validation split.
     """
-    dsd = _hub_load(name)
+    dsd = _hub_load(name, revision)
     if "train" not in dsd:
         raise DataError(
             f"hub dataset '{name}' has no train split (splits: {', '.join(dsd)}); pass a local path instead."
@@ -309,7 +327,7 @@ def _load_hub(
     return train, ev, val, f"hub dataset '{name}' (train + {names})"
 
 
-def _hub_load(name: str) -> datasets.DatasetDict:
+def _hub_load(name: str, revision: str | None = None) -> datasets.DatasetDict:
     """``datasets.load_dataset`` with the name/config conventions; hub failures become DataError."""
     attempts: list[tuple[str, str | None]]
     if ":" in name:
@@ -327,7 +345,7 @@ def _hub_load(name: str) -> datasets.DatasetDict:
     use_cache_only_if_unreachable()  # fail at once, not after a minute of retries
     for path, config in attempts:
         try:
-            result = datasets.load_dataset(path, config)
+            result = datasets.load_dataset(path, config, revision=revision)
         except Exception as err:  # classified below; a name that is not found tries the next reading
             message = _hub_error_message(err, name)
             if message is not None and not _not_found(err):

@@ -14,7 +14,6 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from torch import nn
 
 from loratune.data.batching import DynamicPaddingCollator, tokenize_dataset
-from loratune.data.revision import hub_dataset_revision
 from loratune.data.sources import TextClassificationData, load_text_classification
 from loratune.errors import DataError
 from loratune.models import load_model_for_sequence_classification
@@ -163,11 +162,8 @@ class SeqClsTask(Task):
     metric = Metric("accuracy")
     summary_metrics = ("accuracy", "macro_f1")
 
-    def load_data(
-        self, dataset: str | None, *, seed: int, dataset_revision: str | None = None, **options: Any
-    ) -> TextClassificationData:
-        with hub_dataset_revision(dataset_revision):
-            return load_text_classification(dataset, seed=seed, **options)
+    def load_data(self, dataset: str | None, *, seed: int, **options: Any) -> TextClassificationData:
+        return load_text_classification(dataset, seed=seed, **options)
 
     def load_eval_data(
         self, dataset: str | None, *, info: dict[str, Any], seed: int, **options: Any
