@@ -331,8 +331,7 @@ def _quiet_libraries() -> None:
     from loratune.models import empty_tqdm
 
     transformers.logging.set_verbosity_error()
-    if hasattr(transformers.logging, "set_tqdm_hook"):  # absent in older transformers
-        transformers.logging.set_tqdm_hook(empty_tqdm)
+    transformers.logging.set_tqdm_hook(empty_tqdm)
     datasets.disable_progress_bars()  # datasets' bars only; huggingface_hub's are separate
     datasets.logging.set_verbosity_error()
     own = logging.getLogger("loratune")

@@ -279,18 +279,15 @@ def empty_tqdm(factory: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[
 def _without_loading_bars() -> Iterator[None]:
     """Turn off transformers' own bars (the per-tensor "Loading weights" bar) while loading.
 
-    Only those: the downloads run under huggingface_hub's own bars, which stay on. Where transformers
-    has no ``set_tqdm_hook`` (older versions), nothing changes.
+    Only those: the downloads run under huggingface_hub's own bars, which stay on.
     """
     from transformers.utils import logging as hf_logging
 
-    set_hook = getattr(hf_logging, "set_tqdm_hook", None)
-    previous = set_hook(empty_tqdm) if set_hook is not None else None
+    previous = hf_logging.set_tqdm_hook(empty_tqdm)
     try:
         yield
     finally:
-        if set_hook is not None:
-            set_hook(previous)
+        hf_logging.set_tqdm_hook(previous)
 
 
 def _mismatched(info: dict[str, Any]) -> list[str]:
