@@ -210,7 +210,6 @@ def load_model_for_sequence_classification(
     Decoder models without a pad token id get ``pad_token_id`` (default: their EOS id).
     """
     from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
 
     path = _checked(name, revision=revision)
     if id2label is None:
@@ -231,21 +230,7 @@ def load_model_for_sequence_classification(
         "dtype": torch.float32 if compute_dtype == torch.float32 else "auto",
         **_at_revision(revision),
     }
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the "newly initialized" report is expected for a new head
-    try:
-        with _model_errors(name), _without_loading_bars():
-            try:
-                model, info = AutoModelForSequenceClassification.from_pretrained(
-                    path, attn_implementation="sdpa", **kwargs
-                )
-            except (ValueError, ImportError) as err:
-                if "sdpa" not in str(err).lower() and "attn" not in str(err).lower():
-                    raise
-                model, info = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-
+    model, info = _from_pretrained(AutoModelForSequenceClassification, name, path, kwargs)
     if model.config.pad_token_id is None:
         eos = getattr(model.config, "eos_token_id", None)
         pad = pad_token_id if pad_token_id is not None else (eos[0] if isinstance(eos, list) else eos)
@@ -254,6 +239,24 @@ def load_model_for_sequence_classification(
     new = {k.rsplit(".", 1)[0] for k in (*info.get("missing_keys", ()), *_mismatched(info))}
     model.loratune_new_modules = sorted(new)
     return model
+
+
+def _from_pretrained(auto_class: Any, name: str, path: str, kwargs: dict[str, Any]) -> tuple[nn.Module, dict]:
+    """``auto_class.from_pretrained`` with SDPA attention where the model has it, quietly, errors in one line."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialized" report is expected for a new head
+    try:
+        with _model_errors(name), _without_loading_bars():
+            try:
+                return auto_class.from_pretrained(path, attn_implementation="sdpa", **kwargs)
+            except (ValueError, ImportError) as err:
+                if "sdpa" not in str(err).lower() and "attn" not in str(err).lower():
+                    raise
+                return auto_class.from_pretrained(path, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def use_tokenizer_pad_id(model: nn.Module, tokenizer: Any) -> None:
