@@ -161,14 +161,16 @@ def format_summary(s: dict[str, Any], metrics: Sequence[str]) -> str:
     shown = list(dict.fromkeys([metric, *metrics]))
     val = f" / {s['val_examples']} validation" if s.get("val_examples") else ""
     rows = [("run", s["title"]), ("examples", f"{s['train_examples']} train{val} / {s['eval_examples']} eval")]
+    label = {"macro_f1": "macro-F1"}
     rows += [
         (
-            f"{name} (best)",
+            f"{label.get(name, name)} (best)",
             f"{best.get(name, float('nan')):.4f}" + (f"  at epoch {best.get('epoch')}" if i == 0 else ""),
         )
         for i, name in enumerate(shown)
     ]
-    rows += [(f"{name} (test)", f"{s['test'][name]:.4f}") for name in shown if name in (s.get("test") or {})]
+    test = s.get("test") or {}
+    rows += [(f"{label.get(name, name)} (test)", f"{test[name]:.4f}") for name in shown if name in test]
     rows += [
         ("best chosen on", s.get("selection") or "the eval split"),
         (f"{metric} (final)", f"{final.get(metric, float('nan')):.4f}"),
