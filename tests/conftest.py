@@ -50,20 +50,16 @@ def tiny_roberta_cls(num_labels: int = 2, seed: int = 0):
     return RobertaForSequenceClassification(cfg).eval()
 
 
+# a 2-layer Llama with grouped-query attention
+TINY_LLAMA = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "intermediate_size": 64, "max_position_embeddings": 64}  # fmt: skip
+
+
 def tiny_llama_lm(seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=120,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(cfg).eval()
+    return LlamaForCausalLM(LlamaConfig(vocab_size=120, **TINY_LLAMA)).eval()
 
 
 def tiny_gpt2_lm(seed: int = 0):
@@ -155,17 +151,7 @@ def save_tiny_llama(folder: Path, dtype: torch.dtype = torch.bfloat16, pad_token
         tokenizer_object=words, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token=pad_token
     )
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
+    config = LlamaConfig(vocab_size=len(vocab), **TINY_LLAMA, bos_token_id=1, eos_token_id=2)
     LlamaForCausalLM(config).to(dtype).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
