@@ -43,7 +43,7 @@ from loratune.train.checkpoint import (
 )
 from loratune.train.flops import FlopSampler
 from loratune.train.logging import MetricsLogger
-from loratune.train.precision import autocast_context
+from loratune.train.precision import autocast_context, grad_scaler
 from loratune.train.progress import progress_bar
 
 LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
@@ -169,11 +169,6 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def model_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The model's own loss (``outputs.loss``): the default ``loss_fn``."""
-    return model(**batch).loss
-
-
 class _Loop:
     """One call of ``train``: the state, the collaborators, and one method per step."""
 
@@ -190,7 +185,7 @@ class _Loop:
         self.optimizer = build_optimizer(model, config.lr, config.weight_decay)
         warmup = math.ceil(config.warmup_ratio * self.total_steps)
         self.scheduler = linear_schedule_with_warmup(self.optimizer, warmup, max(self.total_steps, 1))
-        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.scaler = grad_scaler(precision, device)
         self.params = [p for p in model.parameters() if p.requires_grad]
         checkpointed = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.24
         if checkpointed is None:  # older transformers (in 5.24 this name warns)
@@ -376,7 +371,7 @@ def train(
     evaluate: Callable[[], dict[str, Any]],
     on_best: Callable[[dict[str, Any]], None],
     metric: Metric,
-    loss_fn: LossFn = model_loss,
+    loss_fn: LossFn,
     resume: bool = False,
     show_progress: bool | None = None,
 ) -> LoopResult:

@@ -175,7 +175,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     task = get_task(cfg.task)
-    data = task.load_data(cfg.dataset, seed=cfg.seed, **data_options(cfg))
+    data = load_data(cfg)
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
     torch.manual_seed(cfg.seed)  # the new head's initialisation
     model = task.load_model(cfg.model, data, trust_remote_code=cfg.trust_remote_code, compute_dtype=DTYPES[precision],
