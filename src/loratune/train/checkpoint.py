@@ -146,12 +146,6 @@ def _for_safetensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
-def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """``save_file`` with the usual ``format`` metadata, left off an empty file (e.g. an optimizer
-    that has not stepped yet), which safetensors before 0.4.4 cannot read back with metadata."""
-    save_file(tensors, path, metadata={"format": "pt"} if tensors else None)
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -161,8 +155,12 @@ def _sha256(path: Path) -> str:
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """``safetensors``' ``save_file``, the file then given the umask's mode like every other file."""
-    save_file(tensors, path, metadata={"format": "pt"})
+    """``save_file``, then the umask's mode like every other file (safetensors writes 0600).
+
+    The usual ``format`` metadata is left off an empty file (an optimizer that has not stepped yet):
+    safetensors before 0.4.4 cannot read such a file back.
+    """
+    save_file(tensors, path, metadata={"format": "pt"} if tensors else None)
     follow_umask(path)
 
 
