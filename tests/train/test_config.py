@@ -99,3 +99,11 @@ def test_every_range_in_the_table_is_enforced_at_its_bounds():
                     build_config(**{name: value})
             checked.append(name)
     assert {"max_grad_norm", "weight_decay", "warmup_ratio", "dropout", "alpha", "log_every", "lr", "r"} <= set(checked)
+
+
+def test_help_shows_each_option_s_default_and_range(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("LoRA rank (default 8; >= 1)", "LoRA dropout (default 0.1; in [0, 1))", "(default 1; >= 0)"):
+        assert shown in text

@@ -294,7 +294,8 @@ def _to_list(v: Any) -> list[str] | str:
 _COERCE = {"bool": _to_bool, "int": _to_int, "float": _to_float, "str": _to_str, "list": _to_list}
 
 
-def _range_text(o: Option) -> str:
+def range_text(o: Option) -> str:
+    """The allowed values of a ranged option, as the checks word them (``>= 1``, ``in [0, 1)``)."""
     if o.low is not None and o.high is not None:
         return f"in {'(' if o.low_open else '['}{o.low:g}, {o.high:g}{')' if o.high_open else ']'}"
     if o.low is not None:
@@ -319,7 +320,7 @@ def check_config(cfg: RunConfig, labels: dict[str, str] | None = None) -> None:
         if option.choices and value not in option.choices:
             raise LoratuneError(f"{label} must be one of {', '.join(option.choices)}, got {value!r}")
         if (option.low is not None or option.high is not None) and not _in_range(option, value):
-            raise LoratuneError(f"{label} must be {_range_text(option)}, got {value:g}")
+            raise LoratuneError(f"{label} must be {range_text(option)}, got {value:g}")
     if cfg.resume and cfg.overwrite:
         raise LoratuneError("--resume and --overwrite exclude each other; pick one")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from loratune.train.config import flag_of, options
+from loratune.train.config import flag_of, options, range_text
 
 _METAVAR = {"int": "N", "float": "X", "str": None, "list": "NAMES"}
 
@@ -30,7 +30,14 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
             extra = {"const": False} if option.flag else {}
             group.add_argument(flag_of(name), dest=name, action=action, default=None, help=help_text, **extra)
             continue
-        if default is not None:
-            help_text += f" (default {default:g})" if isinstance(default, float) else f" (default {default})"
+        facts = (
+            [f"default {default:g}" if isinstance(default, float) else f"default {default}"]
+            if default is not None
+            else []
+        )
+        if option.low is not None or option.high is not None:
+            facts.append(range_text(option))
+        if facts:
+            help_text += f" ({'; '.join(facts)})".replace("%", "%%")
         metavar = "{" + ",".join(option.choices) + "}" if option.choices else _METAVAR[kind]
         group.add_argument(flag_of(name), dest=name, default=None, metavar=metavar, help=help_text)
