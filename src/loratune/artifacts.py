@@ -19,7 +19,8 @@ from torch import nn
 from loratune.errors import AdapterFileError, AdapterShapeError, LoratuneError
 from loratune.lora import load_adapter, read_adapter_config, read_adapter_shapes
 from loratune.lora.io import PICKLE_WEIGHTS_NAME, WEIGHTS_NAME
-from loratune.models import load_model_for_sequence_classification, load_tokenizer, use_tokenizer_pad_id
+from loratune.models import load_tokenizer, use_tokenizer_pad_id
+from loratune.tasks import Task, get_task, task_for_peft_type
 
 TASK_FILE = "loratune.json"
 
@@ -43,7 +44,7 @@ class Loaded:
 
     @property
     def labels(self) -> list[str]:
-        return list(self.info["labels"])
+        return list(self.info["labels"] or [])
 
 
 def read_task_info(folder: Path) -> dict[str, Any]:
@@ -75,7 +76,7 @@ def load_artifact(
     trust_remote_code: bool = False,
     revision: str | None = None,
 ) -> Loaded:
-    """Load a sequence-classification artifact for inference (eval mode, frozen).
+    """Load a training run's artifact for inference (eval mode, frozen), as its task's model.
 
     For an adapter, the base model comes from ``loratune.json`` (or ``adapter_config.json``'s
     ``base_model_name_or_path``), or ``model`` to override; a base model other than the one the
@@ -88,27 +89,23 @@ def load_artifact(
         problem = "is a file" if folder.exists() else "does not exist"
         raise AdapterFileError(f"--adapter {folder} {problem}; pass the adapter/ (or model/) folder of a run")
     info = read_task_info(folder)
+    task = _artifact_task(folder, info)
     if (folder / "adapter_config.json").is_file():
         if revision is None and model in (None, info.get("base_model")):
             revision = info.get("base_model_revision")
-        net, labels, base = _load_lora(folder, info, model, trust_remote_code, revision)
+        net, labels, base = _load_lora(folder, info, task, model, trust_remote_code, revision)
         kind = "lora"
     elif (folder / "config.json").is_file():
         if revision is not None:
             raise AdapterFileError(f"--revision pins a base model, and {folder} is a whole model; drop --revision")
-        net, base = _load_full(folder, trust_remote_code), str(folder)
-        labels = info.get("labels") or [net.config.id2label[i] for i in range(net.config.num_labels)]
-        if len(labels) != net.config.num_labels:
-            raise AdapterFileError(
-                f"{folder / TASK_FILE} names {len(labels)} labels but the model has {net.config.num_labels} "
-                "outputs; fix its 'labels'"
-            )
+        net, base = _load_full(folder, task, trust_remote_code), str(folder)
+        labels = _full_model_labels(folder, info, net) if task.has_labels else None
         kind = "full"
     else:
         raise AdapterFileError(_neither_config(folder))
     tokenizer = _artifact_tokenizer(folder, base, trust_remote_code, revision)
     use_tokenizer_pad_id(net, tokenizer)
-    info = {**info, "labels": labels}
+    info = {**info, "task": task.name, "labels": labels}
     if model and info.get("base_model") and model != info["base_model"] and kind == "lora":
         print(f"note: adapter was trained on {info['base_model']!r}; using --model {model!r}", file=sys.stderr)
     net.eval().requires_grad_(False)
@@ -129,22 +126,15 @@ def _neither_config(folder: Path) -> str:
 
 
 def _load_lora(
-    folder: Path, info: dict[str, Any], model: str | None, trust_remote_code: bool, revision: str | None
-) -> tuple[nn.Module, list[str], str]:
+    folder: Path, info: dict[str, Any], task: Task, model: str | None, trust_remote_code: bool, revision: str | None
+) -> tuple[nn.Module, list[str] | None, str]:
     """The base model (at the hub ``revision``) with the adapter of ``folder`` loaded; its labels; its name."""
     peft_config = read_adapter_config(folder)
     base = model or info.get("base_model") or peft_config.get("base_model_name_or_path")
     if not base:
         raise AdapterFileError(f"{folder} does not name its base model; pass --model NAME_OR_PATH")
-    labels = info.get("labels") or _labels_from_weights(folder)
-    net = load_model_for_sequence_classification(
-        base,
-        len(labels),
-        dict(enumerate(labels)),
-        {n: i for i, n in enumerate(labels)},
-        trust_remote_code=trust_remote_code,
-        revision=revision,
-    )
+    labels = (info.get("labels") or _labels_from_weights(folder)) if task.has_labels else None
+    net = task.load_model(base, {**info, "labels": labels}, trust_remote_code=trust_remote_code, revision=revision)
     expected = info.get("base_model_fingerprint")
     if expected and base_fingerprint(net) not in (None, expected):
         raise AdapterShapeError(
@@ -155,14 +145,39 @@ def _load_lora(
     return net, labels, base
 
 
-def _load_full(folder: Path, trust_remote_code: bool) -> nn.Module:
-    """A fully fine-tuned model saved with ``save_pretrained``."""
-    from transformers import AutoModelForSequenceClassification
+def _load_full(folder: Path, task: Task, trust_remote_code: bool) -> nn.Module:
+    """A fully fine-tuned model saved with ``save_pretrained``, as the task's ``auto_class``."""
+    import transformers
 
     from loratune.models import _model_errors  # the same one-line errors as for base models
 
     with _model_errors(str(folder)):
-        return AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        return getattr(transformers, task.auto_class).from_pretrained(folder, trust_remote_code=trust_remote_code)
+
+
+def _full_model_labels(folder: Path, info: dict[str, Any], net: nn.Module) -> list[str]:
+    """A full classifier's label names: ``loratune.json``'s, else its config's; one per output."""
+    labels = info.get("labels") or [net.config.id2label[i] for i in range(net.config.num_labels)]
+    if len(labels) != net.config.num_labels:
+        raise AdapterFileError(
+            f"{folder / TASK_FILE} names {len(labels)} labels but the model has {net.config.num_labels} "
+            "outputs; fix its 'labels'"
+        )
+    return labels
+
+
+def _artifact_task(folder: Path, info: dict[str, Any]) -> Task:
+    """The artifact's task: ``loratune.json``'s, else the one of its PEFT ``task_type`` (seq-cls if none)."""
+    if info.get("task"):
+        try:
+            return get_task(info["task"])
+        except LoratuneError:
+            raise AdapterFileError(
+                f"{folder / TASK_FILE} names an unknown task {info['task']!r}; fix its 'task'"
+            ) from None
+    if (folder / "adapter_config.json").is_file():
+        return task_for_peft_type(read_adapter_config(folder).get("task_type"))
+    return get_task("seq-cls")
 
 
 def _artifact_tokenizer(folder: Path, base: str, trust_remote_code: bool, revision: str | None = None) -> Any:

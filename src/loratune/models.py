@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ class ModelAlias:
 
     hub_id: str  # the same weights on the Hugging Face hub: what adapters name as their base model
     path: Callable[[], str]  # the packaged local folder
+    load_options: tuple[tuple[str, Any], ...] = ()  # extra from_pretrained keywords (e.g. a gguf_file)
 
 
 MODEL_ALIASES: dict[str, ModelAlias] = {
@@ -113,6 +114,12 @@ _ATTN_QV: dict[str, tuple[str, ...]] = {
 }
 
 
+def alias_load_options(name: str) -> dict[str, Any]:
+    """Extra ``from_pretrained`` keywords a packaged alias needs (none for a folder or hub id)."""
+    alias = MODEL_ALIASES.get(name.strip().lower())
+    return dict(alias.load_options) if alias else {}
+
+
 def hub_id(name: str) -> str:
     """The hub id of a packaged alias (``minilm`` -> ``sentence-transformers/all-MiniLM-L6-v2``); else ``name``."""
     alias = MODEL_ALIASES.get(name.strip().lower())
@@ -178,7 +185,9 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | N
 
     path = _checked(name, need_config=False, revision=revision)
     with _model_errors(name):
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **_at_revision(revision))
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, trust_remote_code=trust_remote_code, **_at_revision(revision), **alias_load_options(name)
+        )
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -198,39 +207,57 @@ def load_model_for_sequence_classification(
     pad_token_id: int | None = None,
     revision: str | None = None,
 ) -> nn.Module:
-    """``AutoModelForSequenceClassification`` with a fresh ``num_labels`` head and SDPA attention.
-
-    ``revision``: the hub model's branch, tag or commit (see :func:`resolve_model`).
-
-    ``compute_dtype`` is the dtype the model will compute in: fp32 loads every weight in fp32
-    (a checkpoint stored in bf16 too); a half dtype (the autocast dtype of a bf16/fp16 run) loads the
-    weights as stored, and ``prepare_model`` then makes the trainable ones fp32.
-    A head of another size in the checkpoint is replaced. Module paths whose weights were newly
-    initialised are recorded in ``model.loratune_new_modules`` (used by :func:`head_module_names`).
-    Decoder models without a pad token id get ``pad_token_id`` (default: their EOS id).
-    """
-    from transformers import AutoModelForSequenceClassification
-
-    path = _checked(name, revision=revision)
+    """``AutoModelForSequenceClassification`` with a fresh ``num_labels`` head (see :func:`load_pretrained_model`)."""
     if id2label is None:
         id2label = {i: str(i) for i in range(num_labels)}
-    if label2id is None:
-        label2id = {v: k for k, v in id2label.items()}
     if len(id2label) != num_labels:
         raise LoratuneError(
             f"id2label has {len(id2label)} entries but num_labels is {num_labels}; pass one name per label."
         )
+    if label2id is not None and {int(v): k for k, v in label2id.items()} != {int(k): v for k, v in id2label.items()}:
+        raise LoratuneError("label2id is not the inverse of id2label; pass matching label maps.")
+    labels = [id2label[i] for i in sorted(int(k) for k in id2label)]
+    return load_pretrained_model("AutoModelForSequenceClassification", name, labels=labels,
+                                 trust_remote_code=trust_remote_code, compute_dtype=compute_dtype,
+                                 pad_token_id=pad_token_id, revision=revision)  # fmt: skip
+
+
+def load_pretrained_model(
+    auto_class: str,
+    name: str,
+    *,
+    labels: Sequence[str] | None = None,
+    trust_remote_code: bool = False,
+    compute_dtype: torch.dtype = torch.float32,
+    pad_token_id: int | None = None,
+    revision: str | None = None,
+) -> nn.Module:
+    """The transformers ``auto_class`` (e.g. ``"AutoModelForTokenClassification"``) for ``name``, with SDPA attention.
+
+    ``labels``: a classifier's label names; its head gets one output per name (a head of another size in
+    the checkpoint is replaced). ``revision``: the hub model's branch, tag or commit (see :func:`resolve_model`).
+
+    ``compute_dtype`` is the dtype the model will compute in: fp32 loads every weight in fp32
+    (a checkpoint stored in bf16 too); a half dtype (the autocast dtype of a bf16/fp16 run) loads the
+    weights as stored, and ``prepare_model`` then makes the trainable ones fp32.
+    Module paths whose weights were newly initialised are recorded in ``model.loratune_new_modules``
+    (used by :func:`head_module_names`). Models without a pad token id get ``pad_token_id`` (default:
+    their EOS id).
+    """
+    import transformers
+
+    path = _checked(name, revision=revision)
     kwargs: dict[str, Any] = {
-        "num_labels": num_labels,
-        "id2label": {int(k): v for k, v in id2label.items()},
-        "label2id": dict(label2id),
         "trust_remote_code": trust_remote_code,
-        "ignore_mismatched_sizes": True,
         "output_loading_info": True,
         "dtype": torch.float32 if compute_dtype == torch.float32 else "auto",
         **_at_revision(revision),
+        **alias_load_options(name),
     }
-    model, info = _from_pretrained(AutoModelForSequenceClassification, name, path, kwargs)
+    if labels is not None:
+        kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)), ignore_mismatched_sizes=True,
+                      label2id={label: i for i, label in enumerate(labels)})  # fmt: skip
+    model, info = _from_pretrained(getattr(transformers, auto_class), name, path, kwargs)
     if model.config.pad_token_id is None:
         eos = getattr(model.config, "eos_token_id", None)
         pad = pad_token_id if pad_token_id is not None else (eos[0] if isinstance(eos, list) else eos)

@@ -25,6 +25,14 @@ def get_task(name: str) -> Task:
     return TASKS[key]()
 
 
+def task_for_peft_type(task_type: str | None) -> Task:
+    """The task whose adapters PEFT saves with ``task_type`` (``SEQ_CLS`` ...); seq-cls when it is unknown."""
+    for cls in TASKS.values():
+        if cls.peft_task_type == str(task_type or "").upper():
+            return cls()
+    return SeqClsTask()
+
+
 __all__ = [
     "TASKS",
     "Metric",
@@ -38,4 +46,5 @@ __all__ = [
     "get_task",
     "predict_proba",
     "prediction_dict",
+    "task_for_peft_type",
 ]

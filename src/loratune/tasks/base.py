@@ -3,7 +3,7 @@
 The training loop, the evaluation loop and the commands know nothing of any one task. Each task
 (``tasks/seq_cls.py`` ...) is one ``Task`` subclass; ``tasks.get_task(name)`` finds it. A task:
 
-* loads its data (``load_data``) and its model with a fresh head (``load_model``);
+* loads its data (``load_data``) and its model as ``auto_class``, a classifier with a fresh head (``load_model``);
 * turns examples into token ids (``tokenize``) and padded batches (``collator``);
 * gives the training loss of a batch (``loss``; by default the model's own ``outputs.loss``);
 * scores predictions (``metrics()`` returns a fresh ``Metrics`` accumulator) and names the value
@@ -20,6 +20,8 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
+
+from loratune.models import load_pretrained_model
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ class Task(ABC):
 
     name: ClassVar[str]  # the --task value, e.g. "seq-cls"
     peft_task_type: ClassVar[str]  # adapter_config.json's task_type, e.g. "SEQ_CLS"
+    auto_class: ClassVar[str]  # the transformers class, e.g. "AutoModelForSequenceClassification"
+    has_labels: ClassVar[bool] = True  # a classifier: its head has one output per label name
     metric: ClassVar[Metric]
     summary_metrics: ClassVar[tuple[str, ...]]  # the metrics the end-of-run summary shows
 
@@ -79,20 +83,24 @@ class Task(ABC):
         """Data to evaluate a saved artifact on (``info``: its ``loratune.json``); by default ``load_data``."""
         return self.load_data(dataset, seed=seed, **options)
 
-    @abstractmethod
     def load_model(
         self,
         name: str,
-        data: TaskData,
+        info: dict[str, Any],
         *,
         trust_remote_code: bool = False,
         compute_dtype: torch.dtype = torch.float32,
         revision: str | None = None,
     ) -> nn.Module:
-        """The pretrained model ``name`` (at the hub ``revision``) with a fresh task head for ``data``.
+        """The pretrained model ``name`` (at the hub ``revision``) as ``auto_class``.
 
+        ``info`` is ``artifact_info``'s record (for a training run, of its data; for a saved artifact, its
+        ``loratune.json``): a classifier gets a head with one output per ``info["labels"]``.
         ``compute_dtype``: the run's compute dtype; a checkpoint stored in it loads as stored, else in fp32.
         """
+        labels = info.get("labels") if self.has_labels else None
+        return load_pretrained_model(self.auto_class, name, labels=labels, trust_remote_code=trust_remote_code,
+                                     compute_dtype=compute_dtype, revision=revision)  # fmt: skip
 
     @abstractmethod
     def tokenize(self, split: Any, tokenizer: Any, max_length: int) -> Any:

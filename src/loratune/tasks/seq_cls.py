@@ -16,7 +16,6 @@ from torch import nn
 from loratune.data.batching import DynamicPaddingCollator, tokenize_dataset
 from loratune.data.sources import TextClassificationData, load_text_classification
 from loratune.errors import DataError
-from loratune.models import load_model_for_sequence_classification
 from loratune.tasks.base import Metric, Task
 
 TASK_TYPE = "SEQ_CLS"  # PEFT's task_type in adapter_config.json
@@ -159,6 +158,7 @@ class SeqClsTask(Task):
 
     name = "seq-cls"
     peft_task_type = TASK_TYPE
+    auto_class = AUTO_CLASS
     metric = Metric("accuracy")
     summary_metrics = ("accuracy", "macro_f1")
 
@@ -181,20 +181,6 @@ class SeqClsTask(Task):
         ids = [labels.index(data.labels[i]) for i in data.eval["label"]]
         evaluated = datasets.Dataset.from_dict({"text": data.eval["text"], "label": ids}, features=data.eval.features)
         return dataclasses.replace(data, eval=evaluated, labels=labels)
-
-    def load_model(
-        self,
-        name: str,
-        data: TextClassificationData,
-        *,
-        trust_remote_code: bool = False,
-        compute_dtype: torch.dtype = torch.float32,
-        revision: str | None = None,
-    ) -> nn.Module:
-        return load_model_for_sequence_classification(
-            name, data.num_labels, data.id2label, data.label2id, trust_remote_code=trust_remote_code,
-            compute_dtype=compute_dtype, revision=revision,
-        )  # fmt: skip
 
     def tokenize(self, split: Any, tokenizer: Any, max_length: int) -> Any:
         return tokenize_dataset(split, tokenizer, max_length)

@@ -178,8 +178,13 @@ def prepare(cfg: RunConfig) -> Prepared:
     data = load_data(cfg)
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
     torch.manual_seed(cfg.seed)  # the new head's initialisation
-    model = task.load_model(cfg.model, data, trust_remote_code=cfg.trust_remote_code, compute_dtype=DTYPES[precision],
-                            revision=cfg.revision)  # fmt: skip
+    model = task.load_model(
+        cfg.model,
+        task.artifact_info(data),
+        trust_remote_code=cfg.trust_remote_code,
+        compute_dtype=DTYPES[precision],
+        revision=cfg.revision,
+    )
     use_tokenizer_pad_id(model, tokenizer)
     max_length = usable_max_length(cfg.max_length, model, tokenizer)
     fingerprint = base_fingerprint(model)
