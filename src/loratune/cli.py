@@ -86,7 +86,13 @@ def _compare_options(p: argparse.ArgumentParser) -> None:
         help="pick the smallest rank within --tolerance of the best by successive halving over --ranks "
         "(default 1,2,4,8,16), then train it fully into OUT/auto-rank",
     )
-    group.add_argument("--tolerance", type=float, default=0.5, help="auto-rank: accuracy points (default 0.5)")
+    group.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.5,
+        help="auto-rank: points of the task's metric: percent points for accuracy or F1, "
+        "its own units for perplexity (default 0.5)",
+    )
     group.add_argument(
         "--first-budget",
         type=float,

@@ -5,12 +5,12 @@ Layout of ``--output OUT`` (default ``runs/compare``)::
     full/, lora/            one training run per method (summary.json, adapter/ or model/, curves.png)
     comparison.md|json|png  the measured table, with a LoRA / full ratio column      (report.py)
     rank-<r>/               --ranks: one LoRA run per rank                            (sweep.py)
-    ranks.json|png          accuracy against trainable parameters and against training time
+    ranks.json|png          the task's metric against trainable parameters and against training time
     rounds/r<r>/            --auto-rank: one run per candidate rank, on the full schedule, paused
                             at each round's budget and continued while the rank survives (auto_rank.py)
     auto-rank/              --auto-rank: the chosen rank's run, continued to the full budget; the
                             result is auto-rank/adapter
-    auto_rank.json          the choice and its evidence (rank, budget, accuracy per round)
+    auto_rank.json          the choice and its evidence (rank, budget, metrics per round)
     logs/<run>.log          each child's console output
 
 Each run is a child process (runner.py). The same command plus ``--resume`` reuses the finished
@@ -30,6 +30,7 @@ from loratune.compare.runner import ChildRunError, Runner, child_argv, child_mod
 from loratune.compare.sweep import parse_ranks, sweep_ranks
 from loratune.errors import LoratuneError, RunError
 from loratune.fsutil import LOCK_FILE, folder_lock
+from loratune.tasks import get_task
 from loratune.train.config import build_config
 
 __all__ = [
@@ -78,7 +79,7 @@ def run_compare(args: argparse.Namespace, flags: dict[str, Any]) -> int:
     if flags.get("method") is not None:
         raise LoratuneError("compare takes --methods (e.g. --methods full,lora), not --method")
     if args.tolerance < 0:
-        raise LoratuneError(f"--tolerance must be >= 0 accuracy points, got {args.tolerance:g}")
+        raise LoratuneError(f"--tolerance must be >= 0 (points of the task's metric), got {args.tolerance:g}")
     if not 0 < args.first_budget <= 1:
         raise LoratuneError(f"--first-budget must be a fraction in (0, 1], got {args.first_budget:g}")
     ranks = parse_ranks(args.ranks) if args.ranks else None
@@ -109,5 +110,6 @@ def _run_jobs(args, cfg, out: Path, methods, ranks, sweep: bool, *, resume: bool
             sweep_ranks(runner, cfg, ranks)
         if args.auto_rank:
             candidates = ranks or list(DEFAULT_RANKS)
-            auto_rank(runner, candidates, budget, tolerance_pt=args.tolerance, first_budget=args.first_budget)
+            auto_rank(runner, candidates, budget, tolerance_pt=args.tolerance, first_budget=args.first_budget,
+                      metric=get_task(cfg.task).metric)  # fmt: skip
     return 0

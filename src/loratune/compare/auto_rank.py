@@ -14,21 +14,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loratune.compare import scores
 from loratune.compare.runner import Runner
 from loratune.fsutil import atomic_write_json
+from loratune.tasks import Metric
 from loratune.train.run import load_data
 
+ACCURACY = Metric("accuracy")
 
-def choose_rank(accuracies: Mapping[int, float], tolerance_pt: float) -> int:
-    """The smallest rank whose accuracy is within ``tolerance_pt`` accuracy points of the best one.
+
+def choose_rank(
+    values: Mapping[int, float], tolerance_pt: float, *, metric: str = "accuracy", higher_is_better: bool = True
+) -> int:
+    """The smallest rank whose ``metric`` is within ``tolerance_pt`` of the best one (in percent points for a
+    fraction such as accuracy or F1, in the metric's own units otherwise, e.g. perplexity).
 
     >>> choose_rank({1: 0.80, 2: 0.862, 4: 0.866, 8: 0.87}, 0.5)
     4
+    >>> choose_rank({1: 9.1, 2: 8.45, 4: 8.3}, 0.2, metric="perplexity", higher_is_better=False)
+    2
     """
-    if not accuracies:
-        raise ValueError("no accuracies to choose from")
-    best = max(accuracies.values())
-    return min(r for r, acc in accuracies.items() if acc >= best - tolerance_pt / 100 - 1e-9)
+    return scores.best_within(values, tolerance_pt, metric=metric, higher_is_better=higher_is_better)
 
 
 @dataclass
@@ -37,8 +43,8 @@ class Round:
 
     index: int
     steps: int
-    results: dict[int, dict[str, Any]]  # rank -> measures (at least "accuracy")
-    best: int = 0  # the most accurate rank of this round
+    results: dict[int, dict[str, Any]]  # rank -> measures (at least the metric's value)
+    best: int = 0  # the rank with this round's best metric
     choice: int = 0  # the smallest rank within tolerance of ``best``
     kept: list[int] = field(default_factory=list)  # the ranks that go on to the next round
 
@@ -50,11 +56,13 @@ def successive_halving(
     full_steps: int,
     first_steps: int,
     tolerance_pt: float,
+    metric: str = "accuracy",
+    higher_is_better: bool = True,
 ) -> tuple[int, list[Round]]:
     """Pick a LoRA rank without training every candidate fully; return ``(rank, rounds)``.
 
-    The rule is the one a full sweep would apply: the smallest rank whose accuracy is within
-    ``tolerance_pt`` points of the best (``choose_rank``). Successive halving estimates it cheaply:
+    The rule is the one a full sweep would apply: the smallest rank whose ``metric`` (accuracy by default) is
+    within ``tolerance_pt`` of the best (``choose_rank``). Successive halving estimates it cheaply:
 
     1. Train every candidate for ``first_steps`` optimizer steps (``train(rank, steps, round)``
        returns its measures incl. accuracy; ``auto_rank`` makes each round a prefix of one
@@ -81,20 +89,21 @@ def successive_halving(
     rounds: list[Round] = []
     while True:
         results = {r: dict(train(r, steps, len(rounds) + 1)) for r in survivors}
-        acc = {r: float(results[r]["accuracy"]) for r in survivors}
-        rnd = Round(len(rounds) + 1, steps, results, best=min(acc, key=lambda r: (-acc[r], r)))
-        rnd.choice = choose_rank(acc, tolerance_pt)
+        acc = {r: float(results[r][metric]) for r in survivors}
+        sign = 1.0 if higher_is_better else -1.0
+        rnd = Round(len(rounds) + 1, steps, results, best=min(acc, key=lambda r: (-sign * acc[r], r)))
+        rnd.choice = choose_rank(acc, tolerance_pt, metric=metric, higher_is_better=higher_is_better)
         rounds.append(rnd)
         if steps >= full_steps:  # the full budget: this round is the sweep itself
             rnd.kept = [rnd.choice]
             return rnd.choice, rounds
         majority = [results[r].get("majority_accuracy") for r in survivors]
         chance = max((m for m in majority if m is not None), default=None)
-        if chance is not None and acc[rnd.best] <= chance + tolerance_pt / 100:
+        if metric == "accuracy" and chance is not None and acc[rnd.best] <= chance + tolerance_pt / 100:
             rnd.kept = list(survivors)  # not learned yet: the ranks differ by noise only
             steps = min(2 * steps, full_steps)
             continue
-        better_half = sorted(survivors, key=lambda r: (-acc[r], r))[: math.ceil(len(survivors) / 2)]
+        better_half = sorted(survivors, key=lambda r: (-sign * acc[r], r))[: math.ceil(len(survivors) / 2)]
         kept = sorted({*better_half, rnd.choice})
         rnd.kept = kept if len(kept) < len(survivors) else [rnd.choice]
         if len(rnd.kept) == 1:
@@ -112,14 +121,17 @@ def full_budget(cfg) -> tuple[int, int]:
 
 
 def _evidence_table(rounds: Sequence[Round], per_epoch: int) -> str:
-    lines = ["| round | steps | epochs | r | accuracy | macro-F1 | |", "|---|---|---|---|---|---|---|"]
+    names = next(iter(rounds[0].results.values()))["metrics"] if rounds else ["accuracy"]
+    head = " | ".join(scores.label(n) for n in names)
+    lines = [f"| round | steps | epochs | r | {head} | |", "|---|---|---|---|" + "---|" * len(names) + "---|"]
     for rnd in rounds:
         for r, m in sorted(rnd.results.items()):
             marks = [x for x, ok in (("best", r == rnd.best), ("choice", r == rnd.choice)) if ok]
             marks.append("kept" if r in rnd.kept and len(rnd.kept) > 1 else "" if r in rnd.kept else "dropped")
+            values = " | ".join(scores.text(n, m.get(n)) for n in names)
             lines.append(
-                f"| {rnd.index} | {rnd.steps} | {rnd.steps / per_epoch:.2f} | {r} | {100 * m['accuracy']:.2f} % "
-                f"| {100 * m['macro_f1']:.2f} | {', '.join(x for x in marks if x)} |"
+                f"| {rnd.index} | {rnd.steps} | {rnd.steps / per_epoch:.2f} | {r} | {values} "
+                f"| {', '.join(x for x in marks if x)} |"
             )
     return "\n".join(lines)
 
@@ -147,9 +159,12 @@ def _reason(choice: int, rounds: Sequence[Round], tolerance_pt: float) -> str:
     if not rounds:
         return f"r={choice} is the only candidate"
     last = rounds[-1]
+    best = last.results[last.best]
+    metric = best["metric"]
     return (
-        f"r={choice} is the smallest rank within {tolerance_pt:g} pt of the best accuracy in round {last.index} "
-        f"({100 * last.results[last.best]['accuracy']:.2f} % at r={last.best}, {last.steps} steps)"
+        f"r={choice} is the smallest rank within {tolerance_pt:g} {scores.unit(metric)} of the best "
+        f"{scores.label(metric)} in round {last.index} ({scores.text(metric, best[metric])} at r={last.best}, "
+        f"{last.steps} steps)"
     )
 
 
@@ -200,21 +215,29 @@ def _round_records(rounds: Sequence[Round], per_epoch: int) -> list[dict[str, An
 
 
 def auto_rank(
-    runner: Runner, candidates: Sequence[int], budget: tuple[int, int], *, tolerance_pt: float, first_budget: float
+    runner: Runner,
+    candidates: Sequence[int],
+    budget: tuple[int, int],
+    *,
+    tolerance_pt: float,
+    first_budget: float,
+    metric: Metric = ACCURACY,
 ) -> dict:
     """Successive halving over ``candidates``, then the chosen rank trained fully into OUT/auto-rank.
 
-    ``budget`` is ``full_budget(cfg)``: (steps of one full run, steps per epoch).
+    ``budget`` is ``full_budget(cfg)``: (steps of one full run, steps per epoch); ``metric``: the task's.
     """
     full_steps, per_epoch = budget
     first_steps = max(1, math.ceil(first_budget * full_steps))
     print(f"auto-rank: candidates r={','.join(map(str, candidates))}; full budget {full_steps} steps "
           f"({full_steps / per_epoch:.2f} epochs of {per_epoch}); first round {first_steps} steps, doubling; "
-          f"tolerance {tolerance_pt:g} accuracy points", flush=True)  # fmt: skip
+          f"tolerance {tolerance_pt:g} {scores.unit(metric.name)} of {scores.label(metric.name)}",
+          flush=True)  # fmt: skip
     runs = _PrefixRuns(runner, full_steps)
     choice, rounds = successive_halving(
-        candidates, runs, full_steps=full_steps, first_steps=first_steps, tolerance_pt=tolerance_pt
-    )
+        candidates, runs, full_steps=full_steps, first_steps=first_steps, tolerance_pt=tolerance_pt,
+        metric=metric.name, higher_is_better=metric.higher_is_better,
+    )  # fmt: skip
     table, reason = _evidence_table(rounds, per_epoch), _reason(choice, rounds, tolerance_pt)
     if rounds:
         print("\n" + table + "\n")
@@ -239,8 +262,8 @@ def auto_rank(
         "cost": cost,
     }
     atomic_write_json(runner.out / "auto_rank.json", result)
-    print(f"auto-rank: r={choice} trained with the full budget: accuracy {100 * final['accuracy']:.2f} %, "
-          f"macro-F1 {100 * final['macro_f1']:.2f}; adapter in {adapter}\n"
+    shown = ", ".join(f"{scores.label(n)} {scores.text(n, final.get(n))}" for n in final["metrics"])
+    print(f"auto-rank: r={choice} trained with the full budget: {shown}; adapter in {adapter}\n"
           f"auto-rank: cost {cost['round_steps']} steps in rounds + {cost['final_steps']} final = "
           f"{cost['total_steps']} steps, vs {cost['full_sweep_steps']} for the full sweep "
           f"({cost['fraction_of_full_sweep']:.2f}x); wrote {runner.out / 'auto_rank.json'}", flush=True)  # fmt: skip

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from loratune.compare import scores
 from loratune.errors import RunError
 from loratune.tasks import get_task
 from loratune.train.logging import read_metrics
@@ -18,6 +19,19 @@ def majority_accuracy(matrix: Sequence[Sequence[int]] | None) -> float | None:
         return None
     rows = [sum(row) for row in matrix]
     return max(rows) / sum(rows) if sum(rows) else None
+
+
+def task_scores(task: str, best: Mapping[str, Any], final: Mapping[str, Any], test: Mapping[str, Any]) -> dict:
+    """The task's metrics: ``metric`` (the one that chose the checkpoint), its direction, and for each
+    metric the best evaluation's value (``accuracy``), the last one's (``final_accuracy``) and the test
+    split's (``test_accuracy``, None without a validation split)."""
+    spec = get_task(task)
+    names = list(dict.fromkeys([spec.metric.name, *spec.summary_metrics]))
+    out: dict[str, Any] = {"metric": spec.metric.name, "higher_is_better": spec.metric.higher_is_better,
+                           "metrics": names}  # fmt: skip
+    for name in names:
+        out |= {name: best.get(name), f"final_{name}": final.get(name), f"test_{name}": test.get(name)}
+    return out
 
 
 def run_measures(summary: Mapping[str, Any], *, run_dir: Path, pid: int | None, elapsed: float | None) -> dict:
@@ -49,14 +63,9 @@ def run_measures(summary: Mapping[str, Any], *, run_dir: Path, pid: int | None, 
         "artifact_bytes": int(summary.get("artifact_bytes") or 0),
         "weights_bytes": int(summary.get("weights_bytes") or 0),
         "selection": summary.get("selection"),
-        "test_accuracy": (summary.get("test") or {}).get("accuracy"),
-        "test_macro_f1": (summary.get("test") or {}).get("macro_f1"),
-        "accuracy": best.get("accuracy"),
+        **task_scores(summary.get("task", "seq-cls"), best, final, summary.get("test") or {}),
         "majority_accuracy": majority_accuracy(summary.get("confusion_matrix")),
-        "macro_f1": best.get("macro_f1"),
         "best_epoch": best.get("epoch"),
-        "final_accuracy": final.get("accuracy"),
-        "final_macro_f1": final.get("macro_f1"),
         "train_examples": summary.get("train_examples"),
         "eval_examples": summary.get("eval_examples"),
         "device": device,
@@ -69,7 +78,7 @@ def measures_at_step(m: dict[str, Any], step: int) -> dict[str, Any]:
 
     A run that went further than ``step`` (an interrupted ``--auto-rank`` resumed with ``--resume``,
     whose earlier rounds reuse runs that later rounds continued) must not show an earlier round its
-    later evaluations: accuracy, macro-F1 and the best epoch are taken again from the evaluations in
+    later evaluations: its metrics and the best epoch are taken again from the evaluations in
     its ``metrics.jsonl`` up to ``step`` (every pause evaluates, so the one at ``step`` is there).
     """
     if m["steps"] <= step:
@@ -85,21 +94,22 @@ def measures_at_step(m: dict[str, Any], step: int) -> dict[str, Any]:
     for e in evals:  # the trainer's own rule, on the task's metric
         if metric.improves(e, best):
             best = e
-    return m | {
-        "steps": step,
-        "epochs": at[-1]["epoch"],
-        "accuracy": best["accuracy"],
-        "macro_f1": best.get("macro_f1"),
-        "best_epoch": best.get("epoch"),
-        "final_accuracy": at[-1]["accuracy"],
-        "final_macro_f1": at[-1].get("macro_f1"),
-        "majority_accuracy": majority_accuracy(at[-1].get("confusion_matrix")) or m["majority_accuracy"],
-    }
+    return (
+        m
+        | task_scores(m["task"], best, at[-1], {k[5:]: v for k, v in m.items() if k.startswith("test_")})
+        | {
+            "steps": step,
+            "epochs": at[-1]["epoch"],
+            "best_epoch": best.get("epoch"),
+            "majority_accuracy": majority_accuracy(at[-1].get("confusion_matrix")) or m.get("majority_accuracy"),
+        }
+    )
 
 
 def describe(m: Mapping[str, Any]) -> str:
+    shown = ", ".join(f"{scores.label(name)} {scores.text(name, m.get(name))}" for name in m["metrics"])
     return (
-        f"accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, "
+        f"{shown}, "
         f"{m['trainable_params']:,} trainable ({m['trainable_percent']:.2f} %), "
         f"peak {format_bytes(m['peak_memory_bytes'])}, {m['train_seconds']:.1f} s training "
         f"({m['examples_per_s']:.1f} examples/s), weights {format_bytes(m['weights_bytes'])}"

@@ -1,7 +1,7 @@
 """Plots for ``loratune compare`` (matplotlib's Agg canvas; never opens a window).
 
 ``plot_comparison``: side-by-side bars per method for the five measures of the tutorial's table.
-``plot_ranks``: accuracy against trainable parameters and against training time, one point per rank.
+``plot_ranks``: the task's metric against trainable parameters and against training time, one point per rank.
 Inputs are the per-run measure dicts of ``loratune.compare.run_measures``.
 """
 
@@ -16,6 +16,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from loratune.compare import scores
 from loratune.fsutil import atomic_write_bytes
 from loratune.train.memory import format_bytes
 
@@ -28,8 +29,15 @@ _PANELS: tuple[tuple[str, str, Any, bool], ...] = (
     ("peak training memory", "peak_memory_bytes", format_bytes, False),
     ("training time (s)", "train_seconds", lambda v: f"{v:.1f} s", False),
     ("storage per task (bytes)", "weights_bytes", format_bytes, True),
-    ("accuracy (%)", "accuracy", lambda v: f"{100 * v:.2f} %", False),
 )
+
+
+def _score_panel(m: Mapping[str, Any]) -> tuple[str, str, Any, bool]:
+    """The panel of the task's metric: the test split's when a validation split chose the checkpoints."""
+    metric = m["metric"]
+    key = f"test_{metric}" if m.get(f"test_{metric}") is not None else metric
+    title = ("test " if key != metric else "") + scores.label(metric) + (" (%)" if metric in scores.FRACTIONS else "")
+    return title, key, lambda v: scores.text(metric, v), False
 
 
 def _save(fig: Figure, out_png: str | os.PathLike[str]) -> Path:
@@ -39,19 +47,23 @@ def _save(fig: Figure, out_png: str | os.PathLike[str]) -> Path:
 
 
 def plot_comparison(runs: Mapping[str, Mapping[str, Any]], out_png: str | os.PathLike[str], *, title: str = "") -> Path:
-    """Five panels (parameters, memory, time, storage, accuracy), one bar per method, values written on the bars.
+    """Five panels (parameters, memory, time, storage, the task's metric), one bar per method, values on the bars.
 
     Parameters and storage differ by orders of magnitude between full fine-tuning and LoRA, so their axes are
-    logarithmic; the others are linear from zero (accuracy from a little below the lower bar).
+    logarithmic; the others are linear from zero (a fraction such as accuracy from a little below the lower bar).
     """
     fig = Figure(figsize=(15, 3.8), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(_PANELS))
+    first = next(iter(runs.values()))
+    panels = (*_PANELS, _score_panel(first))
+    metric = first["metric"]
+    axes = fig.subplots(1, len(panels))
     names = list(runs)
     labels = [("LoRA r=" + str(runs[n].get("r"))) if n == "lora" else "full FT" if n == "full" else n for n in names]
-    for ax, (panel, key, fmt, log) in zip(axes, _PANELS, strict=True):
+    for ax, (panel, key, fmt, log) in zip(axes, panels, strict=True):
         values = [float(runs[n][key] or 0) for n in names]
-        shown = [100 * v for v in values] if key == "accuracy" else values
+        fraction = key.removeprefix("test_") == metric and metric in scores.FRACTIONS
+        shown = [100 * v for v in values] if fraction else values
         bars = ax.bar(labels, shown, color=[_COLORS.get(n, "tab:green") for n in names], width=0.6)
         for bar, v in zip(bars, values, strict=True):
             ax.annotate(
@@ -65,7 +77,7 @@ def plot_comparison(runs: Mapping[str, Mapping[str, Any]], out_png: str | os.Pat
         if log and min(shown) > 0:
             ax.set_yscale("log")
             ax.set_ylim(min(shown) / 3, max(shown) * 5)
-        elif key == "accuracy":
+        elif fraction:
             lo, hi = min(shown), max(shown)
             ax.set_ylim(max(0.0, lo - max(5.0, hi - lo)), min(100.0, hi + 0.25 * max(5.0, hi - lo)) + 0.5)
         else:
@@ -81,30 +93,32 @@ def plot_comparison(runs: Mapping[str, Mapping[str, Any]], out_png: str | os.Pat
 
 
 def plot_ranks(rows: Sequence[Mapping[str, Any]], out_png: str | os.PathLike[str], *, title: str = "") -> Path:
-    """Two panels: accuracy vs trainable parameters (log x) and accuracy vs training time; points labelled r=."""
+    """Two panels: the task's metric vs trainable parameters (log x) and vs training time; points labelled r=."""
     fig = Figure(figsize=(11, 4.2), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     ax_params, ax_time = fig.subplots(1, 2)
     rows = sorted(rows, key=lambda m: m["r"])
-    acc = [100 * float(m["accuracy"]) for m in rows]
+    metric = rows[0]["metric"]
+    name = scores.label(metric) + (" (%)" if metric in scores.FRACTIONS else "")
+    ys = [scores.points(metric, float(m[metric])) for m in rows]
     for ax, key, xlabel in (
         (ax_params, "trainable_params", "trainable parameters"),
         (ax_time, "train_seconds", "training time (s)"),
     ):
         xs = [float(m[key]) for m in rows]
-        ax.plot(xs, acc, "o-", color="tab:blue", ms=6)
-        for x, y, m in zip(xs, acc, rows, strict=True):
+        ax.plot(xs, ys, "o-", color="tab:blue", ms=6)
+        for x, y, m in zip(xs, ys, rows, strict=True):
             ax.annotate(f"r={m['r']}", (x, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
         if key == "trainable_params" and min(xs) > 0:
             ax.set_xscale("log")
-        lo, hi = min(acc), max(acc)
-        pad = max((hi - lo) * 0.15, 0.5)
+        lo, hi = min(ys), max(ys)
+        pad = max((hi - lo) * 0.15, 0.5 if metric in scores.FRACTIONS else 0.01 * abs(hi) + 1e-6)
         ax.set_ylim(lo - pad, hi + 1.5 * pad)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("accuracy (%)")
+        ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-    ax_params.set_title("Accuracy vs trainable parameters")
-    ax_time.set_title("Accuracy vs training time")
+    ax_params.set_title(f"{scores.label(metric).capitalize()} vs trainable parameters")
+    ax_time.set_title(f"{scores.label(metric).capitalize()} vs training time")
     if title:
         fig.suptitle(title)
     return _save(fig, out_png)

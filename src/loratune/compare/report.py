@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from loratune.compare import scores
 from loratune.compare.plots import plot_comparison
 from loratune.compare.runner import Runner
 from loratune.fsutil import atomic_write_json, atomic_write_text
@@ -17,9 +18,24 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
+def _score_rows(m: Mapping[str, Any]) -> list[tuple[str, str, Callable[[Mapping[str, Any]], str]]]:
+    """The task's metric rows: the chosen checkpoint's, or when a validation split chose it, the test
+    split's for each metric and then the validation value of the choosing metric."""
+
+    def row(title: str, key: str, name: str) -> tuple[str, str, Callable[[Mapping[str, Any]], str]]:
+        return title, key, lambda run: scores.text(name, run.get(key))
+
+    names, metric = m["metrics"], m["metric"]
+    if m.get(f"test_{metric}") is None:
+        return [row(scores.label(name), name, name) for name in names]
+    tested = [row(f"test {scores.label(name)}", f"test_{name}", name) for name in names]
+    return [*tested, row(f"validation {scores.label(metric)}", metric, metric)]
+
+
 def comparison_rows(runs: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The tutorial's rows (plus macro-F1 and examples/s): one dict per measure with each method's value,
-    its text, and ``ratio`` = LoRA / full when both methods ran (accuracy rows also give ``diff_pt``)."""
+    its text, and ``ratio`` = LoRA / full when both methods ran (rows of fractions such as accuracy also give
+    ``diff_pt``)."""
 
     def epochs_text(m: Mapping[str, Any]) -> str:
         e = m["epochs"]
@@ -43,15 +59,8 @@ def comparison_rows(runs: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any
             "weights_bytes",
             lambda m: f"{format_bytes(m['weights_bytes'])} (folder {format_bytes(m['artifact_bytes'])})",
         ),
-        ("accuracy", "accuracy", lambda m: f"{100 * m['accuracy']:.2f} %"),
-        ("macro-F1", "macro_f1", lambda m: f"{100 * m['macro_f1']:.2f}"),
+        *_score_rows(next(iter(runs.values()))),
     ]
-    if all(m.get("test_accuracy") is not None for m in runs.values()):  # a validation split chose the checkpoints
-        spec[-2:] = [
-            ("test accuracy", "test_accuracy", lambda m: f"{100 * m['test_accuracy']:.2f} %"),
-            ("test macro-F1", "test_macro_f1", lambda m: f"{100 * m['test_macro_f1']:.2f}"),
-            ("validation accuracy", "accuracy", lambda m: f"{100 * m['accuracy']:.2f} %"),
-        ]
     rows = []
     for measure, key, fmt in spec:
         row: dict[str, Any] = {"measure": measure, "key": key}
@@ -60,7 +69,8 @@ def comparison_rows(runs: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any
             row[f"{method}_text"] = fmt(m)
         if "full" in runs and "lora" in runs:
             row["ratio"] = _ratio(runs["lora"][key], runs["full"][key])
-            if key in ("accuracy", "macro_f1", "test_accuracy", "test_macro_f1"):
+            metric = key.removeprefix("test_")
+            if metric in scores.FRACTIONS and None not in (runs["lora"][key], runs["full"][key]):
                 row["diff_pt"] = 100 * (runs["lora"][key] - runs["full"][key])
         rows.append(row)
     return rows
@@ -86,10 +96,11 @@ def comparison_markdown(runs: Mapping[str, Mapping[str, Any]], rows: list[dict[s
         "gradients, optimizer state; on CPU also Python and its libraries).",
         "Training time: optimizer steps only (evaluation and loading excluded). Storage per task: the saved "
         "weights (safetensors); the folder adds tokenizer and config.",
-        f"Accuracy and macro-F1: each run's checkpoint was chosen on {first.get('selection') or 'the eval split'}"
+        f"{scores.label(first['metric']).capitalize()}: each run's checkpoint was chosen on "
+        f"{first.get('selection') or 'the eval split'}"
         + (
             "; the test rows score the eval split once, with that checkpoint."
-            if first.get("test_accuracy") is not None
+            if first.get(f"test_{first['metric']}") is not None
             else "."
         ),
     ]

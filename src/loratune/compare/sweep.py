@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from loratune.compare import scores
 from loratune.compare.plots import plot_ranks
 from loratune.compare.report import setup_line
 from loratune.compare.runner import Runner
@@ -25,6 +26,20 @@ def parse_ranks(text: str, flag: str = "--ranks") -> list[int]:
     return ranks
 
 
+def rank_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A markdown table: one row per rank with its trainable parameters, the task's metrics and its time."""
+    names = rows[0]["metrics"]
+    lines = [
+        "| r | trainable | " + " | ".join(scores.label(n) for n in names) + " | training time |",
+        "|---|---|" + "---|" * len(names) + "---|",
+    ]
+    for m in rows:
+        values = " | ".join(scores.text(n, m.get(n)) for n in names)
+        lines.append(f"| {m['r']} | {m['trainable_params']:,} ({m['trainable_percent']:.2f} %) | {values} "
+                     f"| {m['train_seconds']:.1f} s |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def sweep_ranks(runner: Runner, cfg, ranks: Sequence[int]) -> list[dict[str, Any]]:
     """One LoRA child per rank; then ranks.json and ranks.png in OUT."""
     out = runner.out
@@ -35,11 +50,6 @@ def sweep_ranks(runner: Runner, cfg, ranks: Sequence[int]) -> list[dict[str, Any
     setup = setup_line(cfg, rows[0])
     atomic_write_json(out / "ranks.json", {"setup": setup, "ranks": rows})
     plot_ranks(rows, out / "ranks.png", title=f"{cfg.model}: LoRA rank sweep")
-    print("\n| r | trainable | accuracy | macro-F1 | training time |\n|---|---|---|---|---|")
-    for m in rows:
-        print(
-            f"| {m['r']} | {m['trainable_params']:,} ({m['trainable_percent']:.2f} %) | {100 * m['accuracy']:.2f} % "
-            f"| {100 * m['macro_f1']:.2f} | {m['train_seconds']:.1f} s |"
-        )
+    print("\n" + rank_table(rows))
     print(f"wrote {out / 'ranks.json'}, ranks.png", flush=True)
     return rows
