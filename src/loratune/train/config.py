@@ -24,6 +24,7 @@ import yaml
 
 from loratune.errors import LoratuneError
 from loratune.tasks import TASKS
+from loratune.tasks.infer import infer_task
 
 METHODS = ("lora", "full")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -58,7 +59,13 @@ DATA, LORA, TRAINING, RUN = "model and data", "method and LoRA", "training", "ru
 class RunConfig:
     """One training run. Field names are the CLI flags with dashes turned into underscores."""
 
-    task: str = _opt("seq-cls", "what to learn: seq-cls (a label per text)", DATA, choices=tuple(TASKS))
+    task: str | None = _opt(
+        None,
+        "what to learn: seq-cls (a label per text), token-cls (a tag per word), causal-lm (text generation); "
+        "default: inferred from the data",
+        DATA,
+        choices=tuple(TASKS),
+    )
     model: str = _opt("minilm", "hub name, local folder, or alias 'minilm'", DATA)
     revision: str | None = _opt(
         None, "the hub model's branch, tag or commit (default: its latest); not for a local folder or alias", DATA
@@ -163,6 +170,10 @@ class RunConfig:
         if self.lr is not None:
             return self.lr
         return 5e-4 if self.method == "lora" else 2e-5
+
+    def __post_init__(self) -> None:
+        if self.task is None:  # built directly, not by build_config (which also prints why)
+            self.task = infer_task(self.dataset, self.train_file).task
 
     def validate(self) -> RunConfig:
         """Raise ``LoratuneError`` naming the flag and the fix for any out-of-range value."""
@@ -356,6 +367,15 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
 DEMO = {"dataset": "tweets", "train_size": 4000, "eval_size": 1000, "max_length": 128}
 
 
+def inferred_task(values: dict[str, Any]) -> str:
+    """The task the data of ``values`` is for (``tasks.infer``), printed with the reason unless it is seq-cls
+    (the task of a labelled table, and of the demo)."""
+    guess = infer_task(values.get("dataset"), values.get("train_file"))
+    if guess.task != "seq-cls":
+        print(f"task: {guess.task} (inferred: {guess.reason}; pass --task to choose)", flush=True)
+    return guess.task
+
+
 def build_config(recipe: str | Path | None = None, **flags: Any) -> RunConfig:
     """Defaults, then the recipe, then ``flags`` (field -> value; None means "not given"), checked.
 
@@ -371,6 +391,8 @@ def build_config(recipe: str | Path | None = None, **flags: Any) -> RunConfig:
             labels.pop(name, None)
     if not any(values.get(k) for k in ("dataset", "train_file", "eval_file")):
         values = {**DEMO, **values}
+    if values.get("task") is None:
+        values["task"] = inferred_task(values)
     cfg = RunConfig(**values)
     check_config(cfg, labels)
     return cfg
