@@ -421,3 +421,25 @@ def test_without_a_separate_test_split_the_summary_says_so(tiny_model_dir, toy_d
     assert summary["test"] is None and summary["val_examples"] is None
     assert "which is also the one reported" in summary["selection"] and "--val-size" in summary["selection"]
     assert "best chosen on      the eval split" in stdout
+
+
+def test_all_linear_run_notes_the_layers_it_targeted(tiny_model_dir, toy_data, tmp_path, capsys, monkeypatch):
+    """all-linear prints one note line with the layer names; as the fallback for an architecture without
+    default targets it says so (here the default is replaced to stand for an unknown model type)."""
+    small = ("--epochs", "1", "--train-size", "16", "--eval-size", "8")
+    code, stdout, err = run(train_args(tiny_model_dir, toy_data, tmp_path / "a", *small, "--target-modules",
+                                       "all-linear"), capsys)  # fmt: skip
+    assert code == 0, err
+    notes = [line for line in stdout.splitlines() if "all-linear" in line]
+    assert notes == [
+        "note: all-linear targeted 13 layers: attention.self.query, attention.self.key, attention.self.value, "
+        "attention.output.dense, intermediate.dense, output.dense, bert.pooler.dense"
+    ]  # 6 per layer and the pooler; never the classifier
+    asked = []
+    monkeypatch.setattr("loratune.train.run.default_target_modules", lambda *a: asked.append(a) or "all-linear")
+    code, stdout, err = run(train_args(tiny_model_dir, toy_data, tmp_path / "b", *small), capsys)
+    assert code == 0, err
+    assert asked == [("bert", "seq-cls")]
+    assert [line for line in stdout.splitlines() if "all-linear" in line] == [
+        notes[0].replace("note: ", "note: no default LoRA targets for model type 'bert', so ")
+    ]
