@@ -175,6 +175,15 @@ def _at_revision(revision: str | None) -> dict[str, str]:
     return {} if revision is None else {"revision": revision}
 
 
+def load_config(name: str, trust_remote_code: bool = False, revision: str | None = None) -> Any:
+    """``AutoConfig`` of ``name`` (alias, folder or hub id, at ``revision``); no weights are read."""
+    from transformers import AutoConfig
+
+    path = _checked(name, revision=revision)
+    with _model_errors(name):
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **_at_revision(revision))
+
+
 def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | None = None) -> Any:
     """``AutoTokenizer`` for ``name`` (alias, folder or hub id, at ``revision``); a missing pad token becomes EOS."""
     from transformers import AutoTokenizer
@@ -425,7 +434,7 @@ def _model_error_message(err: BaseException, name: str) -> str | None:
         )
     if "does not appear to have" in low:
         return f"model '{name}' on the Hugging Face hub has no config.json or weights; check the name, or {_INSTEAD}."
-    if "unrecognized model" in low or "model_type" in low:
+    if "unrecognized model" in low or "model_type" in low or "does not recognize this architecture" in low:
         return (
             f"model '{name}' has a config.json without a known model_type; pass a transformers model "
             "folder or hub id, or use --model minilm."
