@@ -298,6 +298,12 @@ ENCODING_ROWS = [
                  id="train-file-not-in-its-encoding"),
 ]  # fmt: skip
 
+LORAPLUS_ROWS = [
+    pytest.param(train("--loraplus-ratio", value), ["--loraplus-ratio", *needles], id=f"train-loraplus-ratio={value}")
+    for value, needles in [("0", ["> 0", "got 0"]), ("-1", ["> 0", "got -1"]), ("x", ["a number", "'x'"]),
+                           ("nan", ["a number"])]
+]  # fmt: skip
+
 EVAL_DATA_ROWS = [
     pytest.param(
         lambda e: ["eval", "--adapter", str(e.adapter), "--dataset", str(e.data), "--eval-file", str(e.numeric_csv)],
@@ -306,7 +312,7 @@ EVAL_DATA_ROWS = [
     ),
 ]
 
-BAD = [*_artifact_rows(), *_option_rows(), *PREDICT_INPUT_ROWS, *ENCODING_ROWS, *EVAL_DATA_ROWS]
+BAD = [*_artifact_rows(), *_option_rows(), *PREDICT_INPUT_ROWS, *ENCODING_ROWS, *LORAPLUS_ROWS, *EVAL_DATA_ROWS]
 
 
 @pytest.mark.parametrize("argv,needles", BAD)

@@ -421,3 +421,51 @@ def test_without_a_separate_test_split_the_summary_says_so(tiny_model_dir, toy_d
     assert summary["test"] is None and summary["val_examples"] is None
     assert "which is also the one reported" in summary["selection"] and "--val-size" in summary["selection"]
     assert "best chosen on      the eval split" in stdout
+
+
+def test_all_linear_run_notes_the_layers_it_targeted(tiny_model_dir, toy_data, tmp_path, capsys, monkeypatch):
+    """all-linear prints one note line with the layer names; as the fallback for an architecture without
+    default targets it says so (here the default is replaced to stand for an unknown model type)."""
+    small = ("--epochs", "1", "--train-size", "16", "--eval-size", "8")
+    code, stdout, err = run(train_args(tiny_model_dir, toy_data, tmp_path / "a", *small, "--target-modules",
+                                       "all-linear"), capsys)  # fmt: skip
+    assert code == 0, err
+    notes = [line for line in stdout.splitlines() if "all-linear" in line]
+    assert notes == [
+        "note: all-linear targeted 13 layers: attention.self.query, attention.self.key, attention.self.value, "
+        "attention.output.dense, intermediate.dense, output.dense, bert.pooler.dense"
+    ]  # 6 per layer and the pooler; never the classifier
+    asked = []
+    monkeypatch.setattr("loratune.train.run.default_target_modules", lambda *a: asked.append(a) or "all-linear")
+    code, stdout, err = run(train_args(tiny_model_dir, toy_data, tmp_path / "b", *small), capsys)
+    assert code == 0, err
+    assert asked == [("bert", "seq-cls")]
+    assert [line for line in stdout.splitlines() if "all-linear" in line] == [
+        notes[0].replace("note: ", "note: no default LoRA targets for model type 'bert', so ")
+    ]
+
+
+def _group_rates(run_dir: Path) -> list[tuple[float, float]]:
+    """(lr, initial_lr) of each optimizer group in the newest checkpoint of ``run_dir``."""
+    from loratune.train.checkpoint import latest_checkpoint
+
+    groups = json.loads((latest_checkpoint(run_dir) / "optimizer.json").read_text())["param_groups"]
+    return [(g["lr"], g["initial_lr"]) for g in groups]
+
+
+def test_loraplus_ratio_survives_pause_and_resume(tiny_model_dir, toy_data, tmp_path, capsys):
+    """The B group keeps K times the rate through warm-up, decay and a resume; summary.json records K."""
+    out = tmp_path / "run"
+    args = ("--epochs", "2", "--train-size", "48", "--warmup-ratio", "0.2", "--loraplus-ratio", "16")
+    assert run(train_args(tiny_model_dir, toy_data, out, *args, "--pause-at-step", "2"), capsys)[0] == 0
+    paused = _group_rates(out)  # 12 steps, 3 of warm-up: paused in the warm-up
+    assert [initial for _, initial in paused] == [5e-3, 5e-3, 16 * 5e-3]  # A and head, biases, B
+    assert paused[0][0] == pytest.approx(5e-3 * 2 / 3) and paused[2][0] == pytest.approx(16 * 5e-3 * 2 / 3)
+    code, _, err = run(train_args(tiny_model_dir, toy_data, out, *args[:-1], "8", "--resume"), capsys)
+    _one_line_error(code, err, "--resume cannot change", "--loraplus-ratio 16 -> 8")
+    code, _, err = run(train_args(tiny_model_dir, toy_data, out, *args, "--resume", "--pause-at-step", "9"), capsys)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["loraplus_ratio"] == 16 and summary["config"]["loraplus_ratio"] == 16 and summary["steps"] == 9
+    rates = _group_rates(out)  # decaying: step 9 of 12
+    assert rates[0][0] == pytest.approx(5e-3 * 3 / 9) and rates[2][0] == pytest.approx(16 * 5e-3 * 3 / 9)

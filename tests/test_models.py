@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import (
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     BertConfig,
@@ -20,8 +22,11 @@ from transformers import (
     RobertaConfig,
 )
 
+from conftest import TINY_LLAMA, tiny_gpt2_lm, tiny_llama_lm
 from loratune import models
 from loratune.errors import LoratuneError, ModelNotFoundError
+from loratune.lora import LoraConfig, add_lora
+from loratune.lora.model import lora_layers
 from loratune.models import (
     default_target_modules,
     head_module_names,
@@ -236,37 +241,115 @@ def test_hub_errors_through_transformers(monkeypatch: pytest.MonkeyPatch, failur
 
 
 @pytest.mark.parametrize(
-    ("model_type", "expected"),
+    ("model_type", "task", "expected"),
     [
-        ("bert", ["query", "value"]),
-        ("roberta", ["query", "value"]),
-        ("xlm-roberta", ["query", "value"]),
-        ("electra", ["query", "value"]),
-        ("distilbert", ["q_lin", "v_lin"]),
-        ("llama", ["q_proj", "v_proj"]),
-        ("mistral", ["q_proj", "v_proj"]),
-        ("qwen2", ["q_proj", "v_proj"]),
-        ("gpt2", ["c_attn"]),
-        ("some_new_arch", "all-linear"),
+        ("bert", "seq-cls", ["query", "value"]),
+        ("bert", "token-cls", ["query", "key", "value"]),
+        ("bert", "causal-lm", ["query", "value"]),
+        ("roberta", "seq-cls", ["query", "value"]),
+        ("xlm-roberta", "token-cls", ["query", "key", "value"]),
+        ("xlm_roberta", "token-cls", ["query", "key", "value"]),
+        ("electra", "seq-cls", ["query", "value"]),
+        ("distilbert", "seq-cls", ["q_lin", "v_lin"]),
+        ("distilbert", "token-cls", ["q_lin", "k_lin", "v_lin"]),
+        ("deberta-v2", "token-cls", ["query_proj", "key_proj", "value_proj"]),
+        ("mpnet", "token-cls", ["q", "k", "v"]),
+        ("llama", "seq-cls", ["q_proj", "v_proj"]),
+        ("llama", "token-cls", ["q_proj", "k_proj", "v_proj"]),
+        ("llama", "causal-lm", ["q_proj", "v_proj"]),
+        ("mistral", "causal-lm", ["q_proj", "v_proj"]),
+        ("qwen2", "causal-lm", ["q_proj", "v_proj"]),
+        ("gemma", "causal-lm", ["q_proj", "v_proj"]),
+        ("gpt2", "seq-cls", ["c_attn"]),
+        ("gpt2", "token-cls", ["c_attn"]),
+        ("gpt2", "causal-lm", ["c_attn"]),
+        ("phi3", "causal-lm", ["qkv_proj"]),
+        ("phi3", "token-cls", ["qkv_proj"]),
+        ("gpt_neox", "causal-lm", ["query_key_value"]),
+        ("some_new_arch", "seq-cls", "all-linear"),
+        ("some_new_arch", "causal-lm", "all-linear"),
     ],
 )
-def test_default_target_modules(model_type: str, expected) -> None:
-    assert default_target_modules(model_type) == expected
+def test_default_target_modules(model_type: str, task: str, expected) -> None:
+    assert default_target_modules(model_type, task) == expected
 
 
-def test_default_targets_exist_in_the_architectures() -> None:
-    """The defaults name real Linear (or GPT-2 Conv1D) layers of each model family."""
-    configs = [
-        BertConfig(vocab_size=40, **TINY),
-        RobertaConfig(vocab_size=40, **TINY),
-        DistilBertConfig(vocab_size=40, dim=32, n_layers=2, n_heads=4, hidden_dim=64),
-        LlamaConfig(vocab_size=40, num_key_value_heads=2, **TINY),
-        GPT2Config(vocab_size=40, n_embd=32, n_layer=2, n_head=4),
-    ]
-    for cfg in configs:
-        model = AutoModelForSequenceClassification.from_config(cfg)
-        leaf_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-        assert set(default_target_modules(cfg.model_type)) <= leaf_names, cfg.model_type
+def test_default_target_modules_default_task_and_unknown_task() -> None:
+    assert default_target_modules("bert") == ["query", "value"]  # seq-cls
+    with pytest.raises(ValueError, match="'qa'"):
+        default_target_modules("bert", "qa")
+
+
+def test_default_targets_cover_the_common_architectures() -> None:
+    common = "bert roberta xlm-roberta distilbert mpnet electra deberta-v2 llama mistral qwen2 gemma phi3 gpt2"
+    for model_type in common.split():
+        for task in models.TASK_PROJECTIONS:
+            assert default_target_modules(model_type, task) != "all-linear", (model_type, task)
+
+
+TASK_MODELS = {"seq-cls": "AutoModelForSequenceClassification", "token-cls": "AutoModelForTokenClassification",
+               "causal-lm": "AutoModelForCausalLM"}  # fmt: skip
+
+
+def _on_meta(model_type: str, auto_class: str):
+    """``model_type``'s default config with one layer, built by ``auto_class`` on the meta device (no
+    weights in memory, so the default sizes cost nothing); its trunk alone when it has no such head."""
+    import transformers
+
+    config = transformers.AutoConfig.for_model(model_type)
+    with contextlib.suppress(AttributeError, TypeError):
+        config.num_hidden_layers = 1
+    with torch.device("meta"):
+        try:
+            return getattr(transformers, auto_class).from_config(config)
+        except ValueError:  # e.g. no token-classification head for this architecture
+            return transformers.AutoModel.from_config(config)
+
+
+@pytest.mark.parametrize("model_type", sorted(models._ATTENTION))
+def test_default_targets_are_linear_layers_of_the_architecture(model_type: str) -> None:
+    """Each task's default names real Linear (or GPT-2 Conv1D) layers of transformers' own modeling
+    code for ``model_type``, and none of its head layers."""
+    from loratune.lora.config import module_matches
+    from loratune.lora.layer import is_linear
+
+    for task, auto_class in TASK_MODELS.items():
+        model = _on_meta(model_type, auto_class)
+        prefix = model.base_model_prefix
+        linears = [path for path, m in model.named_modules() if is_linear(m)]
+        for name in default_target_modules(model_type, task):
+            matched = [path for path in linears if module_matches(path, name)]
+            assert matched, (model_type, task, name, linears)
+            assert all(not hasattr(model, prefix) or path.startswith(prefix + ".") for path in matched)
+
+
+def test_all_linear_never_targets_an_output_head() -> None:
+    """all-linear adapts the trunk only: no lm_head (tied or not), no classifier, score or head dense layer."""
+    llama = add_lora(tiny_llama_lm(), LoraConfig(target_modules="all-linear"))
+    assert [p for p, _ in lora_layers(llama) if not p.startswith("model.layers.")] == []
+    assert len(list(lora_layers(llama))) == 2 * 7
+    gpt2 = add_lora(tiny_gpt2_lm(), LoraConfig(target_modules="all-linear"))
+    leaves = {p.split(".", 3)[-1] for p, _ in lora_layers(gpt2)}
+    assert leaves == {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"}
+    assert len(list(lora_layers(gpt2))) == 2 * 4
+    untied = LlamaConfig(vocab_size=40, tie_word_embeddings=False, **TINY_LLAMA)
+    lm = add_lora(AutoModelForCausalLM.from_config(untied), LoraConfig(target_modules="all-linear"))
+    assert "lm_head" not in dict(lora_layers(lm))
+    for cfg in (BertConfig(vocab_size=40, **TINY), DistilBertConfig(vocab_size=40, dim=32, n_layers=2, n_heads=4,
+                                                                    hidden_dim=64)):  # fmt: skip
+        tagger = add_lora(AutoModelForTokenClassification.from_config(cfg), LoraConfig(target_modules="all-linear"))
+        assert "classifier" not in dict(lora_layers(tagger)) and len(list(lora_layers(tagger))) == 2 * 6
+    roberta = add_lora(AutoModelForSequenceClassification.from_config(RobertaConfig(vocab_size=40, **TINY)),
+                       LoraConfig(target_modules="all-linear"))  # fmt: skip
+    assert all(p.startswith("roberta.") for p, _ in lora_layers(roberta))  # not classifier.dense / out_proj
+
+
+def test_layer_patterns() -> None:
+    pattern = models.layer_pattern("bert.encoder.layer.11.attention.self.query")
+    assert pattern == "bert.encoder.layer.*.attention.self.query"
+    paths = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.up_proj", "model.layers.1.self_attn.q_proj",
+             "bert.pooler.dense"]  # fmt: skip
+    assert models.short_patterns(paths) == ["self_attn.q_proj", "mlp.up_proj", "bert.pooler.dense"]
 
 
 # --- head_module_names -----------------------------------------------------------------------------

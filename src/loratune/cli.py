@@ -1,4 +1,4 @@
-"""The ``loratune`` command: train, eval, predict, compare.
+"""The ``loratune`` command: train, eval, predict, compare, inspect.
 
 User errors (``LoratuneError`` and bad flags) print one line ``error: ...`` and exit with code 2,
 no traceback.
@@ -127,7 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_train_options(cmp)
     _compare_options(cmp)
+    _inspect_options(sub.add_parser("inspect", help="a model's linear layers and each task's default LoRA targets"))
     return parser
+
+
+def _inspect_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="minilm", help="hub name, local folder, or alias 'minilm' (default minilm)")
+    p.add_argument("--revision", help="the hub model's branch, tag or commit (default: its latest)")
+    p.add_argument("--r", type=at_least(1), default=8, help="the LoRA rank to count parameters for (default 8)")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.add_argument("--trust-remote-code", action="store_true", help="run the model's own code from the hub")
 
 
 def _version() -> str:
@@ -314,7 +323,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return run_compare(args, train_flags(args))
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "compare": cmd_compare}
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from loratune.inspect_model import as_json, format_inspection, inspect_model
+
+    report = inspect_model(args.model, args.r, revision=args.revision, trust_remote_code=args.trust_remote_code)
+    print(as_json(report) if args.json else format_inspection(report))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "compare": cmd_compare,
+            "inspect": cmd_inspect}  # fmt: skip
 
 
 class _WarningLines(logging.Handler):

@@ -48,7 +48,8 @@ MODEL_ALIASES: dict[str, ModelAlias] = {
 
 _INSTEAD = "use --model minilm or a local folder with config.json"
 
-# PEFT-like defaults: the attention query/value projections of each architecture
+# The attention projections of each architecture (by ``config.model_type``): query, key, value,
+# or the one fused layer that computes all three. ``default_target_modules`` picks from them per task.
 _BERT_LIKE = [
     "bert",
     "roberta",
@@ -62,7 +63,6 @@ _BERT_LIKE = [
     "roc_bert",
     "xmod",
     "data2vec-text",
-    "nezha",
     "mobilebert",
     "splinter",
     "big_bird",
@@ -93,25 +93,28 @@ _LLAMA_LIKE = [
     "granite",
     "smollm3",
     "cohere",
-    "persimmon",
 ]
-_ATTN_QV: dict[str, tuple[str, ...]] = {
-    **{key: ("query", "value") for key in _BERT_LIKE},
-    **{key: ("q_proj", "v_proj") for key in _LLAMA_LIKE},
-    "distilbert": ("q_lin", "v_lin"),
+_ATTENTION: dict[str, tuple[str, ...]] = {
+    **{key: ("query", "key", "value") for key in _BERT_LIKE},
+    **{key: ("q_proj", "k_proj", "v_proj") for key in _LLAMA_LIKE},
+    "distilbert": ("q_lin", "k_lin", "v_lin"),
     "deberta": ("in_proj",),
-    "deberta-v2": ("query_proj", "value_proj"),
-    "mpnet": ("q", "v"),
-    "t5": ("q", "v"),
-    "mt5": ("q", "v"),
+    "deberta-v2": ("query_proj", "key_proj", "value_proj"),
+    "mpnet": ("q", "k", "v"),
+    "t5": ("q", "k", "v"),
+    "mt5": ("q", "k", "v"),
     "gpt2": ("c_attn",),
     "gpt_bigcode": ("c_attn",),
     "gpt_neox": ("query_key_value",),
     "bloom": ("query_key_value",),
     "falcon": ("query_key_value",),
+    "persimmon": ("query_key_value",),
     "modernbert": ("Wqkv",),
     "phi3": ("qkv_proj",),
 }
+# Which projections each task adapts: classification and generation query + value (PEFT's defaults);
+# sequence labelling query, key and value, since every token's label depends on what it attends to.
+TASK_PROJECTIONS: dict[str, str] = {"seq-cls": "qv", "token-cls": "qkv", "causal-lm": "qv"}
 
 
 def alias_load_options(name: str) -> dict[str, Any]:
@@ -177,6 +180,15 @@ def resolve_model(name: str, revision: str | None = None) -> str:
 def _at_revision(revision: str | None) -> dict[str, str]:
     """``from_pretrained``'s ``revision`` keyword when one is asked for (else the hub's default branch)."""
     return {} if revision is None else {"revision": revision}
+
+
+def load_config(name: str, trust_remote_code: bool = False, revision: str | None = None) -> Any:
+    """``AutoConfig`` of ``name`` (alias, folder or hub id, at ``revision``); no weights are read."""
+    from transformers import AutoConfig
+
+    path = _checked(name, revision=revision)
+    with _model_errors(name):
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **_at_revision(revision))
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | None = None) -> Any:
@@ -327,14 +339,49 @@ def _mismatched(info: dict[str, Any]) -> list[str]:
     return out
 
 
-def default_target_modules(model_type: str) -> list[str] | str:
-    """PEFT-like default LoRA targets for an architecture: its attention's query and value
-    projections; ``"all-linear"`` for types not in the table."""
+def default_target_modules(model_type: str, task: str = "seq-cls") -> list[str] | str:
+    """Default LoRA targets of an architecture for a task (``seq-cls``, ``token-cls``, ``causal-lm``).
+
+    Classification and generation adapt the attention's query and value projections, sequence
+    labelling query, key and value; an architecture with one fused query-key-value layer (GPT-2's
+    ``c_attn``, ``query_key_value``, ``qkv_proj``) adapts that layer for every task. A model type not
+    in the table gets ``"all-linear"``.
+    """
+    if task not in TASK_PROJECTIONS:
+        raise ValueError(f"no default LoRA targets for task {task!r}; tasks: {', '.join(TASK_PROJECTIONS)}")
+    projections = _attention_projections(model_type)
+    if projections is None:
+        return "all-linear"
+    if len(projections) == 1 or TASK_PROJECTIONS[task] == "qkv":
+        return list(projections)
+    return [projections[0], projections[2]]
+
+
+def _attention_projections(model_type: str) -> tuple[str, ...] | None:
+    """The table's entry for ``model_type`` (``xlm_roberta`` and ``xlm-roberta`` alike), or None."""
     model_type = model_type.strip().lower().replace("_", "-") if model_type else ""
     for key in (model_type, model_type.replace("-", "_")):
-        if key in _ATTN_QV:
-            return list(_ATTN_QV[key])
-    return "all-linear"
+        if key in _ATTENTION:
+            return _ATTENTION[key]
+    return None
+
+
+def layer_pattern(path: str) -> str:
+    """A module path with its layer indices as ``*``: ``encoder.layer.*.attention.self.query``."""
+    return ".".join("*" if part.isdigit() else part for part in path.split("."))
+
+
+def short_patterns(paths: list[str]) -> list[str]:
+    """The distinct layer names of ``paths``, in order, each from its last layer index on
+    (``attention.self.query``; a path with no index stays whole, ``bert.pooler.dense``)."""
+    out: list[str] = []
+    for path in paths:
+        parts = path.split(".")
+        last = max((i for i, part in enumerate(parts) if part.isdigit()), default=-1)
+        name = ".".join(parts[last + 1 :])
+        if name not in out:
+            out.append(name)
+    return out
 
 
 def head_module_names(model: nn.Module) -> list[str]:
@@ -414,7 +461,7 @@ def _model_error_message(err: BaseException, name: str) -> str | None:
         )
     if "does not appear to have" in low:
         return f"model '{name}' on the Hugging Face hub has no config.json or weights; check the name, or {_INSTEAD}."
-    if "unrecognized model" in low or "model_type" in low:
+    if "unrecognized model" in low or "model_type" in low or "does not recognize this architecture" in low:
         return (
             f"model '{name}' has a config.json without a known model_type; pass a transformers model "
             "folder or hub id, or use --model minilm."

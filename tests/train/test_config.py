@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import yaml
 
@@ -15,7 +17,8 @@ NON_DEFAULT = {
     "train_file": "t.csv", "eval_file": "e.csv", "text_column": "sentence", "label_column": "y", "encoding": "latin-1",
     "train_size": 100, "eval_size": 50, "val_size": 20, "max_length": 64,
     "padding": "max_length", "group_by_length": False, "pad_to_multiple_of": 8, "method": "full", "r": 4,
-    "alpha": 8.0, "dropout": 0.05, "target_modules": ["query", "key"], "rslora": True, "epochs": 2, "max_steps": 9,
+    "alpha": 8.0, "dropout": 0.05, "target_modules": ["query", "key"], "rslora": True, "loraplus_ratio": 16.0,
+    "epochs": 2, "max_steps": 9,
     "pause_at_step": 3, "batch_size": 4, "grad_accum": 2, "lr": 0.001, "weight_decay": 0.1, "warmup_ratio": 0.2,
     "max_grad_norm": 0.5, "seed": 7, "precision": "fp32", "device": "cpu", "gradient_checkpointing": True,
     "deterministic": True, "kernels": "torch", "malloc_tuning": False, "trust_remote_code": True, "output": "o",
@@ -60,6 +63,7 @@ def test_number_like_strings_are_numbers_and_wrong_types_name_the_key(tmp_path):
         (["--lr", "fast"], "error: --lr must be a number, got 'fast'"),
         (["--max-grad-norm", "-1"], "error: --max-grad-norm must be >= 0, got -1"),
         (["--dropout", "1"], "error: --dropout must be in [0, 1), got 1"),
+        (["--loraplus-ratio", "0"], "error: --loraplus-ratio must be > 0, got 0"),
         (["--method", "half"], "error: --method must be one of lora, full, got 'half'"),
         (["--frobnicate"], "error: unrecognized arguments: --frobnicate; see loratune --help"),
     ],
@@ -71,7 +75,21 @@ def test_bad_flags_are_one_line_errors_with_exit_2(flags, message, capsys):
 
 def test_options_that_may_change_on_resume_are_listed_in_the_table():
     assert set(resumable_options()) >= {"eval_every", "log_every", "progress", "pause_at_step", "resume", "device"}
-    assert not {"r", "lr", "train_size", "eval_size", "seed", "model", "dataset"} & set(resumable_options())
+    assert not {"r", "lr", "loraplus_ratio", "train_size", "eval_size", "seed", "model", "dataset"} & set(
+        resumable_options()
+    )
+
+
+def test_loraplus_ratio_is_a_float_option_that_resume_may_not_change():
+    from loratune.train.config import resume_conflicts
+
+    assert build_config(loraplus_ratio="16").loraplus_ratio == 16.0
+    assert build_config().loraplus_ratio is None
+    assert as_flags({"loraplus_ratio": 16.0}) == ["--loraplus-ratio", "16.0"]
+    saved = dataclasses.asdict(RunConfig())
+    assert resume_conflicts(saved, RunConfig(loraplus_ratio=16.0)) == ["--loraplus-ratio (unset) -> 16"]
+    saved = {k: v for k, v in saved.items() if k != "loraplus_ratio"}  # a run_config.json from before the option
+    assert resume_conflicts(saved, RunConfig()) == []
 
 
 def _outside(option, kind):

@@ -44,6 +44,56 @@ def test_linear_schedule_state_round_trips() -> None:
     assert sched.get_last_lr()[0] == pytest.approx(1e-3 * (20 - 9) / 16)
 
 
+# ------------------------------------------------------------------ LoRA+
+def _lora_bert():
+    from conftest import tiny_bert_cls
+    from loratune import LoraConfig, add_lora
+
+    return add_lora(tiny_bert_cls(num_labels=2), LoraConfig(r=2, target_modules=["query", "value"],
+                                                            modules_to_save=["classifier"]))  # fmt: skip
+
+
+def _group_of(opt: torch.optim.Optimizer, model: torch.nn.Module) -> dict[str, int]:
+    index = {id(p): i for i, g in enumerate(opt.param_groups) for p in g["params"]}
+    return {n: index[id(p)] for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_loraplus_puts_the_b_matrices_in_groups_at_k_times_the_rate():
+    from loratune.train.loop import build_optimizer
+
+    model = _lora_bert()
+    opt = build_optimizer(model, 1e-3, 0.01, loraplus_ratio=16.0)
+    assert [(g["lr"], g["weight_decay"]) for g in opt.param_groups] == [(1e-3, 0.01), (1e-3, 0.0), (16e-3, 0.01)]
+    groups = _group_of(opt, model)
+    assert {n for n, i in groups.items() if i == 2} == {n for n in groups if ".lora_B." in n} != set()
+    assert {n for n, i in groups.items() if i == 1} == {n for n in groups if n.endswith("bias")} != set()
+    assert all(".lora_A." in n or "classifier" in n for n, i in groups.items() if i == 0)
+
+    sched = linear_schedule_with_warmup(opt, 2, 10)  # lr factors: 0, 1/2, 1, 7/8, ...
+    rates = []
+    for _ in range(6):
+        rates.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    factors = [0.0, 0.5, 1.0, 7 / 8, 6 / 8, 5 / 8]
+    for got, f in zip(rates, factors, strict=True):
+        assert got == pytest.approx([1e-3 * f, 1e-3 * f, 16e-3 * f], rel=1e-12, abs=0.0)
+    assert linear_schedule_with_warmup(build_optimizer(model, 1e-3, 0.01, 16.0), 0, 10).get_last_lr() == [
+        1e-3, 1e-3, 16e-3
+    ]  # fmt: skip
+
+
+def test_without_loraplus_the_groups_are_the_decay_split_alone():
+    from loratune.train.loop import build_optimizer
+
+    model = _lora_bert()
+    opt = build_optimizer(model, 1e-3, 0.01)
+    assert [(g["lr"], g["weight_decay"]) for g in opt.param_groups] == [(1e-3, 0.01), (1e-3, 0.0)]
+    groups = _group_of(opt, model)
+    assert {n for n, i in groups.items() if i == 1} == {n for n in groups if n.endswith("bias")}
+    assert build_optimizer(model, 1e-3, 0.01, None).state_dict() == opt.state_dict()
+
+
 # ------------------------------------------------------------------ fp16 loss scaling
 def _tiny_run(tmp_path, loss_fn, **config):
     from torch.utils.data import DataLoader

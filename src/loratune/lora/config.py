@@ -24,7 +24,9 @@ class LoraConfig:
         target_modules: which layers get LoRA: a list of names, each naming a module as
             ``module_matches`` says (``"query"`` names ``bert.encoder.layer.0.attention.self.query``);
             a regex string that must match the full path (PEFT's rule for a string); or
-            ``"all-linear"`` (every linear layer except the output head and ``modules_to_save``).
+            ``"all-linear"`` (every linear layer of the trunk: not the output head such as ``lm_head``,
+            no layer outside the ``base_model_prefix`` module such as ``classifier`` or ``score``, and
+            none of ``modules_to_save``).
         modules_to_save: modules trained in full and saved with the adapter (the task head, e.g.
             ``["classifier"]``). Each adapter gets its own copy.
         use_rslora: scale by ``alpha / sqrt(r)`` (rank-stabilised LoRA).

@@ -98,6 +98,14 @@ def _output_head_path(model: nn.Module) -> str | None:
     return next((path for path, m in model.named_modules() if m is head), None)
 
 
+def _base_model_path(model: nn.Module) -> str | None:
+    """The path of the model's trunk (``base_model_prefix``: ``bert``, ``model``, ``transformer``) when
+    the model wraps one in a task head; None for a bare trunk or a model without one."""
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    base = getattr(model, prefix, None) if prefix and "." not in prefix else None
+    return prefix if isinstance(base, nn.Module) and base is not model else None
+
+
 def _matches(path: str, targets: list[str] | str) -> bool:
     if isinstance(targets, str):  # PEFT's rule for a string: a regex for the whole path
         return re.fullmatch(targets, path) is not None
@@ -108,9 +116,11 @@ def find_target_modules(model: nn.Module, config: LoraConfig) -> list[str]:
     """Module paths that ``config.target_modules`` selects; raise ``TargetModulesError`` if none."""
     candidates = _linear_candidates(model)
     heads = config.modules_to_save or []
-    if config.target_modules == ALL_LINEAR:
+    if config.target_modules == ALL_LINEAR:  # the trunk's linear layers: never a head
         skip = _output_head_path(model)
-        paths = [p for p in candidates if p != skip and not module_within(p, heads)]
+        base = _base_model_path(model)
+        inside = [p for p in candidates if base is None or p.startswith(base + ".")]
+        paths = [p for p in inside if p != skip and not module_within(p, heads)]
     else:
         paths = [p for p in candidates if _matches(p, config.target_modules) and not module_within(p, heads)]
     if not paths:

@@ -109,6 +109,11 @@ class RunConfig:
         None, "comma-separated layer names, a regex, or all-linear (default: the architecture's)", LORA
     )
     rslora: bool = _opt(False, "scale by alpha / sqrt(r) (rank-stabilised LoRA)", LORA)
+    loraplus_ratio: float | None = _opt(
+        None, "LoRA+: train the B matrices at X times the learning rate, A and the head at --lr (Hayou et al. "
+        "2024 suggest about 16; default: off, one rate for all; no effect with --method full)", LORA, low=0,
+        low_open=True,
+    )  # fmt: skip
     epochs: int = _opt(3, "passes over the train split", TRAINING, low=1)
     max_steps: int | None = _opt(
         None, "stop after N optimizer steps (may be raised on --resume: the schedule then stretches)", TRAINING, low=1

@@ -58,6 +58,7 @@ class LoopConfig:
     pause_at_step: int | None = None  # stop here with a checkpoint and an evaluation; the schedule stays whole
     grad_accum: int = 1
     lr: float = 5e-4
+    loraplus_ratio: float | None = None  # LoRA+: the lora_B matrices learn at this multiple of lr
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
@@ -136,14 +137,29 @@ def _sigint_flag() -> Iterator[dict[str, bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; biases and norms get no weight decay."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
+def build_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, loraplus_ratio: float | None = None
+) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; biases and norms get no weight decay.
+
+    With ``loraplus_ratio`` K (LoRA+, Hayou et al. 2024) every ``lora_B`` parameter is in groups of
+    their own at ``K * lr`` (with the same decay split); A, the head and the rest keep ``lr``. Without
+    it the groups are ``[decay, no decay]`` (empty ones left out). Each group keeps its own rate under
+    the scheduler, which scales every group from its own initial rate.
+    """
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}  # (a B matrix, decayed) -> parameters
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+            is_b = loraplus_ratio is not None and ".lora_B." in f".{name}."
+            groups.setdefault((is_b, p.ndim >= 2), []).append(p)
+    order = [(False, True), (False, False), (True, True), (True, False)]
+    ratio = loraplus_ratio or 1.0
+    params = [
+        {"params": groups[key], "weight_decay": weight_decay if key[1] else 0.0, "lr": lr * ratio if key[0] else lr}
+        for key in order
+        if groups.get(key)
+    ]
+    return torch.optim.AdamW(params, lr=lr)
 
 
 def _linear_warmup_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -182,7 +198,7 @@ class _Loop:
         self.total_steps = min(config.epochs * steps_per_epoch, config.max_steps or math.inf)
         # a pause ends this invocation early; the learning-rate schedule still spans total_steps
         self.limit = min(self.total_steps, config.pause_at_step or math.inf)
-        self.optimizer = build_optimizer(model, config.lr, config.weight_decay)
+        self.optimizer = build_optimizer(model, config.lr, config.weight_decay, config.loraplus_ratio)
         warmup = math.ceil(config.warmup_ratio * self.total_steps)
         self.scheduler = linear_schedule_with_warmup(self.optimizer, warmup, max(self.total_steps, 1))
         self.scaler = grad_scaler(precision, device)

@@ -35,8 +35,16 @@ from loratune.artifacts import TASK_FILE, base_fingerprint
 from loratune.data.batching import LengthGroupedBatchSampler
 from loratune.errors import RunError
 from loratune.fsutil import LOCK_FILE, atomic_dir, atomic_write_json, clear_folder, folder_lock, follow_umask
-from loratune.lora import LoraConfig, load_adapter, parameter_report, write_adapter
-from loratune.models import default_target_modules, head_module_names, hub_id, load_tokenizer, use_tokenizer_pad_id
+from loratune.lora import ALL_LINEAR, LoraConfig, load_adapter, parameter_report, write_adapter
+from loratune.lora.model import lora_layers
+from loratune.models import (
+    default_target_modules,
+    head_module_names,
+    hub_id,
+    load_tokenizer,
+    short_patterns,
+    use_tokenizer_pad_id,
+)
 from loratune.prepare import DTYPES, Preparation, prepare_model
 from loratune.tasks import Task, TaskData, get_task
 from loratune.train.checkpoint import latest_checkpoint
@@ -161,12 +169,20 @@ def lora_config(cfg: RunConfig, task: Task, model: nn.Module) -> LoraConfig:
         r=cfg.r,
         alpha=cfg.alpha,
         dropout=cfg.dropout,
-        target_modules=cfg.target_modules or default_target_modules(model.config.model_type),
+        target_modules=cfg.target_modules or default_target_modules(model.config.model_type, task.name),
         modules_to_save=head_module_names(model),
         use_rslora=cfg.rslora,
         task_type=task.peft_task_type,
         base_model_name_or_path=hub_id(cfg.model),
     )
+
+
+def all_linear_note(model: nn.Module, fallback: bool) -> str:
+    """What ``all-linear`` adapted: ``all-linear targeted 12 layers: attention.self.query, ...``;
+    ``fallback``: it was chosen because the architecture has no default targets."""
+    paths = [path for path, _ in lora_layers(model)]
+    why = f"no default LoRA targets for model type '{model.config.model_type}', so " if fallback else ""
+    return f"{why}all-linear targeted {len(paths)} layers: {', '.join(short_patterns(paths))}"
 
 
 def prepare(cfg: RunConfig) -> Prepared:
@@ -195,6 +211,8 @@ def prepare(cfg: RunConfig) -> Prepared:
     done = loratune.preparation(model)
     for note in done.notes:
         print(f"note: {note}", flush=True)
+    if adapter is not None and adapter.target_modules == ALL_LINEAR:
+        print(f"note: {all_linear_note(model, cfg.target_modules is None)}", flush=True)
     return Prepared(cfg, task, data, tokenizer, model, device, precision, fingerprint, done, max_length)
 
 
@@ -288,6 +306,7 @@ def loop_config(cfg: RunConfig) -> LoopConfig:
         pause_at_step=cfg.pause_at_step,
         grad_accum=cfg.grad_accum,
         lr=cfg.learning_rate,
+        loraplus_ratio=cfg.loraplus_ratio,
         weight_decay=cfg.weight_decay,
         warmup_ratio=cfg.warmup_ratio,
         max_grad_norm=cfg.max_grad_norm,
@@ -387,6 +406,7 @@ def build_summary(
         "task": prep.task.name,
         "metric": prep.task.metric.name,
         "method": cfg.method,
+        "loraplus_ratio": cfg.loraplus_ratio,
         "model": cfg.model,
         "model_revision": cfg.revision,
         "dataset": prep.data.source,
