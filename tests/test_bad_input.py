@@ -312,7 +312,22 @@ EVAL_DATA_ROWS = [
     ),
 ]
 
-BAD = [*_artifact_rows(), *_option_rows(), *PREDICT_INPUT_ROWS, *ENCODING_ROWS, *LORAPLUS_ROWS, *EVAL_DATA_ROWS]
+
+def odd_jsonl(e: Env) -> Path:
+    """Records that no task can read: neither text and label, nor tokens and tags, nor instructions."""
+    path = e.tmp / "odd.jsonl"
+    path.write_text("".join(json.dumps({"foo": f"x{i}", "bar": i}) + "\n" for i in range(8)))
+    return path
+
+
+TASK_ROWS = [
+    pytest.param(lambda e: [*train()(e), "--train-file", str(odd_jsonl(e))],
+                 ["no text column", "odd.jsonl", "--task token-cls reads tokens", "--task causal-lm reads instruction"],
+                 id="train-data-for-no-task"),
+]  # fmt: skip
+
+BAD = [*_artifact_rows(), *_option_rows(), *PREDICT_INPUT_ROWS, *ENCODING_ROWS, *LORAPLUS_ROWS, *EVAL_DATA_ROWS,
+       *TASK_ROWS]  # fmt: skip
 
 
 @pytest.mark.parametrize("argv,needles", BAD)

@@ -20,6 +20,10 @@ from loratune.tasks.base import Metric, Task
 
 TASK_TYPE = "SEQ_CLS"  # PEFT's task_type in adapter_config.json
 AUTO_CLASS = "AutoModelForSequenceClassification"
+OTHER_TASKS = (
+    "--task token-cls reads tokens with a tag each (CoNLL lines, or JSON records with tokens and tags), "
+    "--task causal-lm reads instruction records (instruction, input, output) or plain .txt text"
+)
 
 
 def _as_numpy(x: Any) -> np.ndarray:
@@ -163,7 +167,13 @@ class SeqClsTask(Task):
     summary_metrics = ("accuracy", "macro_f1")
 
     def load_data(self, dataset: str | None, *, seed: int, **options: Any) -> TextClassificationData:
-        return load_text_classification(dataset, seed=seed, **options)
+        """The labelled texts; data with no text or label column is an error that names what each task reads."""
+        try:
+            return load_text_classification(dataset, seed=seed, **options)
+        except DataError as err:
+            if " column found in " not in str(err):
+                raise
+            raise DataError(f"{str(err).rstrip('.')}, or pick the task this data is for: {OTHER_TASKS}") from None
 
     def load_eval_data(
         self, dataset: str | None, *, info: dict[str, Any], seed: int, **options: Any
