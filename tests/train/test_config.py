@@ -13,7 +13,7 @@ from loratune.train.config import RunConfig, as_flags, build_config, options, re
 NON_DEFAULT = {
     "task": "seq-cls", "model": "m", "revision": "v1", "dataset": "d", "dataset_revision": "r2",
     "train_file": "t.csv", "eval_file": "e.csv", "text_column": "sentence", "label_column": "y", "encoding": "latin-1",
-    "train_size": 100, "eval_size": 50, "val_size": 20, "max_length": 64,
+    "train_size": 100, "eval_size": 50, "val_size": 20, "label_all_tokens": True, "max_length": 64,
     "padding": "max_length", "group_by_length": False, "pad_to_multiple_of": 8, "method": "full", "r": 4,
     "alpha": 8.0, "dropout": 0.05, "target_modules": ["query", "key"], "rslora": True, "epochs": 2, "max_steps": 9,
     "pause_at_step": 3, "batch_size": 4, "grad_accum": 2, "lr": 0.001, "weight_decay": 0.1, "warmup_ratio": 0.2,

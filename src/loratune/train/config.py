@@ -58,7 +58,10 @@ DATA, LORA, TRAINING, RUN = "model and data", "method and LoRA", "training", "ru
 class RunConfig:
     """One training run. Field names are the CLI flags with dashes turned into underscores."""
 
-    task: str = _opt("seq-cls", "what to learn: seq-cls (a label per text)", DATA, choices=tuple(TASKS))
+    task: str = _opt(
+        "seq-cls", "what to learn: seq-cls (a label per text) or token-cls (a tag per word, e.g. NER)", DATA,
+        choices=tuple(TASKS),
+    )  # fmt: skip
     model: str = _opt("minilm", "hub name, local folder, or alias 'minilm'", DATA)
     revision: str | None = _opt(
         None, "the hub model's branch, tag or commit (default: its latest); not for a local folder or alias", DATA
@@ -69,10 +72,12 @@ class RunConfig:
     dataset_revision: str | None = _opt(
         None, "the hub dataset's branch, tag or commit (default: its latest); not for local data or tweets", DATA
     )
-    train_file: str | None = _opt(None, "local train file (csv, tsv, json, jsonl, parquet)", DATA)
+    train_file: str | None = _opt(
+        None, "local train file (csv, tsv, json, jsonl, parquet; token-cls: CoNLL columns or json/jsonl)", DATA
+    )
     eval_file: str | None = _opt(None, "local eval file; without one, an eval split is held out", DATA)
-    text_column: str | None = _opt(None, "text column (default: detected)", DATA)
-    label_column: str | None = _opt(None, "label column (default: detected)", DATA)
+    text_column: str | None = _opt(None, "text column (token-cls: the words list; default: detected)", DATA)
+    label_column: str | None = _opt(None, "label column (token-cls: the tags list; default: detected)", DATA)
     encoding: str | None = _opt(
         None, "text encoding of the data files, e.g. latin-1 (default: UTF-8, bad bytes replaced with a warning)", DATA
     )
@@ -82,6 +87,10 @@ class RunConfig:
         None, "hold N train examples out to choose the best checkpoint and stop early, the eval split then scored "
         "once at the end (0: none; default: the dataset's validation split, or 10 %% of train when the eval split "
         "is a separate test split)", DATA, low=0,
+    )  # fmt: skip
+    label_all_tokens: bool = _opt(
+        False, "token-cls: train every sub-token of a word (its later pieces learn the inside tag, B-PER -> I-PER), "
+        "not only its first; scoring stays at each word's first sub-token", DATA,
     )  # fmt: skip
     max_length: int = _opt(256, "truncate to N tokens", DATA, low=8)
     padding: str = _opt(
