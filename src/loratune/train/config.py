@@ -365,10 +365,23 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
 DEMO = {"dataset": "tweets", "train_size": 4000, "eval_size": 1000, "max_length": 128}
 
 
-def build_config(recipe: str | Path | None = None, **flags: Any) -> RunConfig:
-    """Defaults, then the recipe, then ``flags`` (field -> value; None means "not given"), checked.
+def task_defaults(task: str, method: str) -> dict[str, Any]:
+    """The values ``task`` trains with by ``method`` where neither a flag nor the recipe sets the option
+    (``Task.defaults``); none for an unknown task (the checks name it)."""
+    from loratune.tasks import get_task
+
+    if task not in TASKS:
+        return {}
+    return dict(get_task(task).defaults.get(method, {}))
+
+
+def build_config(recipe: str | Path | None = None, *, apply_task_defaults: bool = True, **flags: Any) -> RunConfig:
+    """Defaults, then the task's defaults for the method (``Task.defaults``), then the recipe, then ``flags``
+    (field -> value; None means "not given"), checked.
 
     When neither the recipe nor the flags name any data, the run is the offline demo (``DEMO``).
+    ``apply_task_defaults=False`` leaves the task's defaults out: ``compare`` builds its children's command
+    lines from such a config, so each child applies those of its own method.
     """
     values: dict[str, Any] = load_recipe(recipe) if recipe else {}
     labels = {name: f"{name!r} in recipe {recipe}" for name in values}
@@ -380,6 +393,11 @@ def build_config(recipe: str | Path | None = None, **flags: Any) -> RunConfig:
             labels.pop(name, None)
     if not any(values.get(k) for k in ("dataset", "train_file", "eval_file")):
         values = {**DEMO, **values}
+    if apply_task_defaults:
+        fields = options()
+        task, method = values.get("task", fields["task"][2]), values.get("method", fields["method"][2])
+        for name, value in task_defaults(task, method).items():
+            values.setdefault(name, coerce(name, value))
     cfg = RunConfig(**values)
     check_config(cfg, labels)
     return cfg
