@@ -556,3 +556,15 @@ def test_shared_conll2003_trains_two_steps(shared_data, tiny_model_dir, tmp_path
 def test_seq_cls_still_refuses_unknown_task_names() -> None:
     with pytest.raises(LoratuneError, match="token-cls"):
         get_task("ner")
+
+
+def test_curves_show_entity_f1() -> None:
+    from loratune.train.plots import training_figure
+
+    records = [{"type": "train", "step": s, "epoch": s / 4, "loss": 1.0 / s} for s in range(1, 9)]
+    evals = [{"type": "eval", "step": 4 * e, "epoch": float(e), "f1": f, "precision": f, "recall": f, "loss": 0.3}
+             for e, f in ((1, 0.6), (2, 0.7))]  # fmt: skip
+    fig = training_figure(records + evals, best=evals[1])
+    eval_ax = fig.axes[1]
+    assert next(line.get_label() for line in eval_ax.get_lines() if not line.get_label().startswith("_")) == "F1"
+    assert [t.get_text() for t in eval_ax.texts] == ["kept: F1 0.700"]
