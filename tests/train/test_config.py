@@ -15,7 +15,7 @@ from loratune.train.config import RunConfig, as_flags, build_config, options, re
 NON_DEFAULT = {
     "task": "seq-cls", "model": "m", "revision": "v1", "dataset": "d", "dataset_revision": "r2",
     "train_file": "t.csv", "eval_file": "e.csv", "text_column": "sentence", "label_column": "y", "encoding": "latin-1",
-    "train_size": 100, "eval_size": 50, "val_size": 20, "max_length": 64,
+    "train_size": 100, "eval_size": 50, "val_size": 20, "label_all_tokens": True, "max_length": 64,
     "padding": "max_length", "group_by_length": False, "pad_to_multiple_of": 8, "method": "full", "r": 4,
     "alpha": 8.0, "dropout": 0.05, "target_modules": ["query", "key"], "rslora": True, "loraplus_ratio": 16.0,
     "epochs": 2, "max_steps": 9,
@@ -125,3 +125,22 @@ def test_help_shows_each_option_s_default_and_range(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for shown in ("LoRA rank (default 8; >= 1)", "LoRA dropout (default 0.1; in [0, 1))", "(default 1; >= 0)"):
         assert shown in text
+
+
+def test_task_defaults_apply_per_method_where_nothing_sets_the_option(tmp_path, monkeypatch):
+    from loratune.compare import child_argv
+    from loratune.tasks import TokenClsTask
+
+    monkeypatch.setattr(TokenClsTask, "defaults", {"lora": {"lr": "2e-3", "r": 16}, "full": {"lr": 1e-4}})
+    data = {"task": "token-cls", "train_file": "t.conll"}
+    cfg = build_config(**data)
+    assert (cfg.lr, cfg.r) == (2e-3, 16)
+    assert (build_config(**data, method="full").lr, build_config(**data, method="full").r) == (1e-4, 8)
+    assert build_config(**data, lr=5e-4).lr == 5e-4  # a flag wins
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("r: 4\n")
+    assert build_config(recipe, **data).r == 4  # so does the recipe
+    assert build_config(train_file="t.csv").lr is None  # other tasks keep theirs
+    parent = build_config(**data, apply_task_defaults=False)  # compare's: each child applies its method's
+    assert (parent.lr, parent.r) == (None, 8)
+    assert "--lr" not in child_argv(parent, method="full", output="o")

@@ -89,7 +89,8 @@ def run_compare(args: argparse.Namespace, flags: dict[str, Any]) -> int:
     resume, overwrite = bool(flags.get("resume")), bool(flags.get("overwrite"))
     # The flags, recipe and ranks are checked here, once, before any child starts or OUT changes.
     own = {k: v for k, v in flags.items() if k not in ("resume", "overwrite")}
-    cfg = build_config(args.config, **{**own, "output": str(out)})
+    # without the task's defaults: each child applies those of its own method
+    cfg = build_config(args.config, apply_task_defaults=False, **{**own, "output": str(out)})
     if resume and overwrite:
         raise LoratuneError("--resume and --overwrite exclude each other; pick one")
     with folder_lock(out):  # one compare per folder (each child locks its own run folder too)

@@ -13,12 +13,13 @@ from loratune.tasks.seq_cls import (
     predict_proba,
     prediction_dict,
 )
+from loratune.tasks.token_cls import TokenClsTask
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (SeqClsTask,)}
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (SeqClsTask, TokenClsTask)}
 
 
 def get_task(name: str) -> Task:
-    """The task called ``name`` (``seq-cls``; ``seq_cls`` is accepted too)."""
+    """The task called ``name`` (``seq-cls``, ``token-cls``; ``seq_cls`` is accepted too)."""
     key = str(name).strip().lower().replace("_", "-")
     if key not in TASKS:
         raise LoratuneError(f"unknown task {name!r}; use one of {', '.join(TASKS)}")
@@ -40,6 +41,7 @@ __all__ = [
     "SeqClsTask",
     "Task",
     "TaskData",
+    "TokenClsTask",
     "classification_metrics",
     "format_confusion_matrix",
     "format_prediction",

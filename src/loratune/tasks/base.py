@@ -71,6 +71,9 @@ class Task(ABC):
     has_labels: ClassVar[bool] = True  # a classifier: its head has one output per label name
     metric: ClassVar[Metric]
     summary_metrics: ClassVar[tuple[str, ...]]  # the metrics the end-of-run summary shows
+    # Per method ("lora", "full"): RunConfig values (field -> value) this task trains with when neither a
+    # flag nor the recipe sets that field, e.g. {"lora": {"lr": 2e-3}}; train.config.build_config applies them.
+    defaults: ClassVar[dict[str, dict[str, Any]]] = {}
 
     @abstractmethod
     def load_data(self, dataset: str | None, *, seed: int, **options: Any) -> TaskData:

@@ -76,10 +76,12 @@ class RunConfig:
     dataset_revision: str | None = _opt(
         None, "the hub dataset's branch, tag or commit (default: its latest); not for local data or tweets", DATA
     )
-    train_file: str | None = _opt(None, "local train file (csv, tsv, json, jsonl, parquet)", DATA)
+    train_file: str | None = _opt(
+        None, "local train file (csv, tsv, json, jsonl, parquet; token-cls: CoNLL columns or json/jsonl)", DATA
+    )
     eval_file: str | None = _opt(None, "local eval file; without one, an eval split is held out", DATA)
-    text_column: str | None = _opt(None, "text column (default: detected)", DATA)
-    label_column: str | None = _opt(None, "label column (default: detected)", DATA)
+    text_column: str | None = _opt(None, "text column (token-cls: the words list; default: detected)", DATA)
+    label_column: str | None = _opt(None, "label column (token-cls: the tags list; default: detected)", DATA)
     encoding: str | None = _opt(
         None, "text encoding of the data files, e.g. latin-1 (default: UTF-8, bad bytes replaced with a warning)", DATA
     )
@@ -89,6 +91,10 @@ class RunConfig:
         None, "hold N train examples out to choose the best checkpoint and stop early, the eval split then scored "
         "once at the end (0: none; default: the dataset's validation split, or 10 %% of train when the eval split "
         "is a separate test split)", DATA, low=0,
+    )  # fmt: skip
+    label_all_tokens: bool = _opt(
+        False, "token-cls: train every sub-token of a word (its later pieces learn the inside tag, B-PER -> I-PER), "
+        "not only its first; scoring stays at each word's first sub-token", DATA,
     )  # fmt: skip
     max_length: int = _opt(256, "truncate to N tokens", DATA, low=8)
     padding: str = _opt(
@@ -381,10 +387,23 @@ def inferred_task(values: dict[str, Any]) -> str:
     return guess.task
 
 
-def build_config(recipe: str | Path | None = None, **flags: Any) -> RunConfig:
-    """Defaults, then the recipe, then ``flags`` (field -> value; None means "not given"), checked.
+def task_defaults(task: str, method: str) -> dict[str, Any]:
+    """The values ``task`` trains with by ``method`` where neither a flag nor the recipe sets the option
+    (``Task.defaults``); none for an unknown task (the checks name it)."""
+    from loratune.tasks import get_task
+
+    if task not in TASKS:
+        return {}
+    return dict(get_task(task).defaults.get(method, {}))
+
+
+def build_config(recipe: str | Path | None = None, *, apply_task_defaults: bool = True, **flags: Any) -> RunConfig:
+    """Defaults, then the task's defaults for the method (``Task.defaults``), then the recipe, then ``flags``
+    (field -> value; None means "not given"), checked.
 
     When neither the recipe nor the flags name any data, the run is the offline demo (``DEMO``).
+    ``apply_task_defaults=False`` leaves the task's defaults out: ``compare`` builds its children's command
+    lines from such a config, so each child applies those of its own method.
     """
     values: dict[str, Any] = load_recipe(recipe) if recipe else {}
     labels = {name: f"{name!r} in recipe {recipe}" for name in values}
@@ -398,6 +417,11 @@ def build_config(recipe: str | Path | None = None, **flags: Any) -> RunConfig:
         values = {**DEMO, **values}
     if values.get("task") is None:
         values["task"] = inferred_task(values)
+    if apply_task_defaults:
+        fields = options()
+        task, method = values.get("task", fields["task"][2]), values.get("method", fields["method"][2])
+        for name, value in task_defaults(task, method).items():
+            values.setdefault(name, coerce(name, value))
     cfg = RunConfig(**values)
     check_config(cfg, labels)
     return cfg

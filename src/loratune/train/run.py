@@ -154,6 +154,7 @@ def data_options(cfg: RunConfig) -> dict[str, Any]:
         "train_size",
         "eval_size",
         "val_size",
+        "label_all_tokens",
     )
     return {name: getattr(cfg, name) for name in names}
 
