@@ -12,7 +12,7 @@ LAYERS = {
     "errors": 0, "fsutil": 0,
     "kernels": 1,
     "lora": 2,
-    "hub": 3, "data": 3, "models": 3, "fastpath": 3, "prepare": 3, "tasks": 3, "artifacts": 3,
+    "hub": 3, "data": 3, "models": 3, "fastpath": 3, "prepare": 3, "tasks": 3, "artifacts": 3, "generate": 3,
     "train": 4,
     "compare": 5,
     "cli": 6,

@@ -5,6 +5,7 @@
 
 from loratune.errors import LoratuneError
 from loratune.tasks.base import Metric, Metrics, Task, TaskData
+from loratune.tasks.causal_lm import CausalLMTask
 from loratune.tasks.seq_cls import (
     SeqClsTask,
     classification_metrics,
@@ -14,11 +15,11 @@ from loratune.tasks.seq_cls import (
     prediction_dict,
 )
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (SeqClsTask,)}
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (SeqClsTask, CausalLMTask)}
 
 
 def get_task(name: str) -> Task:
-    """The task called ``name`` (``seq-cls``; ``seq_cls`` is accepted too)."""
+    """The task called ``name`` (``seq-cls``, ``causal-lm``; ``seq_cls`` is accepted too)."""
     key = str(name).strip().lower().replace("_", "-")
     if key not in TASKS:
         raise LoratuneError(f"unknown task {name!r}; use one of {', '.join(TASKS)}")
@@ -35,6 +36,7 @@ def task_for_peft_type(task_type: str | None) -> Task:
 
 __all__ = [
     "TASKS",
+    "CausalLMTask",
     "Metric",
     "Metrics",
     "SeqClsTask",

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
-from loratune.models import load_pretrained_model
+from loratune.models import head_module_names, load_pretrained_model
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,10 @@ class Task(ABC):
         labels = info.get("labels") if self.has_labels else None
         return load_pretrained_model(self.auto_class, name, labels=labels, trust_remote_code=trust_remote_code,
                                      compute_dtype=compute_dtype, revision=revision)  # fmt: skip
+
+    def modules_to_save(self, model: nn.Module) -> list[str]:
+        """Modules trained in full and saved with the adapter (PEFT's ``modules_to_save``): the new head."""
+        return head_module_names(model)
 
     @abstractmethod
     def tokenize(self, split: Any, tokenizer: Any, max_length: int) -> Any:

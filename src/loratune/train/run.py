@@ -36,7 +36,7 @@ from loratune.data.batching import LengthGroupedBatchSampler
 from loratune.errors import RunError
 from loratune.fsutil import LOCK_FILE, atomic_dir, atomic_write_json, clear_folder, folder_lock, follow_umask
 from loratune.lora import LoraConfig, load_adapter, parameter_report, write_adapter
-from loratune.models import default_target_modules, head_module_names, hub_id, load_tokenizer, use_tokenizer_pad_id
+from loratune.models import default_target_modules, hub_id, load_tokenizer, use_tokenizer_pad_id
 from loratune.prepare import DTYPES, Preparation, prepare_model
 from loratune.tasks import Task, TaskData, get_task
 from loratune.train.checkpoint import latest_checkpoint
@@ -162,7 +162,7 @@ def lora_config(cfg: RunConfig, task: Task, model: nn.Module) -> LoraConfig:
         alpha=cfg.alpha,
         dropout=cfg.dropout,
         target_modules=cfg.target_modules or default_target_modules(model.config.model_type),
-        modules_to_save=head_module_names(model),
+        modules_to_save=task.modules_to_save(model),
         use_rslora=cfg.rslora,
         task_type=task.peft_task_type,
         base_model_name_or_path=hub_id(cfg.model),
