@@ -275,10 +275,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = next(loaded.model.parameters()).device
     metrics = evaluate(loaded.model, loader, task.metrics(data), device=device, precision="fp32")
     if args.json:
-        record = {"adapter": str(args.adapter), "data": data.source, "labels": loaded.info.get("labels"), **metrics}
+        record = {"adapter": str(args.adapter) if args.adapter else None, "model": loaded.info.get("base_model"),
+                  "data": data.source, "labels": loaded.info.get("labels"), **metrics}  # fmt: skip
         print(json.dumps(record))
     else:
-        print(f"adapter   {args.adapter}\ndata      {data.source} ({len(data.eval)} examples)")
+        shown = f"adapter   {args.adapter}" if args.adapter else f"model     {args.model} (no adapter)"
+        print(f"{shown}\ndata      {data.source} ({len(data.eval)} examples)")
         print(task.format_report(metrics, loaded.info))
     return 0
 

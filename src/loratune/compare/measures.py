@@ -23,6 +23,7 @@ def majority_accuracy(matrix: Sequence[Sequence[int]] | None) -> float | None:
 def run_measures(summary: Mapping[str, Any], *, run_dir: Path, pid: int | None, elapsed: float | None) -> dict:
     """The numbers compare reports for one finished run, from its ``summary.json``."""
     best, final = summary.get("best") or {}, summary.get("final") or {}
+    task = get_task(summary.get("task", "seq-cls"))
     epochs = float(summary.get("epochs") or 0.0)
     train_s = float(summary["train_seconds"])
     device = str(summary.get("device", "cpu"))
@@ -61,6 +62,9 @@ def run_measures(summary: Mapping[str, Any], *, run_dir: Path, pid: int | None, 
         "eval_examples": summary.get("eval_examples"),
         "device": device,
         "precision": summary.get("precision"),
+        "metric": task.metric.name,
+        "metrics": list(task.summary_metrics),  # the task's own, e.g. perplexity and loss (for the report)
+        **{name: best.get(name) for name in task.summary_metrics if name not in ("accuracy", "macro_f1")},
     }
 
 
@@ -97,9 +101,16 @@ def measures_at_step(m: dict[str, Any], step: int) -> dict[str, Any]:
     }
 
 
+def quality_text(m: Mapping[str, Any]) -> str:
+    """The task's metrics of a run: accuracy and macro-F1, or e.g. perplexity and loss."""
+    if m.get("accuracy") is not None:
+        return f"accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}"
+    return ", ".join(f"{name} {m[name]:.4f}" for name in m.get("metrics", ()) if m.get(name) is not None)
+
+
 def describe(m: Mapping[str, Any]) -> str:
     return (
-        f"accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, "
+        f"{quality_text(m)}, "
         f"{m['trainable_params']:,} trainable ({m['trainable_percent']:.2f} %), "
         f"peak {format_bytes(m['peak_memory_bytes'])}, {m['train_seconds']:.1f} s training "
         f"({m['examples_per_s']:.1f} examples/s), weights {format_bytes(m['weights_bytes'])}"

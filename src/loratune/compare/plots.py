@@ -48,8 +48,12 @@ def plot_comparison(runs: Mapping[str, Mapping[str, Any]], out_png: str | os.Pat
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(_PANELS))
     names = list(runs)
+    panels = _PANELS
+    metric = next(iter(runs.values())).get("metric", "accuracy")
+    if metric != "accuracy":  # the task's own metric (causal-lm: perplexity) in the last panel
+        panels = (*_PANELS[:-1], (metric, metric, lambda v: f"{v:.4f}", False))
     labels = [("LoRA r=" + str(runs[n].get("r"))) if n == "lora" else "full FT" if n == "full" else n for n in names]
-    for ax, (panel, key, fmt, log) in zip(axes, _PANELS, strict=True):
+    for ax, (panel, key, fmt, log) in zip(axes, panels, strict=True):
         values = [float(runs[n][key] or 0) for n in names]
         shown = [100 * v for v in values] if key == "accuracy" else values
         bars = ax.bar(labels, shown, color=[_COLORS.get(n, "tab:green") for n in names], width=0.6)

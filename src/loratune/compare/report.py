@@ -46,7 +46,10 @@ def comparison_rows(runs: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any
         ("accuracy", "accuracy", lambda m: f"{100 * m['accuracy']:.2f} %"),
         ("macro-F1", "macro_f1", lambda m: f"{100 * m['macro_f1']:.2f}"),
     ]
-    if all(m.get("test_accuracy") is not None for m in runs.values()):  # a validation split chose the checkpoints
+    first = next(iter(runs.values()))
+    if first.get("accuracy") is None:  # a task scored otherwise (causal-lm: perplexity, loss)
+        spec[-2:] = [(name, name, lambda m, name=name: f"{m[name]:.4f}") for name in first.get("metrics", ())]
+    elif all(m.get("test_accuracy") is not None for m in runs.values()):  # a validation split chose the checkpoints
         spec[-2:] = [
             ("test accuracy", "test_accuracy", lambda m: f"{100 * m['test_accuracy']:.2f} %"),
             ("test macro-F1", "test_macro_f1", lambda m: f"{100 * m['test_macro_f1']:.2f}"),
@@ -60,7 +63,7 @@ def comparison_rows(runs: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any
             row[f"{method}_text"] = fmt(m)
         if "full" in runs and "lora" in runs:
             row["ratio"] = _ratio(runs["lora"][key], runs["full"][key])
-            if key in ("accuracy", "macro_f1", "test_accuracy", "test_macro_f1"):
+            if key in ("accuracy", "macro_f1", "test_accuracy", "test_macro_f1") and runs["lora"][key] is not None:
                 row["diff_pt"] = 100 * (runs["lora"][key] - runs["full"][key])
         rows.append(row)
     return rows
@@ -86,7 +89,8 @@ def comparison_markdown(runs: Mapping[str, Mapping[str, Any]], rows: list[dict[s
         "gradients, optimizer state; on CPU also Python and its libraries).",
         "Training time: optimizer steps only (evaluation and loading excluded). Storage per task: the saved "
         "weights (safetensors); the folder adds tokenizer and config.",
-        f"Accuracy and macro-F1: each run's checkpoint was chosen on {first.get('selection') or 'the eval split'}"
+        f"{'Accuracy and macro-F1' if first.get('accuracy') is not None else ', '.join(first.get('metrics', ()))}: "
+        f"each run's checkpoint was chosen on {first.get('selection') or 'the eval split'}"
         + (
             "; the test rows score the eval split once, with that checkpoint."
             if first.get("test_accuracy") is not None
