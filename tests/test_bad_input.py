@@ -326,8 +326,45 @@ TASK_ROWS = [
                  id="train-data-for-no-task"),
 ]  # fmt: skip
 
+
+def lm_file(name: str, content: str) -> Callable[[Env], str]:
+    def make(e: Env) -> str:
+        (e.tmp / name).write_text(content)
+        return str(e.tmp / name)
+
+    return make
+
+
+def lm_train(make: Callable[[Env], str], *args: str) -> Callable[[Env], list[str]]:
+    """``train --task causal-lm`` of the tiny model on the file ``make`` writes."""
+    return lambda e: [*train("--task", "causal-lm", *args)(e), "--train-file", make(e)]
+
+
+NO_OUTPUT = '[{"instruction": "a", "output": "b"}, {"instruction": "c", "input": "d"}]'
+LM_ROWS = [
+    pytest.param(lm_train(lm_file("lm.json", NO_OUTPUT)), ["record 1 of lm.json", "'output'"],
+                 id="lm-record-no-output"),
+    pytest.param(lm_train(lm_file("lm.jsonl", '{"q": "a"}\n{"q": "b"}\n')), ["no usable columns", "causal-lm expects",
+                 "seq-cls expects"], id="lm-no-usable-columns"),
+    pytest.param(lm_train(lm_file("lm.json", "[1, 2]")), ["record 0 of lm.json", "not an object"], id="lm-not-records"),
+    pytest.param(lm_train(lm_file("lm.json", "[{]")), ["lm.json", "not valid JSON"], id="lm-bad-json"),
+    pytest.param(lm_train(lm_file("lm.json", NO_OUTPUT.replace('"input": "d"', '"output": "d"')), "--train-size", "2"),
+                 ["--train-size 2", "for eval"], id="lm-train-size-leaves-no-eval"),
+    pytest.param(lambda e: ["eval", "--model", str(e.model), "--task", "seq-cls", "--dataset", str(e.data)],
+                 ["seq-cls", "--adapter"], id="eval-classifier-base-without-adapter"),
+    pytest.param(lambda e: ["eval", "--adapter", str(e.adapter), "--task", "causal-lm"], ["--task", "adapter"],
+                 id="eval-task-with-adapter"),
+    pytest.param(lambda e: ["eval", "--dataset", str(e.data)], ["--adapter", "--model"], id="eval-no-model"),
+    pytest.param(lambda e: ["generate", "--adapter", str(e.adapter), "x"], ["seq-cls", "causal-lm"],
+                 id="generate-classifier-adapter"),
+    pytest.param(lambda e: ["generate", "--model", str(e.model), "--top-p", "2", "x"], ["--top-p"],
+                 id="generate-top-p"),
+    pytest.param(lambda e: ["generate", "--model", str(e.model), "--temperature", "hot", "x"], ["--temperature"],
+                 id="generate-temperature-not-a-number"),
+]  # fmt: skip
+
 BAD = [*_artifact_rows(), *_option_rows(), *PREDICT_INPUT_ROWS, *ENCODING_ROWS, *LORAPLUS_ROWS, *EVAL_DATA_ROWS,
-       *TASK_ROWS]  # fmt: skip
+       *TASK_ROWS, *LM_ROWS]  # fmt: skip
 
 
 @pytest.mark.parametrize("argv,needles", BAD)

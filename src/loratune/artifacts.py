@@ -40,7 +40,7 @@ class Loaded:
     model: nn.Module
     tokenizer: Any
     info: dict[str, Any]
-    kind: str  # "lora" or "full"
+    kind: str  # "lora", "full", or "base" (a pretrained model without adapter)
 
     @property
     def labels(self) -> list[str]:
@@ -112,6 +112,28 @@ def load_artifact(
     if device is not None:
         net.to(device)
     return Loaded(net, tokenizer, info, kind)
+
+
+def load_base_model(
+    name: str,
+    task: Task,
+    *,
+    device: torch.device | None = None,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+) -> Loaded:
+    """A pretrained model with no adapter (eval mode, frozen), for a task without a trained head
+    (causal-lm): what an adapter is compared with."""
+    if task.has_labels:
+        raise LoratuneError(f"a {task.name} model needs a trained head; pass --adapter DIR (a run's adapter/ folder)")
+    net = task.load_model(name, {}, trust_remote_code=trust_remote_code, revision=revision)
+    tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code, revision=revision)
+    use_tokenizer_pad_id(net, tokenizer)
+    net.eval().requires_grad_(False)
+    if device is not None:
+        net.to(device)
+    info = {"task": task.name, "labels": None, "base_model": name, "base_model_revision": revision}
+    return Loaded(net, tokenizer, info, "base")
 
 
 def _neither_config(folder: Path) -> str:

@@ -1,4 +1,4 @@
-"""The ``loratune`` command: train, eval, predict, compare, inspect.
+"""The ``loratune`` command: train, eval, predict, generate, compare, inspect.
 
 User errors (``LoratuneError`` and bad flags) print one line ``error: ...`` and exit with code 2,
 no traceback.
@@ -22,6 +22,7 @@ from loratune.train.options import add_train_options
 if TYPE_CHECKING:
     from loratune.artifacts import Loaded
 
+DEFAULT_NEW_TOKENS = 128  # loratune.generate's
 DEFAULTS_NOTE = "defaults: the offline demo (--model minilm --dataset tweets)"
 ENCODING_HELP = "the text encoding of the {what}, e.g. latin-1 (default: UTF-8, bad bytes replaced with a warning)"
 
@@ -61,9 +62,11 @@ def text_encoding(text: str) -> str:
     return text
 
 
-def _inference_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--adapter", required=True, help="the adapter/ (or model/) folder of a run")
-    p.add_argument("--model", help="base model (default: the one the adapter names)")
+def _inference_options(p: argparse.ArgumentParser, *, task: bool = True) -> None:
+    p.add_argument("--adapter", help="the adapter/ (or model/) folder of a run; without it, --model alone")
+    p.add_argument("--model", help="base model (default: the one the adapter names); alone: the base model itself")
+    if task:
+        p.add_argument("--task", help="with --model and no --adapter: the task (default causal-lm)")
     p.add_argument("--revision", help="the base model's hub revision (default: the one it was trained at)")
     p.add_argument("--device", help="cpu, cuda (default: cuda when present)")
     p.add_argument("--batch-size", type=at_least(1), default=32)
@@ -114,12 +117,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--text-column")
     ev.add_argument("--label-column")
     ev.add_argument("--eval-size", type=at_least(1))
+    ev.add_argument(
+        "--train-size", type=at_least(1), help="causal-lm with one file: the eval records follow the first N"
+    )
     ev.add_argument("--encoding", type=text_encoding, help=ENCODING_HELP.format(what="data files"))
     pr = sub.add_parser("predict", help="label texts with an adapter")
     _inference_options(pr)
     pr.add_argument("texts", nargs="*", help="texts to label")
     pr.add_argument("--file", help="a file with one text per line ('-' for stdin); --json records carry its line")
     pr.add_argument("--encoding", type=text_encoding, help=ENCODING_HELP.format(what="--file"))
+    gen = sub.add_parser("generate", help="generate text with a causal-lm adapter or a base model")
+    _inference_options(gen, task=False)
+    gen.add_argument("prompt", nargs="?", help="the prompt (an instruction, formatted as training formatted them)")
+    gen.add_argument("--chat", action="store_true", help="an interactive session on stdin: /exit or EOF ends it")
+    gen.add_argument("--raw", action="store_true", help="send the prompt as it is, with no chat or Alpaca template")
+    gen.add_argument("--max-new-tokens", type=int, default=DEFAULT_NEW_TOKENS, help="default %(default)s")
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 (the default): greedy; above: sampling")
+    gen.add_argument("--top-p", type=float, default=1.0, help="sample from the top-p nucleus, in (0, 1] (default 1)")
+    gen.add_argument("--seed", type=int, help="seed of the sampling: the same seed gives the same text")
     cmp = sub.add_parser(
         "compare",
         help="measure full fine-tuning vs LoRA, sweep ranks, pick a rank",
@@ -202,11 +217,21 @@ def format_summary(s: dict[str, Any], metrics: Sequence[str]) -> str:
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
 
-def _load(args: argparse.Namespace):
-    from loratune.artifacts import load_artifact
+def _load(args: argparse.Namespace, task: str | None = None):
+    """The artifact of --adapter; without one, the --model base model for --task (default causal-lm)."""
+    from loratune.artifacts import load_artifact, load_base_model
+    from loratune.tasks import get_task
     from loratune.train.precision import resolve_device
 
     device = resolve_device(args.device)
+    if args.adapter is None:
+        if not args.model:
+            raise LoratuneError("no model given; pass --adapter DIR (a run's adapter/ folder) or --model NAME")
+        base_task = get_task(task or getattr(args, "task", None) or "causal-lm")
+        return load_base_model(args.model, base_task, device=device, trust_remote_code=args.trust_remote_code,
+                               revision=args.revision)  # fmt: skip
+    if getattr(args, "task", None):
+        raise LoratuneError("--task is for a base model (--model without --adapter); an adapter knows its task")
     return load_artifact(args.adapter, model=args.model, device=device, trust_remote_code=args.trust_remote_code,
                          revision=args.revision)  # fmt: skip
 
@@ -237,11 +262,13 @@ def _eval_data(args: argparse.Namespace, task, info: dict[str, Any]):
                                    eval_size=args.eval_size, **options)  # fmt: skip
     recorded = dict(info.get("data") or {})
     if args.dataset is not None:  # another dataset: only the column, encoding and size options carry over
-        return task.load_eval_data(args.dataset, info=info, seed=42, eval_size=args.eval_size, **options)
+        return task.load_eval_data(args.dataset, info=info, seed=42, eval_size=args.eval_size,
+                                   train_size=args.train_size, **options)  # fmt: skip
     if recorded.get("dataset") is None and not recorded.get("train_file"):
         raise DataError("no data to evaluate on; pass --dataset NAME or --eval-file PATH")
     dataset, seed = recorded.pop("dataset", None), recorded.pop("seed", 42)
-    recorded.update({k: v for k, v in {**options, "eval_size": args.eval_size}.items() if v is not None})
+    given = {**options, "eval_size": args.eval_size, "train_size": args.train_size}
+    recorded.update({k: v for k, v in given.items() if v is not None})
     return task.load_eval_data(dataset, info=info, seed=seed, **recorded)
 
 
@@ -263,10 +290,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = next(loaded.model.parameters()).device
     metrics = evaluate(loaded.model, loader, task.metrics(data), device=device, precision="fp32")
     if args.json:
-        record = {"adapter": str(args.adapter), "data": data.source, "labels": loaded.info.get("labels"), **metrics}
+        record = {"adapter": str(args.adapter) if args.adapter else None, "model": loaded.info.get("base_model"),
+                  "data": data.source, "labels": loaded.info.get("labels"), **metrics}  # fmt: skip
         print(json.dumps(record))
     else:
-        print(f"adapter   {args.adapter}\ndata      {data.source} ({len(data.eval)} examples)")
+        shown = f"adapter   {args.adapter}" if args.adapter else f"model     {args.model} (no adapter)"
+        print(f"{shown}\ndata      {data.source} ({len(data.eval)} examples)")
         print(task.format_report(metrics, loaded.info))
     return 0
 
@@ -331,8 +360,29 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "compare": cmd_compare,
-            "inspect": cmd_inspect}  # fmt: skip
+def cmd_generate(args: argparse.Namespace) -> int:
+    from loratune.generate import GenerationOptions, chat, complete, positions, prompt_format
+
+    options = GenerationOptions(args.max_new_tokens, args.temperature, args.top_p, args.seed).check()
+    if args.chat == (args.prompt is not None):
+        raise LoratuneError('pass a prompt ("Name three colours.") or --chat, one of them')
+    loaded = _load(args, task="causal-lm")
+    if loaded.info.get("task") != "causal-lm":
+        raise LoratuneError(f"{args.adapter} is a {loaded.info.get('task')} adapter; generate needs a causal-lm one")
+    fmt = prompt_format(loaded.info, loaded.tokenizer, raw=args.raw)
+    context = args.max_length or positions(loaded.model) or 2048
+    max_prompt = context if args.max_length else context - options.max_new_tokens
+    if args.chat:
+        mark = sys.stderr if sys.stdin.isatty() else None
+        chat(loaded.model, loaded.tokenizer, fmt, options, sys.stdin, max_prompt=max_prompt, out=sys.stdout,
+             prompt_mark=mark)  # fmt: skip
+    else:
+        complete(loaded.model, loaded.tokenizer, args.prompt, fmt, options, max_prompt=max_prompt, stream=sys.stdout)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "generate": cmd_generate,
+            "compare": cmd_compare, "inspect": cmd_inspect}  # fmt: skip
 
 
 class _WarningLines(logging.Handler):

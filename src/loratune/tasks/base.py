@@ -21,7 +21,16 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
-from loratune.models import load_pretrained_model
+from loratune.errors import LoratuneError
+from loratune.models import head_module_names, load_pretrained_model
+
+
+def without_tagging_options(options: dict[str, Any], task: str) -> dict[str, Any]:
+    """``options`` without token-cls's own data option; an error naming it when it is set for ``task``."""
+    options = dict(options)
+    if options.pop("label_all_tokens", False):
+        raise LoratuneError(f"--label-all-tokens is for --task token-cls (a tag per word); drop it for {task}")
+    return options
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,10 @@ class Task(ABC):
         labels = info.get("labels") if self.has_labels else None
         return load_pretrained_model(self.auto_class, name, labels=labels, trust_remote_code=trust_remote_code,
                                      compute_dtype=compute_dtype, revision=revision)  # fmt: skip
+
+    def modules_to_save(self, model: nn.Module) -> list[str]:
+        """Modules trained in full and saved with the adapter (PEFT's ``modules_to_save``): the new head."""
+        return head_module_names(model)
 
     @abstractmethod
     def tokenize(self, split: Any, tokenizer: Any, max_length: int) -> Any:

@@ -15,8 +15,8 @@ from torch import nn
 
 from loratune.data.batching import DynamicPaddingCollator, tokenize_dataset
 from loratune.data.sources import TextClassificationData, load_text_classification
-from loratune.errors import DataError, LoratuneError
-from loratune.tasks.base import Metric, Task
+from loratune.errors import DataError
+from loratune.tasks.base import Metric, Task, without_tagging_options
 
 TASK_TYPE = "SEQ_CLS"  # PEFT's task_type in adapter_config.json
 AUTO_CLASS = "AutoModelForSequenceClassification"
@@ -168,10 +168,8 @@ class SeqClsTask(Task):
 
     def load_data(self, dataset: str | None, *, seed: int, **options: Any) -> TextClassificationData:
         """The labelled texts; data with no text or label column is an error that names what each task reads."""
-        if options.pop("label_all_tokens", False):
-            raise LoratuneError("--label-all-tokens is for --task token-cls (a tag per word); drop it for seq-cls")
         try:
-            return load_text_classification(dataset, seed=seed, **options)
+            return load_text_classification(dataset, seed=seed, **without_tagging_options(options, self.name))
         except DataError as err:
             if " column found in " not in str(err):
                 raise

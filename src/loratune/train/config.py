@@ -66,7 +66,7 @@ class RunConfig:
         DATA,
         choices=tuple(TASKS),
     )
-    model: str = _opt("minilm", "hub name, local folder, or alias 'minilm'", DATA)
+    model: str = _opt("minilm", "hub name, local folder, or alias 'minilm' or 'smollm2'", DATA)
     revision: str | None = _opt(
         None, "the hub model's branch, tag or commit (default: its latest); not for a local folder or alias", DATA
     )
@@ -85,8 +85,13 @@ class RunConfig:
     encoding: str | None = _opt(
         None, "text encoding of the data files, e.g. latin-1 (default: UTF-8, bad bytes replaced with a warning)", DATA
     )
-    train_size: int | None = _opt(None, "subsample the train split to N examples (seeded)", DATA, low=1)
-    eval_size: int | None = _opt(None, "subsample the eval split to N examples (seeded)", DATA, low=1)
+    train_size: int | None = _opt(
+        None, "subsample the train split to N examples (seeded); causal-lm: the first N records", DATA, low=1
+    )
+    eval_size: int | None = _opt(
+        None, "subsample the eval split to N examples (seeded); causal-lm: the N records after the train ones",
+        DATA, low=1,
+    )  # fmt: skip
     val_size: int | None = _opt(
         None, "hold N train examples out to choose the best checkpoint and stop early, the eval split then scored "
         "once at the end (0: none; default: the dataset's validation split, or 10 %% of train when the eval split "

@@ -39,7 +39,6 @@ from loratune.lora import ALL_LINEAR, LoraConfig, load_adapter, parameter_report
 from loratune.lora.model import lora_layers
 from loratune.models import (
     default_target_modules,
-    head_module_names,
     hub_id,
     load_tokenizer,
     short_patterns,
@@ -171,7 +170,7 @@ def lora_config(cfg: RunConfig, task: Task, model: nn.Module) -> LoraConfig:
         alpha=cfg.alpha,
         dropout=cfg.dropout,
         target_modules=cfg.target_modules or default_target_modules(model.config.model_type, task.name),
-        modules_to_save=head_module_names(model),
+        modules_to_save=task.modules_to_save(model),
         use_rslora=cfg.rslora,
         task_type=task.peft_task_type,
         base_model_name_or_path=hub_id(cfg.model),

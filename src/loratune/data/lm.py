@@ -1,0 +1,430 @@
+"""Language-model data: plain text packed into blocks, and instruction records with the loss on the response only.
+
+Two kinds of data, told apart by their fields:
+
+* **text**: a ``.txt`` file (its documents are the paragraphs between blank lines), or records with a
+  text column (``text``, ``content``, ... or ``--text-column``). Each document is tokenised, the
+  documents are joined with the EOS token between them, and the stream is cut into blocks of
+  ``max_length`` tokens; the last, shorter block is kept (padded in its batch, the padding masked).
+  ``labels`` = ``input_ids`` (the model shifts them).
+* **instruction**: JSON/JSONL (or CSV/Parquet) records ``{"instruction", "input", "output"}``;
+  ``instruction`` and ``output`` are required, ``input`` is optional (missing, null or empty: none).
+  The prompt is the tokenizer's chat template (user turn = instruction, a blank line, input; assistant
+  turn = output) where the tokenizer has one, else the Alpaca template (``ALPACA``). The prompt's
+  tokens get label -100: the loss is on the response (and the chat template's end-of-turn tokens,
+  or the EOS that ends an Alpaca response) only.
+
+Records are never shuffled: the sizes take records in file order (see :func:`load_lm_data`), so that
+``--train-size 935 --eval-size 110`` trains on records 0-934 and evaluates on records 935-1044.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+
+from loratune.data.sources import TEXT_COLUMN_CANDIDATES, _read_dataset, check_encoding, text_errors
+from loratune.errors import DataError
+
+log = logging.getLogger(__name__)
+
+INSTRUCTION, TEXT = "instruction", "text"  # the two kinds of data
+CHAT_TEMPLATE, ALPACA, PLAIN = "chat-template", "alpaca", "plain"  # prompt formats (loratune.json "prompt_format")
+PROMPT_FORMATS = (CHAT_TEMPLATE, ALPACA, PLAIN)
+IGNORE = -100  # the label of a position without loss
+
+ALPACA_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+ALPACA_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:\n"
+)
+EXPECTS = (
+    "causal-lm expects instruction records (fields instruction and output, input optional), records with a "
+    f"text column ({', '.join(TEXT_COLUMN_CANDIDATES)}, or --text-column NAME), or a .txt file; seq-cls expects "
+    "a text column and a label column"
+)
+LM_SUFFIXES = (".txt", ".json", ".jsonl", ".csv", ".tsv", ".parquet")
+AUTO_EVAL_FRACTION = 0.1
+
+
+@dataclass
+class LMData:
+    """The train, eval and (optional) validation records of a causal-lm run, in file order.
+
+    Instruction splits have the columns ``instruction``, ``input``, ``output``; text splits ``text``.
+    """
+
+    train: datasets.Dataset
+    eval: datasets.Dataset
+    source: str
+    kind: str  # INSTRUCTION or TEXT
+    val: datasets.Dataset | None = None
+    selection: str = ""
+
+
+# ------------------------------------------------------------------------------------------ reading
+def load_lm_data(
+    dataset: str | None = None,
+    *,
+    train_file: str | Path | None = None,
+    eval_file: str | Path | None = None,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    encoding: str | None = None,
+    train_size: int | None = None,
+    eval_size: int | None = None,
+    val_size: int | None = None,
+    dataset_revision: str | None = None,
+    seed: int = 42,
+    for_eval: bool = False,
+) -> LMData:
+    """Local files of text or instruction records, split in file order (nothing is shuffled; ``seed`` is unused).
+
+    ``dataset`` is a file (the train file) or a folder with a ``train.*`` file and optionally a
+    ``test.*``/``eval.*``/``validation.*``/``val.*``/``dev.*`` one; or pass ``train_file`` (and ``eval_file``).
+
+    Without an eval file: ``--train-size N`` trains on records ``0..N-1`` and evaluates on the
+    ``--eval-size`` records after them (default: all the rest); without ``--train-size``, the last
+    ``--eval-size`` records (default 10 %) are the eval split and the ones before them train.
+    With an eval file: the first ``--train-size``/``--eval-size`` records of each file.
+    ``--val-size N``: the last N train records choose the best checkpoint instead of the eval split.
+    ``for_eval``: only the eval split matters (``loratune eval``): no checks on the train split.
+    """
+    del seed, label_column  # records keep their order; there are no labels
+    for flag, value in (("--train-size", train_size), ("--eval-size", eval_size)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise DataError(f"{flag} must be a positive integer, got {value!r}; pass a number of records >= 1.")
+    if val_size is not None and (not isinstance(val_size, int) or val_size < 0):
+        raise DataError(f"--val-size must be an integer >= 0, got {val_size!r}; pass a number of records.")
+    if dataset_revision is not None:
+        raise DataError("--dataset-revision pins a hub dataset, and causal-lm reads local files; drop it")
+    check_encoding(encoding)
+    train_path, eval_path = _paths(dataset, train_file, eval_file)
+    kind, train = read_lm_file(train_path, text_column, encoding)
+    source = str(train_path)
+    if eval_path is None:
+        evaluated, train, where = _carve(train, train_size, eval_size, train_path, for_eval)
+    else:
+        same = eval_path.resolve() == train_path.resolve()
+        source = str(train_path) if same else f"train: {train_path}, eval: {eval_path}"
+        eval_kind, evaluated = read_lm_file(eval_path, text_column, encoding)
+        if eval_kind != kind:
+            raise DataError(f"{train_path} holds {kind} data and {eval_path} {eval_kind} data; pass files of one kind")
+        train, evaluated = train[:train_size], evaluated[:eval_size]
+        where = f"records 0-{len(evaluated) - 1} of {eval_path}"
+    val = None
+    if val_size and not for_eval:
+        if val_size >= len(train):
+            raise DataError(f"--val-size {val_size} leaves none of the {len(train)} train records; pass a smaller one")
+        train, val = train[:-val_size], train[-val_size:]
+        selection = f"the last {val_size} train records (--val-size)"
+    else:
+        selection = f"the eval split ({where}), which is also the one reported"
+    if not for_eval and not train:
+        raise DataError(f"no train records are left in {train_path}; pass a smaller --eval-size or an --eval-file")
+    return LMData(_dataset(kind, train), _dataset(kind, evaluated), source, kind,
+                  _dataset(kind, val) if val is not None else None, selection)  # fmt: skip
+
+
+def _paths(dataset: str | None, train_file: Any, eval_file: Any) -> tuple[Path, Path | None]:
+    if dataset is not None and (train_file is not None or eval_file is not None):
+        raise DataError(f"both a dataset ('{dataset}') and --train-file/--eval-file were given; pass one of them.")
+    if dataset is None:
+        if train_file is None:
+            raise DataError("no data given; pass --train-file PATH (a .txt, .json or .jsonl file) or --dataset PATH")
+        return _existing(Path(train_file)), (_existing(Path(eval_file)) if eval_file is not None else None)
+    path = Path(dataset).expanduser()
+    if path.is_file():
+        return path, None
+    if not path.is_dir():
+        raise DataError(
+            f"'{dataset}' is not a local file or folder; causal-lm reads local files (.txt, .json, .jsonl, "
+            ".csv, .parquet): pass --train-file PATH"
+        )
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in LM_SUFFIXES)
+    named = {re.split(r"[_\-.\s]", p.name.lower(), maxsplit=1)[0]: p for p in reversed(files)}
+    if "train" not in named:
+        raise DataError(f"folder {path} has no train file (.txt, .json, .jsonl, ...); pass --train-file PATH")
+    ev = next((named[n] for n in ("test", "eval", "validation", "valid", "val", "dev") if n in named), None)
+    return named["train"], ev
+
+
+def _existing(path: Path) -> Path:
+    path = path.expanduser()
+    if not path.is_file():
+        raise DataError(f"file {path} does not exist{' (it is a folder)' if path.is_dir() else ''}; check the path.")
+    return path
+
+
+def _carve(
+    records: list[Any], train_size: int | None, eval_size: int | None, path: Path, for_eval: bool
+) -> tuple[list[Any], list[Any], str]:
+    """The eval records, the train records and where the eval records are, from one file, in order."""
+    n = len(records)
+    if train_size is not None:
+        if train_size >= n:
+            raise DataError(f"--train-size {train_size} leaves none of the {n} records of {path} for eval; "
+                            "pass a smaller --train-size or an --eval-file")  # fmt: skip
+        end = n if eval_size is None else min(n, train_size + eval_size)
+        if eval_size is not None and train_size + eval_size > n:
+            log.warning("%s has %d records: the eval split is records %d-%d, fewer than --eval-size %d",
+                        path, n, train_size, n - 1, eval_size)  # fmt: skip
+        return records[train_size:end], records[:train_size], f"records {train_size}-{end - 1} of {path.name}"
+    n_eval = eval_size if eval_size is not None else max(1, round(n * AUTO_EVAL_FRACTION))
+    if n_eval > n or (n_eval == n and not for_eval):
+        raise DataError(f"{path} has {n} records, too few to hold {n_eval} out for eval; "
+                        "pass a larger file, a smaller --eval-size, or an --eval-file")  # fmt: skip
+    return records[n - n_eval :], records[: n - n_eval], f"records {n - n_eval}-{n - 1} of {path.name}"
+
+
+def _dataset(kind: str, records: Sequence[Any]) -> datasets.Dataset:
+    if kind == TEXT:
+        return datasets.Dataset.from_dict({"text": [str(r) for r in records]},
+                                          features=datasets.Features({"text": datasets.Value("string")}))  # fmt: skip
+    fields = ("instruction", "input", "output")
+    features = datasets.Features({f: datasets.Value("string") for f in fields})
+    return datasets.Dataset.from_dict({f: [r[f] for r in records] for f in fields}, features=features)
+
+
+def read_lm_file(path: Path, text_column: str | None = None, encoding: str | None = None) -> tuple[str, list[Any]]:
+    """``(kind, records)``: a ``.txt`` file's paragraphs (TEXT), or the records of a JSON/JSONL/CSV/Parquet
+    file as instruction dicts (INSTRUCTION) or texts (TEXT); a record without a required field is an error
+    naming its index (counting from 0)."""
+    suffix = path.suffix.lower()
+    if suffix not in LM_SUFFIXES:
+        raise DataError(f"cannot read {path}: unsupported file type '{suffix or '(none)'}'; "
+                        f"use one of {', '.join(LM_SUFFIXES)}")  # fmt: skip
+    if suffix in (".txt", ".json", ".jsonl"):
+        data = path.read_bytes()
+        text = data.decode(encoding or "utf-8", errors=text_errors(str(path), [data], encoding))
+        if suffix == ".txt":
+            docs = [d.strip("\n") for d in re.split(r"\n\s*\n", text.replace("\r\n", "\n")) if d.strip()]
+            if not docs:
+                raise DataError(f"{path} has no text; fill it or pass another file.")
+            return TEXT, docs
+        records = _json_records(path, text, suffix)
+    else:
+        records = _read_dataset(path, encoding).to_list()
+    if not records:
+        raise DataError(f"{path} has no records; fill it or pass another file.")
+    return records_kind(records, path.name, text_column)
+
+
+def _json_records(path: Path, text: str, suffix: str) -> list[Any]:
+    if suffix == ".jsonl":
+        out = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except ValueError as err:
+                    raise DataError(f"line {n} of {path} is not valid JSON ({err}); fix that line") from None
+        return out
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        raise DataError(f"{path} is not valid JSON ({err}); fix it, or write one record a line as .jsonl") from None
+    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+        data = next(iter(data.values()))  # {"data": [...]}
+    if not isinstance(data, list):
+        raise DataError(f"{path} holds a JSON {type(data).__name__}, not a list of records; pass a list of objects")
+    return data
+
+
+def records_kind(records: Sequence[Any], name: str, text_column: str | None = None) -> tuple[str, list[Any]]:
+    """Tell instruction records from text records and check each one (see :func:`read_lm_file`)."""
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise DataError(f"record {i} of {name} is a JSON {type(record).__name__}, not an object; "
+                            "pass objects with instruction/output fields or a text field")  # fmt: skip
+    keys = list(dict.fromkeys(k for r in records for k in r))
+    if text_column is None and ("instruction" in keys or "output" in keys):
+        out = []
+        for i, record in enumerate(records):
+            for field in ("instruction", "output"):
+                if _missing(record.get(field)):
+                    raise DataError(
+                        f"record {i} of {name} (counting from 0) has no '{field}'; every instruction record needs "
+                        "'instruction' and 'output' ('input' is optional): fill it in or remove the record"
+                    )
+            given = record.get("input")
+            out.append({"instruction": str(record["instruction"]), "input": "" if given is None else str(given),
+                        "output": str(record["output"])})  # fmt: skip
+        return INSTRUCTION, out
+    lowered = {k.lower(): k for k in keys}
+    column = text_column if text_column in keys else None
+    if text_column is not None and column is None:
+        raise DataError(f"column '{text_column}' not found in {name}; the columns are: {', '.join(keys)}. "
+                        "Pass --text-column NAME.")  # fmt: skip
+    column = column or next((lowered[c] for c in TEXT_COLUMN_CANDIDATES if c in lowered), None)
+    if column is None:
+        raise DataError(f"{name} has no usable columns (found: {', '.join(keys) or 'none'}); {EXPECTS}")
+    texts = []
+    for i, record in enumerate(records):
+        if _missing(record.get(column)):
+            raise DataError(f"record {i} of {name} (counting from 0) has no '{column}'; fill it in or remove it")
+        texts.append(str(record[column]))
+    return TEXT, texts
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+# ------------------------------------------------------------------------------------------ prompts
+def prompt_format_of(tokenizer: Any) -> str:
+    """How instructions are shown to a model with ``tokenizer``: its chat template, else Alpaca's."""
+    return CHAT_TEMPLATE if getattr(tokenizer, "chat_template", None) else ALPACA
+
+
+def user_turn(instruction: str, input: str = "") -> str:
+    """The user's message of an instruction record: the instruction, then (after a blank line) its input."""
+    return f"{instruction}\n\n{input}" if input and input.strip() else instruction
+
+
+def alpaca_prompt(instruction: str, input: str = "") -> str:
+    if input and input.strip():
+        return ALPACA_WITH_INPUT.format(instruction=instruction, input=input)
+    return ALPACA_NO_INPUT.format(instruction=instruction)
+
+
+def encode_prompt(tokenizer: Any, prompt_format: str, turns: Sequence[tuple[str, str | None]]) -> list[int]:
+    """Token ids of a prompt that ends where the model's answer begins.
+
+    ``turns``: ``(user message, assistant reply)`` pairs, the last reply None (the one to generate).
+    chat-template: the conversation through the template with its generation prompt; alpaca: one
+    Alpaca block per turn; plain: the texts as they are, replies following their prompts.
+    """
+    if prompt_format == CHAT_TEMPLATE:
+        messages = []
+        for user, reply in turns:
+            messages.append({"role": "user", "content": user})
+            if reply is not None:
+                messages.append({"role": "assistant", "content": reply})
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if prompt_format == ALPACA:
+        text = "".join(alpaca_prompt(user) + (f"{reply}\n\n" if reply is not None else "") for user, reply in turns)
+    elif prompt_format == PLAIN:
+        text = "".join(user + (reply or "") for user, reply in turns)
+    else:
+        raise DataError(f"unknown prompt format {prompt_format!r}; use one of {', '.join(PROMPT_FORMATS)}")
+    return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+
+
+def instruction_ids(
+    tokenizer: Any, prompt_format: str, instruction: str, input: str, output: str
+) -> tuple[list[int], list[int]]:
+    """``(prompt ids, response ids)`` of one record; the training example is their concatenation.
+
+    chat-template: the prompt is the user turn with the template's generation prompt, the response
+    the rest of the whole conversation's text (its reply and end-of-turn tokens). The prompt's text
+    must be a prefix of the conversation's (a template that rewrites earlier turns, or puts text of
+    its own after the generation prompt, is refused). Both parts are tokenised apart, so the prompt
+    ids are exactly the ids the model sees when it generates.
+    alpaca: the Alpaca prompt (with the tokenizer's special tokens, e.g. BOS) and the output + EOS.
+    """
+    if prompt_format == CHAT_TEMPLATE:
+        user = [{"role": "user", "content": user_turn(instruction, input)}]
+        prompt = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template([*user, {"role": "assistant", "content": output}], tokenize=False)
+        if not full.startswith(prompt):
+            raise DataError(
+                "the tokenizer's chat template does not extend the prompt (user turn + generation prompt) into the "
+                "conversation (user + assistant turns), so the prompt's tokens cannot be masked; pass a model "
+                "whose chat template does, or remove chat_template from its tokenizer_config.json to use Alpaca's"
+            )
+        tok = tokenizer([prompt, full[len(prompt) :]], add_special_tokens=False)["input_ids"]
+        return list(tok[0]), list(tok[1])
+    prompt_ids = list(tokenizer(alpaca_prompt(instruction, input), add_special_tokens=True)["input_ids"])
+    response = list(tokenizer(output, add_special_tokens=False)["input_ids"])
+    if tokenizer.eos_token_id is not None:
+        response.append(int(tokenizer.eos_token_id))
+    return prompt_ids, response
+
+
+# ------------------------------------------------------------------------------------------ tokenising
+def tokenize_instructions(
+    ds: datasets.Dataset, tokenizer: Any, max_length: int, prompt_format: str
+) -> datasets.Dataset:
+    """``input_ids`` (prompt + response, cut to ``max_length`` at the end), ``labels`` (-100 on the prompt),
+    ``attention_mask`` and ``length``; records whose prompt fills ``max_length`` are left out (a warning)."""
+    columns: dict[str, list[Any]] = {"input_ids": [], "attention_mask": [], "labels": [], "length": []}
+    cut = dropped = 0
+    for record in ds:
+        prompt, response = instruction_ids(tokenizer, prompt_format, record["instruction"], record["input"],
+                                           record["output"])  # fmt: skip
+        if len(prompt) >= max_length:
+            dropped += 1
+            continue
+        ids = (prompt + response)[:max_length]
+        cut += len(prompt) + len(response) > max_length
+        columns["input_ids"].append(ids)
+        columns["attention_mask"].append([1] * len(ids))
+        columns["labels"].append([IGNORE] * len(prompt) + ids[len(prompt) :])
+        columns["length"].append(len(ids))
+    if dropped:
+        log.warning("%d of %d records have a prompt of --max-length %d tokens or more and are left out",
+                    dropped, len(ds), max_length)  # fmt: skip
+    if cut:
+        log.warning("%d of %d records are longer than --max-length %d tokens; their responses are cut",
+                    cut, len(ds), max_length)  # fmt: skip
+    if not columns["input_ids"]:
+        raise DataError(f"every prompt is at least --max-length {max_length} tokens long; pass a larger --max-length")
+    return datasets.Dataset.from_dict(columns)
+
+
+def pack_texts(ds: datasets.Dataset, tokenizer: Any, max_length: int) -> datasets.Dataset:
+    """The documents' tokens joined with EOS between them, in blocks of ``max_length`` (the last one may be
+    shorter, and is kept); ``labels`` = ``input_ids``."""
+    if max_length < 2:
+        raise DataError(f"--max-length must be at least 2 to predict a next token, got {max_length}")
+    eos = tokenizer.eos_token_id
+    stream: list[int] = []
+    for start in range(0, len(ds), 1000):
+        for n, ids in enumerate(tokenizer(ds["text"][start : start + 1000], add_special_tokens=False)["input_ids"]):
+            if (stream or n or start) and eos is not None:
+                stream.append(int(eos))
+            stream.extend(ids)
+    blocks = [stream[i : i + max_length] for i in range(0, len(stream), max_length)]
+    blocks = [b for b in blocks if len(b) >= 2]  # a block of one token has nothing to predict
+    if not blocks:
+        raise DataError("the text has fewer than 2 tokens; pass more text")
+    return datasets.Dataset.from_dict({"input_ids": blocks, "attention_mask": [[1] * len(b) for b in blocks],
+                                       "labels": blocks, "length": [len(b) for b in blocks]})  # fmt: skip
+
+
+class LMCollator:
+    """Right-pads ``input_ids`` (with the pad token), ``attention_mask`` (0) and ``labels`` (-100)."""
+
+    def __init__(self, tokenizer: Any, *, max_length: int | None = None, pad_to_multiple_of: int | None = None):
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if pad is None:
+            raise DataError("the tokenizer has no pad or EOS token; load it with loratune.models.load_tokenizer")
+        self.pad, self.max_length, self.multiple = int(pad), max_length, pad_to_multiple_of
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        longest = max(len(f["input_ids"]) for f in features)
+        width = max(longest, self.max_length or 0)
+        if self.multiple:
+            width = -(-width // self.multiple) * self.multiple
+        out = {key: torch.full((len(features), width), fill, dtype=torch.long)
+               for key, fill in (("input_ids", self.pad), ("attention_mask", 0), ("labels", IGNORE))}  # fmt: skip
+        for row, f in enumerate(features):
+            n = len(f["input_ids"])
+            out["input_ids"][row, :n] = torch.as_tensor(f["input_ids"])
+            out["attention_mask"][row, :n] = 1
+            out["labels"][row, :n] = torch.as_tensor(f["labels"])
+        return out
