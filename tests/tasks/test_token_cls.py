@@ -568,3 +568,13 @@ def test_curves_show_entity_f1() -> None:
     eval_ax = fig.axes[1]
     assert next(line.get_label() for line in eval_ax.get_lines() if not line.get_label().startswith("_")) == "F1"
     assert [t.get_text() for t in eval_ax.texts] == ["kept: F1 0.700"]
+
+
+def test_token_cls_trains_with_its_measured_defaults_unless_told_otherwise() -> None:
+    from loratune.train.config import build_config
+
+    cfg = build_config(task="token-cls", train_file="t.conll")
+    assert (cfg.lr, cfg.r, cfg.target_modules) == (2e-3, 16, "all-linear")
+    cfg = build_config(task="token-cls", train_file="t.conll", r=4, target_modules="query,value")
+    assert (cfg.lr, cfg.r, cfg.target_modules) == (2e-3, 4, ["query", "value"])
+    assert build_config(train_file="t.csv").lr is None  # seq-cls keeps its own
