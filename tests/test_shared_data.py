@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from loratune.cli import main
 
@@ -30,3 +31,31 @@ def test_train_two_steps_on_real_data(shared_data, tiny_model_dir, tmp_path, fol
     assert summary["labels"] == labels
     info = json.loads((out / "adapter" / "loratune.json").read_text())
     assert info["labels"] == labels
+
+
+@pytest.fixture(scope="module")
+def tiny_lm_dir(tmp_path_factory):
+    from conftest import save_tiny_llama
+
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-lm"), dtype=torch.float32)
+
+
+@pytest.mark.parametrize(
+    "name,kind,extra",
+    [("instruction-data.json", "instruction", ["--train-size", "935", "--eval-size", "110"]),
+     ("tiny_shakespeare.txt", "text", ["--eval-size", "50"])],
+)  # fmt: skip
+def test_causal_lm_two_steps_on_real_data(shared_data, tiny_lm_dir, tmp_path, name, kind, extra):
+    out = tmp_path / "lm"
+    code = main([
+        "train", "--task", "causal-lm", "--model", str(tiny_lm_dir), "--train-file", str(shared_data / "lm" / name),
+        "--output", str(out), "--max-steps", "2", "--max-length", "64", "--batch-size", "8", "--precision", "fp32",
+        "--target-modules", "q_proj,v_proj", "--no-progress", *extra,
+    ])  # fmt: skip
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["metric"] == "perplexity" and summary["best"]["tokens"] > 0
+    info = json.loads((out / "adapter" / "loratune.json").read_text())
+    assert info["data_format"] == kind
+    if kind == "instruction":
+        assert summary["train_examples"] == 935 and summary["eval_examples"] == 110

@@ -8,6 +8,7 @@ Also the per-architecture defaults a LoRA run needs: which Linear layers to adap
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from torch import nn
 
 from loratune.errors import LoratuneError, ModelNotFoundError
 from loratune.hub import hub_error_message, hub_reachable, use_cache_only_if_unreachable
+
+log = logging.getLogger(__name__)
 
 
 def _minilm_path() -> str:
@@ -244,12 +247,31 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | N
         tokenizer = AutoTokenizer.from_pretrained(
             path, trust_remote_code=trust_remote_code, **_at_revision(revision), **alias_load_options(name, revision)
         )
+    if alias_load_options(name, revision).get("gguf_file"):
+        _check_gguf_tokenizer(tokenizer)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token
         elif tokenizer.unk_token is not None:
             tokenizer.pad_token = tokenizer.unk_token
     return tokenizer
+
+
+GGUF_TOKENIZER_FIXED = (5, 18)  # transformers 5.12 read SmolLM2's GGUF EOS as <|im_start|>; 5.18 and 5.24 right
+
+
+def _check_gguf_tokenizer(tokenizer: Any) -> None:
+    """Warn when this transformers may read a GGUF tokenizer's special tokens wrongly (the EOS ends answers)."""
+    import transformers
+
+    version = tuple(int(p) for p in transformers.__version__.split(".")[:2] if p.isdigit())
+    if version < GGUF_TOKENIZER_FIXED:
+        log.warning(
+            "transformers %s may read a GGUF tokenizer's EOS wrongly (it reads SmolLM2's as %r); "
+            "upgrade to transformers 5.18 or later for GGUF models",
+            transformers.__version__,
+            tokenizer.eos_token,
+        )
 
 
 def load_model_for_sequence_classification(
