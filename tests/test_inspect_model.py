@@ -61,7 +61,7 @@ def test_bert(folders):
     ]
     assert by_task(report) == {
         "seq-cls": (["query", "value"], 4, lora(*[(32, 32)] * 4)),
-        "token-cls": (["query", "key", "value"], 6, lora(*[(32, 32)] * 6)),
+        "token-cls": ("all-linear", 12, 2 * lora(*[(32, 32)] * 4, (32, 64), (64, 32))),  # the task's default
         "causal-lm": (["query", "value"], 4, 2048),
     }
     assert report.head_counted is False
@@ -81,7 +81,7 @@ def test_llama_with_grouped_query_attention(folders):
     assert qv == 1792
     assert by_task(report) == {
         "seq-cls": (["q_proj", "v_proj"], 4, qv),
-        "token-cls": (["q_proj", "k_proj", "v_proj"], 6, qv + 2 * lora((32, 16))),
+        "token-cls": ("all-linear", 14, 2 * lora((32, 32), (32, 16), (32, 16), (32, 32), (32, 64), (32, 64), (64, 32))),
         "causal-lm": (["q_proj", "v_proj"], 4, qv),  # lm_head is never a target
     }
 
@@ -95,8 +95,10 @@ def test_gpt2_conv1d_shapes(folders):
         LinearGroup("h.*.attn.c_attn", 32, 96, 2), LinearGroup("h.*.attn.c_proj", 32, 32, 2),
         LinearGroup("h.*.mlp.c_fc", 32, 128, 2), LinearGroup("h.*.mlp.c_proj", 128, 32, 2),
     ]  # fmt: skip
-    assert {t: v for t, v in by_task(report).items()} == {task: (["c_attn"], 2, 2048) for task in
-                                                          ("seq-cls", "token-cls", "causal-lm")}  # fmt: skip
+    assert {t: v for t, v in by_task(report).items() if t != "token-cls"} == {
+        task: (["c_attn"], 2, 2048) for task in ("seq-cls", "causal-lm")
+    }
+    assert by_task(report)["token-cls"] == ("all-linear", 8, 2 * lora((32, 96), (32, 32), (32, 128), (128, 32)))
 
 
 def test_all_linear_fallback_counts_each_task_s_trunk(folders, monkeypatch):
@@ -123,7 +125,7 @@ def test_cli_text_and_json(folders, capsys):
     assert "model type   llama" in out and "parameters   22,432" in out
     assert "  layers.*.self_attn.k_proj  32x16  x2" in out
     assert "LoRA A and B parameters only; the task head is not counted" in out
-    assert any(line.split()[:2] == ["token-cls", "q_proj,"] and "2,560 params" in line for line in out.splitlines())
+    assert any(line.split()[:3] == ["token-cls", "all-linear", "(the"] for line in out.splitlines())
     assert main(["inspect", "--model", str(folders["gpt2"]), "--json", "--r", "4"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["model_type"] == "gpt2" and record["parameters"] == 31360 and record["r"] == 4

@@ -18,14 +18,8 @@ from loratune.errors import ModelNotFoundError
 from loratune.lora import LoraConfig
 from loratune.lora.layer import is_conv1d, is_linear
 from loratune.lora.model import find_target_modules
-from loratune.models import TASK_PROJECTIONS, default_target_modules, head_module_names, layer_pattern, load_config
-
-# the transformers class each task's model is built with
-TASK_CLASSES = {
-    "seq-cls": "AutoModelForSequenceClassification",
-    "token-cls": "AutoModelForTokenClassification",
-    "causal-lm": "AutoModelForCausalLM",
-}
+from loratune.models import default_target_modules, layer_pattern, load_config
+from loratune.tasks import TASKS, get_task
 
 
 @dataclass
@@ -92,16 +86,20 @@ def _on_meta(class_name: str, config: Any, trust_remote_code: bool) -> nn.Module
 
 
 def task_targets(task: str, config: Any, r: int, trust_remote_code: bool = False) -> TaskTargets:
-    """``task``'s default targets on ``config``'s architecture, as a run would resolve them."""
+    """``task``'s default targets on ``config``'s architecture, as a run would resolve them (the task's own
+    LoRA defaults first, e.g. token-cls's all-linear, then the architecture's table)."""
+    spec = get_task(task)
     try:
-        model = _on_meta(TASK_CLASSES[task], config, trust_remote_code)
+        model = _on_meta(spec.auto_class, config, trust_remote_code)
     except ValueError:  # no such head for this architecture
-        return TaskTargets(task, None, note=f"transformers has no {TASK_CLASSES[task]} for {config.model_type}")
-    targets = default_target_modules(config.model_type, task)
-    lora = LoraConfig(r=r, target_modules=targets, modules_to_save=head_module_names(model) or None)
+        return TaskTargets(task, None, note=f"transformers has no {spec.auto_class} for {config.model_type}")
+    own = spec.defaults.get("lora", {}).get("target_modules")
+    targets = own or default_target_modules(config.model_type, task)
+    note = "the task's default" if own else "no default for this type" if isinstance(targets, str) else None
+    lora = LoraConfig(r=r, target_modules=targets, modules_to_save=spec.modules_to_save(model) or None)
     paths = find_target_modules(model, lora)
     shapes = [linear_shape(model.get_submodule(path)) for path in paths]
-    return TaskTargets(task, targets, len(paths), sum(r * (i + o) for i, o in shapes))
+    return TaskTargets(task, targets, len(paths), sum(r * (i + o) for i, o in shapes), note=note)
 
 
 def inspect_model(name: str, r: int = 8, *, revision: str | None = None, trust_remote_code: bool = False) -> Inspection:
@@ -112,7 +110,7 @@ def inspect_model(name: str, r: int = 8, *, revision: str | None = None, trust_r
     except ValueError as err:
         detail = (str(err).strip().splitlines() or ["ValueError"])[0]
         raise ModelNotFoundError(f"transformers cannot build model '{name}' ({detail}); pass another model") from None
-    tasks = [task_targets(task, config, r, trust_remote_code) for task in TASK_PROJECTIONS]
+    tasks = [task_targets(task, config, r, trust_remote_code) for task in TASKS]
     return Inspection(name, config.model_type, parameter_count(bare), linear_groups(bare), r, tasks)
 
 
@@ -136,6 +134,7 @@ def format_inspection(report: Inspection) -> str:
         if t.targets is None:
             lines.append(f"  {t.task:<10} n/a: {t.note}")
             continue
-        names = f"{t.targets} (no default for this type)" if isinstance(t.targets, str) else ", ".join(t.targets)
+        names = t.targets if isinstance(t.targets, str) else ", ".join(t.targets)
+        names += f" ({t.note})" if t.note else ""
         lines.append(f"  {t.task:<10} {names:<30} {t.layers:>4} layers  {t.lora_params:>12,} params")
     return "\n".join(lines)

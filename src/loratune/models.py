@@ -235,7 +235,9 @@ def load_config(name: str, trust_remote_code: bool = False, revision: str | None
 
     path = _checked(name, revision=revision)
     with _model_errors(name):
-        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **_at_revision(revision))
+        return AutoConfig.from_pretrained(
+            path, trust_remote_code=trust_remote_code, **_at_revision(revision), **alias_load_options(name, revision)
+        )
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | None = None) -> Any:
