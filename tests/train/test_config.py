@@ -144,3 +144,14 @@ def test_task_defaults_apply_per_method_where_nothing_sets_the_option(tmp_path, 
     parent = build_config(**data, apply_task_defaults=False)  # compare's: each child applies its method's
     assert (parent.lr, parent.r) == (None, 8)
     assert "--lr" not in child_argv(parent, method="full", output="o")
+
+
+def test_one_plain_target_name_is_a_name_and_regex_characters_make_a_regex():
+    """``--target-modules c_attn`` means the layers named c_attn (a regex would have to match the whole path)."""
+    from loratune.train.config import coerce
+
+    assert coerce("target_modules", "c_attn") == ["c_attn"]
+    assert coerce("target_modules", "attention.self.query") == ["attention.self.query"]
+    assert coerce("target_modules", "q_proj, v_proj") == ["q_proj", "v_proj"]
+    assert coerce("target_modules", r".*\.(q|v)_proj") == r".*\.(q|v)_proj"
+    assert coerce("target_modules", "all-linear") == "all-linear"

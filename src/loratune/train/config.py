@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,11 +309,15 @@ def _to_str(v: Any) -> str:
 
 
 def _to_list(v: Any) -> list[str] | str:
+    """Comma-separated names -> a list; one plain name (``c_attn``) -> a one-name list; ``all-linear`` and
+    a string with regex characters (``.*attn.*``) stay a string (PEFT's rule: a regex for the whole path)."""
     if isinstance(v, str):
         parts = [t.strip() for t in v.split(",") if t.strip()]
         if not parts:
             raise ValueError
-        return parts if "," in v else v
+        if "," in v or (v.strip() != "all-linear" and re.fullmatch(r"[\w.-]+", v.strip())):
+            return parts
+        return v
     if isinstance(v, list | tuple) and v and all(isinstance(t, str) and t.strip() for t in v):
         return [t.strip() for t in v]
     raise TypeError
