@@ -376,3 +376,23 @@ def test_smollm2_loads_offline_by_alias_and_by_hub_id(monkeypatch):
     assert model.config.model_type == "llama" and model.config.num_hidden_layers == 30
     answer = complete(model, tok, "What is 2+2?", CHAT_TEMPLATE, GenerationOptions(max_new_tokens=16), max_prompt=256)
     assert "4" in answer
+
+
+def test_compare_sweeps_ranks_by_perplexity_and_infers_the_task(llama_dir, instruction_file, tmp_path, capsys):
+    """--ranks on instruction records: the task is inferred, each rank's perplexity (lower is better) is reported."""
+    out = tmp_path / "ranks"
+    argv = ["compare", "--model", str(llama_dir), "--train-file", str(instruction_file), "--output", str(out),
+            "--max-length", "48", "--batch-size", "4", "--precision", "fp32", "--no-progress", "--alpha", "8",
+            "--lr", "1e-2", "--max-steps", "2", "--train-size", "30", "--eval-size", "10",
+            "--ranks", "1,4"]  # fmt: skip
+    capsys.readouterr()
+    assert main(argv) == 0
+    stdout = capsys.readouterr().out
+    assert "task: causal-lm (inferred: the fields of instructions.json hold instruction records" in stdout
+    rows = json.loads((out / "ranks.json").read_text())["ranks"]
+    assert [m["r"] for m in rows] == [1, 4] and all(m["metric"] == "perplexity" for m in rows)
+    for m in rows:
+        summary = json.loads((out / f"rank-{m['r']}" / "summary.json").read_text())
+        assert m["perplexity"] == summary["best"]["perplexity"] > 1 and m["loss"] == summary["best"]["loss"]
+    assert "| r | trainable | perplexity | loss | training time |" in stdout
+    assert (out / "ranks.png").stat().st_size > 1000

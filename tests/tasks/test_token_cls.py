@@ -577,4 +577,27 @@ def test_token_cls_trains_with_its_measured_defaults_unless_told_otherwise() -> 
     assert (cfg.lr, cfg.r, cfg.target_modules) == (2e-3, 16, "all-linear")
     cfg = build_config(task="token-cls", train_file="t.conll", r=4, target_modules="query,value")
     assert (cfg.lr, cfg.r, cfg.target_modules) == (2e-3, 4, ["query", "value"])
+    assert build_config(task="token-cls", train_file="t.conll", method="full").lr == 1e-4
     assert build_config(train_file="t.csv").lr is None  # seq-cls keeps its own
+
+
+def test_compare_infers_token_cls_and_reports_entity_f1(tiny_model_dir, tmp_path, capsys) -> None:
+    """compare end to end on CoNLL files: the task is inferred, each method's F1 is in the table."""
+    train, test = toy_conll(tmp_path / "train.conll", 24, 1), toy_conll(tmp_path / "test.conll", 8, 2)
+    out = tmp_path / "cmp"
+    argv = ["compare", "--model", str(tiny_model_dir), "--train-file", str(train), "--eval-file", str(test),
+            "--output", str(out), "--max-length", "32", "--batch-size", "8", "--precision", "fp32", "--no-progress",
+            "--max-steps", "3", "--val-size", "4"]  # fmt: skip
+    code, stdout, err = run(argv, capsys)
+    assert code == 0, err
+    assert "task: token-cls (inferred: train.conll has one token and its tag per line" in stdout
+    result = json.loads((out / "comparison.json").read_text())
+    rows = {row["measure"]: row for row in result["rows"]}
+    assert list(rows)[-4:] == ["test F1", "test precision", "test recall", "validation F1"]
+    for method in ("full", "lora"):
+        summary = json.loads((out / method / "summary.json").read_text())
+        assert summary["task"] == "token-cls" and rows["test F1"][method] == summary["test"]["f1"]
+    assert rows["test F1"]["diff_pt"] == pytest.approx(100 * (rows["test F1"]["lora"] - rows["test F1"]["full"]))
+    lora_config = json.loads((out / "lora" / "adapter" / "adapter_config.json").read_text())
+    assert lora_config["task_type"] == "TOKEN_CLS" and lora_config["r"] == 16  # the task's LoRA default
+    assert "| test F1 |" in (out / "comparison.md").read_text()

@@ -69,7 +69,7 @@ def run_measures(summary: Mapping[str, Any], *, run_dir: Path, pid: int | None, 
         "train_examples": summary.get("train_examples"),
         "eval_examples": summary.get("eval_examples"),
         "device": device,
-        "precision": summary.get("precision"),
+        "compute_precision": summary.get("precision"),  # fp32, bf16, fp16 ("precision" may be a metric)
     }
 
 

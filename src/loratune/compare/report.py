@@ -115,7 +115,7 @@ def setup_line(cfg, first: Mapping[str, Any]) -> str:
     return (
         f"Model `{cfg.model}`, data `{cfg.dataset or cfg.train_file}` ({first['train_examples']} train / "
         f"{first['eval_examples']} eval), max length {cfg.max_length}, batch {cfg.batch_size}, "
-        f"{first['device']} / {first['precision']}."
+        f"{first['device']} / {first['compute_precision']}."
     )
 
 
