@@ -17,16 +17,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+# the encoder size of every tiny BERT-style test model (its vocabulary, positions and labels vary)
+TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
+
+
 def tiny_bert_cls(num_labels: int = 3, seed: int = 0):
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
     cfg = BertConfig(
         vocab_size=120,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
+        **TINY_BERT,
         max_position_embeddings=64,
         num_labels=num_labels,
     )
@@ -39,10 +40,7 @@ def tiny_roberta_cls(num_labels: int = 2, seed: int = 0):
     torch.manual_seed(seed)
     cfg = RobertaConfig(
         vocab_size=120,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
+        **TINY_BERT,
         max_position_embeddings=70,
         num_labels=num_labels,
         pad_token_id=1,
@@ -127,10 +125,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     cfg = BertConfig(
         vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
+        **TINY_BERT,
         max_position_embeddings=128,
     )
     BertModel(cfg).save_pretrained(folder)

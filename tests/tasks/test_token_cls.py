@@ -14,7 +14,7 @@ import peft
 import pytest
 import torch
 
-from conftest import tiny_bert_cls
+from conftest import TINY_BERT, tiny_bert_cls
 from loratune import LoraConfig, add_lora, load_adapter, save_adapter
 from loratune.cli import main
 from loratune.data.tagging import load_tagging
@@ -229,15 +229,7 @@ def tiny_bert_tokens(num_labels: int, vocab: int = 30522, seed: int = 0):
     from transformers import BertConfig, BertForTokenClassification
 
     torch.manual_seed(seed)
-    cfg = BertConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=num_labels,
-    )
+    cfg = BertConfig(vocab_size=vocab, **TINY_BERT, max_position_embeddings=64, num_labels=num_labels)
     return BertForTokenClassification(cfg).eval()
 
 
