@@ -15,7 +15,7 @@ LAYERS = {
     "hub": 3, "data": 3, "models": 3, "fastpath": 3, "prepare": 3, "tasks": 3, "artifacts": 3, "inspect_model": 3,
     "generate": 3,
     "train": 4,
-    "compare": 5,
+    "compare": 5, "serve": 5,
     "cli": 6,
 }  # fmt: skip
 TORCH_ONLY = {"kernels", "lora"}  # may import torch and the standard library, nothing else third-party

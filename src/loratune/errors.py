@@ -52,3 +52,7 @@ class Interrupted(LoratuneError):
     """Training stopped by Ctrl-C after saving a checkpoint; ``--resume`` continues it."""
 
     exit_code = 130
+
+
+class AdapterUnavailableError(UnknownAdapterError):
+    """A registry adapter that was unloaded on purpose: it serves again once loaded again."""

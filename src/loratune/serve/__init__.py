@@ -1,0 +1,1 @@
+"""Serving trained adapters: one base model in memory, many adapters on it."""

@@ -1,0 +1,455 @@
+"""A multi-adapter runtime: one base model in memory, many trained adapters on it (no HTTP here).
+
+Design. The frozen base *trunk* (the module at ``base_model_prefix``, e.g. ``bert``) is loaded once.
+Each loaded adapter gets its own task model (sequence or token classifier, causal LM) built for its
+labels, whose trunk attribute is set to that one shared trunk; the adapter's LoRA layers are injected
+into the shared trunk under the adapter's name, and its head copy lives in its own task model. The base
+weights are never modified (no merging).
+
+A mixed batch runs the shared trunk once per task family with per-row LoRA routing
+(``lora.mixed_adapters``), then each adapter's head on its own rows: the task's own ``predict`` runs
+per text against a stand-in trunk that replays that text's row of the shared forward, so records keep
+the task's format. Least-recently-used unpinned adapters are evicted past ``max_adapters`` or
+``adapter_memory_mb`` and reloaded on demand. One re-entrant lock serialises loads, evictions and
+forwards, so a request always finishes on the adapters it started with.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from loratune.artifacts import _artifact_task, base_fingerprint, read_task_info
+from loratune.errors import (
+    AdapterFileError,
+    AdapterNameError,
+    AdapterShapeError,
+    AdapterUnavailableError,
+    LoratuneError,
+    TargetModulesError,
+    UnknownAdapterError,
+)
+from loratune.lora import load_adapter, read_adapter_config, read_adapter_shapes
+from loratune.lora.io import PREFIX, WEIGHTS_NAME
+from loratune.lora.layer import LoraLinear, is_conv1d
+from loratune.lora.model import adapter_configs, check_adapter_name, delete_adapter, mixed_adapters
+from loratune.models import load_pretrained_model, load_tokenizer, use_tokenizer_pad_id
+from loratune.tasks import Task
+
+CONFIG = "adapter_config.json"
+
+
+@dataclass
+class _Entry:
+    """One registry adapter: where it is, what it is, and (once loaded) its task model."""
+
+    name: str
+    folder: Path
+    info: dict[str, Any]
+    task: Task
+    nbytes: int
+    model: nn.Module | None = None
+    tokenizer: Any = None
+    pinned: bool = False
+    unavailable: bool = False
+
+
+class _Recorded(Exception):
+    """Raised by the recording trunk once it has seen the inputs of a forward."""
+
+
+class _TrunkStandIn(nn.Module):
+    """Takes the shared trunk's place in a task model for one ``predict`` call: records the inputs the
+    task tokenised (``record``), or returns the given row of the shared forward (``replay``)."""
+
+    def __init__(self, replay: Any = None, row: int = 0, length: int = 0, left: bool = False) -> None:
+        super().__init__()
+        self.replay, self.row, self.length, self.left = replay, row, length, left
+        self.inputs: dict[str, torch.Tensor] = {}
+
+    def forward(self, input_ids: torch.Tensor | None = None, **kw: Any) -> Any:
+        if self.replay is None:
+            self.inputs = {"input_ids": input_ids, **{k: v for k, v in kw.items() if k in _INPUTS and v is not None}}
+            raise _Recorded
+        return _row_of(self.replay, self.row, self.length, self.left)
+
+
+_INPUTS = ("attention_mask", "token_type_ids")
+
+
+def _row_of(outputs: Any, row: int, length: int, left: bool) -> Any:
+    """Row ``row`` of a trunk's batched outputs, cut to ``length`` tokens (from the right when left-padded)."""
+    cut = slice(-length, None) if left else slice(0, length)
+    fields = {}
+    for key, value in outputs.items():
+        if isinstance(value, torch.Tensor):
+            fields[key] = value[row : row + 1, cut] if value.dim() == 3 else value[row : row + 1]
+    return type(outputs)(**fields)
+
+
+class Runtime:
+    """Adapters of a registry folder served on one shared base model (see the module docstring).
+
+    Args:
+        registry: a folder with one trained run's ``adapter/`` per sub-folder (or ``sub-folder/adapter``).
+        model: the base model; default: the adapters' ``base_model`` (all must share it).
+        max_adapters: at most this many loaded adapters (least recently used unpinned ones are evicted).
+        adapter_memory_mb: at most this many MB of adapter weights loaded.
+        device: where the model runs (default CPU).
+    """
+
+    def __init__(
+        self,
+        registry: Path,
+        model: str | None = None,
+        *,
+        max_adapters: int | None = None,
+        adapter_memory_mb: float | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.registry = Path(registry)
+        if not self.registry.is_dir():
+            raise AdapterFileError(f"adapter registry {self.registry} is not a folder; pass a folder of adapters")
+        self.base_name = model
+        self.max_adapters = max_adapters
+        self.memory_limit = None if adapter_memory_mb is None else int(adapter_memory_mb * 1024 * 1024)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.evictions = 0
+        self._lock = threading.RLock()
+        self._entries: dict[str, _Entry] = {}
+        self._loaded: OrderedDict[str, None] = OrderedDict()  # least recently used first
+        self._trunk: nn.Module | None = None
+        self._fingerprint: str | None = None
+
+    # ------------------------------------------------------------------ registry
+    def names(self) -> list[str]:
+        """The adapter names in the registry (sub-folders holding an adapter), sorted."""
+        found = []
+        for child in sorted(self.registry.iterdir()):
+            inside = child.resolve().is_relative_to(self.registry.resolve())
+            if not child.name.startswith(".") and inside and self._adapter_folder(child) is not None:
+                found.append(child.name)
+        return found
+
+    def list(self) -> list[dict[str, Any]]:
+        """One record per registry adapter: task, labels, rank, targets, size, base, metric, state."""
+        with self._lock:
+            return [self._record(self._entry(name)) for name in self.names()]
+
+    def _record(self, e: _Entry) -> dict[str, Any]:
+        config = read_adapter_config(e.folder)
+        return {
+            "name": e.name,
+            "task": e.task.name,
+            "labels": e.info.get("labels"),
+            "r": config.get("r"),
+            "target_modules": config.get("target_modules"),
+            "size_bytes": e.nbytes,
+            "base_model": e.info.get("base_model") or config.get("base_model_name_or_path"),
+            "metric": _summary_metric(e.folder),
+            "loaded": e.model is not None,
+            "pinned": e.pinned,
+            "available": not e.unavailable,
+        }
+
+    @staticmethod
+    def _adapter_folder(child: Path) -> Path | None:
+        for folder in (child, child / "adapter"):
+            if (folder / CONFIG).is_file():
+                return folder
+        return None
+
+    def _safe_folder(self, name: object) -> Path:
+        """The adapter folder of ``name``, a plain folder name inside the registry (else an error)."""
+        if not isinstance(name, str) or not name or name.startswith(".") or "/" in name or "\\" in name:
+            raise AdapterNameError(f"adapter name {name!r} is not a folder name in the registry; use e.g. 'sentiment'")
+        check_adapter_name(name)
+        path = self.registry / name
+        if not path.resolve().is_relative_to(self.registry.resolve()):
+            raise AdapterNameError(f"adapter {name!r} points outside the registry {self.registry}; copy it in instead")
+        folder = self._adapter_folder(path) if path.is_dir() else None
+        if folder is None:
+            listing = ", ".join(self.names()) or "none"
+            raise UnknownAdapterError(f"unknown adapter {name!r}; the registry {self.registry} holds: {listing}")
+        return folder
+
+    def _entry(self, name: str) -> _Entry:
+        """The registry entry of ``name`` (read on first use)."""
+        if name not in self._entries:
+            folder = self._safe_folder(name)
+            info = read_task_info(folder)
+            task = _artifact_task(folder, info)
+            weights = folder / WEIGHTS_NAME
+            nbytes = weights.stat().st_size if weights.is_file() else 0
+            self._entries[name] = _Entry(name, folder, info, task, nbytes)
+        return self._entries[name]
+
+    # ------------------------------------------------------------------ loading
+    def load(self, name: str) -> None:
+        """Load adapter ``name`` (again available after ``unload``); evicts others past the budget."""
+        with self._lock:
+            e = self._entry(name)
+            e.unavailable = False
+            self._ensure(e, keep={name})
+
+    def unload(self, name: str) -> None:
+        """Unload adapter ``name`` and refuse requests for it until ``load`` is called again."""
+        with self._lock:
+            e = self._entry(name)
+            self._drop(e)
+            e.unavailable = True
+
+    def pin(self, name: str) -> None:
+        """Keep adapter ``name`` loaded: eviction never picks it (it is loaded now)."""
+        with self._lock:
+            self.load(name)
+            self._entry(name).pinned = True
+
+    def unpin(self, name: str) -> None:
+        """Let adapter ``name`` be evicted again."""
+        with self._lock:
+            self._entry(name).pinned = False
+
+    def loaded(self) -> list[str]:
+        """Loaded adapters, least recently used first."""
+        with self._lock:
+            return list(self._loaded)
+
+    def _ensure(self, e: _Entry, keep: set[str]) -> None:
+        """Load ``e`` if it is not loaded (refusing an unloaded one), mark it used, and keep the budget."""
+        if e.unavailable:
+            raise AdapterUnavailableError(f"adapter {e.name!r} was unloaded; load it again to serve it")
+        if e.model is None:
+            self._load_entry(e)
+        self._loaded[e.name] = None
+        self._loaded.move_to_end(e.name)
+        self._evict(keep)
+
+    def _evict(self, keep: set[str]) -> None:
+        """Evict least recently used unpinned adapters (not in ``keep``) while over the budget."""
+        while self._over_budget():
+            victim = next((n for n in self._loaded if n not in keep and not self._entries[n].pinned), None)
+            if victim is None:
+                raise LoratuneError(
+                    f"the {len(self._loaded)} adapters this request needs or pinned ones exceed the adapter budget; "
+                    "raise max_adapters / adapter_memory_mb or unpin some"
+                )
+            self._drop(self._entries[victim])
+            self.evictions += 1
+
+    def _over_budget(self) -> bool:
+        too_many = self.max_adapters is not None and len(self._loaded) > self.max_adapters
+        size = sum(self._entries[n].nbytes for n in self._loaded)
+        return too_many or (self.memory_limit is not None and size > self.memory_limit)
+
+    def _drop(self, e: _Entry) -> None:
+        """Remove ``e``'s LoRA layers from the shared trunk and drop its task model (and head)."""
+        if e.model is None:
+            return
+        delete_adapter(e.model, e.name)
+        adapter_configs(self._trunk).pop(e.name, None)
+        e.model, e.tokenizer = None, None
+        self._loaded.pop(e.name, None)
+
+    def _base_for(self, e: _Entry) -> str:
+        """The shared base model name; an adapter of another base model is refused."""
+        own = e.info.get("base_model") or read_adapter_config(e.folder).get("base_model_name_or_path")
+        if self.base_name is None:
+            if not own:
+                raise AdapterFileError(f"adapter {e.name!r} does not name its base model; pass model=NAME_OR_PATH")
+            self.base_name = own
+        return self.base_name
+
+    def _shared_trunk(self, e: _Entry) -> nn.Module:
+        """The shared trunk, loaded on first use as the base model's ``AutoModel``."""
+        if self._trunk is None:
+            trunk = load_pretrained_model("AutoModel", self._base_for(e))
+            trunk.eval().requires_grad_(False).to(self.device)
+            self._trunk, self._fingerprint = trunk, base_fingerprint(trunk)
+        return self._trunk
+
+    def _load_entry(self, e: _Entry) -> None:
+        """Build ``e``'s task model on the shared trunk and inject its adapter, after the checks."""
+        base = self._base_for(e)
+        trunk = self._shared_trunk(e)
+        self._check_fits(e, trunk)
+        labels = e.info.get("labels") if e.task.has_labels else None
+        net = e.task.load_model(base, {**e.info, "labels": labels})
+        prefix = net.base_model_prefix
+        setattr(net, prefix, trunk)
+        if getattr(net.config, "tie_word_embeddings", False):
+            net.tie_weights()
+        net.eval().requires_grad_(False).to(self.device)
+        load_adapter(net, e.folder, adapter_name=e.name)
+        adapter_configs(trunk)[e.name] = adapter_configs(net)[e.name]
+        tokenizer = _tokenizer(e.folder, base)
+        use_tokenizer_pad_id(net, tokenizer)
+        e.model, e.tokenizer = net, tokenizer
+
+    def _check_fits(self, e: _Entry, trunk: nn.Module) -> None:
+        """Refuse an adapter of another base model (fingerprint, shapes) or whose layers the trunk lacks."""
+        expected = e.info.get("base_model_fingerprint")
+        if expected and self._fingerprint not in (None, expected):
+            raise AdapterShapeError(
+                f"adapter {e.name!r} was trained on base model {e.info.get('base_model')!r}, not on the served "
+                f"{self.base_name!r} (its embeddings differ); serve it from a registry of that base model"
+            )
+        lora = {k: s for k, s in read_adapter_shapes(e.folder).items() if ".lora_" in k}
+        paths = {k.removeprefix(PREFIX).split(".lora_")[0] for k in lora}
+        modules = dict(trunk.named_modules())
+        found = {p: _in_trunk(modules, p) for p in paths}
+        if not any(found.values()):
+            raise TargetModulesError(
+                f"adapter {e.name!r} targets {read_adapter_config(e.folder).get('target_modules')!r}, which match "
+                f"no layer of the served base model {self.base_name!r}; serve it with the model it was trained on"
+            )
+        for key, shape in lora.items():
+            module = found[key.removeprefix(PREFIX).split(".lora_")[0]]
+            if module is None:
+                raise TargetModulesError(f"adapter {e.name!r} names layer {key!r}, absent from {self.base_name!r}")
+            in_f, out_f = _features(module)
+            ok = shape[1] == in_f if ".lora_A." in key else shape[0] == out_f
+            if not ok:
+                raise AdapterShapeError(
+                    f"adapter {e.name!r} tensor {key!r} has shape {shape}, which does not fit {self.base_name!r}; "
+                    "it was trained on another base model"
+                )
+
+    # ------------------------------------------------------------------ predicting
+    def predict(self, name: str, texts: Sequence[str], **kw: Any) -> list[dict[str, Any]]:
+        """Records of ``name``'s task ``predict`` for ``texts`` (loading the adapter if evicted)."""
+        return self.predict_mixed([(name, t) for t in texts], **kw)
+
+    def predict_mixed(self, items: Sequence[tuple[str, str]], **kw: Any) -> list[dict[str, Any]]:
+        """One record per ``(adapter name, text)`` in input order; one shared trunk forward per task family."""
+        with self._lock:
+            names = {n for n, _ in items}
+            entries = {n: self._entry(n) for n in names}
+            for n in names:
+                self._ensure(entries[n], keep=names)
+            out: list[dict[str, Any] | None] = [None] * len(items)
+            families: dict[str, list[int]] = {}
+            for i, (n, _) in enumerate(items):
+                families.setdefault(entries[n].task.name, []).append(i)
+            for rows in families.values():
+                for i, record in zip(rows, self._predict_family(items, rows, entries, kw), strict=True):
+                    out[i] = record
+            return out  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def _predict_family(
+        self, items: Sequence[tuple[str, str]], rows: list[int], entries: dict[str, _Entry], kw: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """Records for ``rows`` of one task family: record each text's inputs, run the trunk once, replay."""
+        first = entries[items[rows[0]][0]]
+        if not first.task.has_labels:  # causal-lm: generation runs the trunk per token; per item then
+            return [self._predict_one(entries[items[i][0]], items[i][1], kw) for i in rows]
+        inputs = [self._record_inputs(entries[items[i][0]], items[i][1], kw) for i in rows]
+        ran = [j for j, x in enumerate(inputs) if x is not None]
+        outputs = self._trunk_forward([inputs[j] for j in ran], [items[rows[j]][0] for j in ran], first.tokenizer)
+        place = {j: k for k, j in enumerate(ran)}
+        records = []
+        for j, i in enumerate(rows):
+            e = entries[items[i][0]]
+            length = inputs[j]["input_ids"].shape[1] if inputs[j] is not None else 0
+            left = getattr(e.tokenizer, "padding_side", "right") == "left"
+            stand_in = _TrunkStandIn(outputs, place.get(j, 0), length, left)
+            records.append(self._with_trunk(e, stand_in, lambda e=e, t=items[i][1]: _task_predict(e, t, kw)))
+        return records
+
+    def _predict_one(self, e: _Entry, text: str, kw: dict[str, Any]) -> dict[str, Any]:
+        """One record from ``e``'s model alone (its rows routed through its adapter)."""
+        with mixed_adapters(self._trunk, [e.name]):
+            return _task_predict(e, text, kw)
+
+    def _record_inputs(self, e: _Entry, text: str, kw: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+        """The inputs ``e``'s task predict gives the trunk for ``text`` (None: it runs no forward)."""
+        stand_in = _TrunkStandIn()
+        try:
+            self._with_trunk(e, stand_in, lambda: _task_predict(e, text, kw))
+        except _Recorded:
+            return stand_in.inputs
+        return None
+
+    def _with_trunk(self, e: _Entry, module: nn.Module, fn: Any) -> Any:
+        """``fn()`` with ``module`` in place of ``e``'s trunk (the shared one is put back after)."""
+        prefix = e.model.base_model_prefix
+        setattr(e.model, prefix, module)
+        try:
+            return fn()
+        finally:
+            setattr(e.model, prefix, self._trunk)
+
+    def _trunk_forward(self, inputs: list[dict[str, torch.Tensor]], names: list[str], tokenizer: Any) -> Any:
+        """The shared trunk once over the padded ``inputs``, row ``i`` through adapter ``names[i]``."""
+        if not inputs:
+            return None
+        batch = _pad(inputs, tokenizer)
+        with mixed_adapters(self._trunk, names):
+            return self._trunk(**batch)
+
+
+def _task_predict(e: _Entry, text: str, kw: dict[str, Any]) -> dict[str, Any]:
+    """``e``'s task ``predict`` for one text, at the adapter's ``max_length`` unless ``kw`` says otherwise."""
+    options = {"max_length": e.info.get("max_length") or 256, **kw}
+    info = {**e.info, "labels": e.info.get("labels") if e.task.has_labels else None}
+    return e.task.predict(e.model, e.tokenizer, [text], info, **options)[0]
+
+
+def _pad(inputs: list[dict[str, torch.Tensor]], tokenizer: Any) -> dict[str, torch.Tensor]:
+    """One batch from single-row inputs: ids padded with the pad id, masks and type ids with 0."""
+    length = max(x["input_ids"].shape[1] for x in inputs)
+    left = getattr(tokenizer, "padding_side", "right") == "left"
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    batch = {}
+    for key in inputs[0]:
+        rows = []
+        for x in inputs:
+            t = x[key]
+            fill = t.new_full((1, length - t.shape[1]), pad_id if key == "input_ids" else 0)
+            rows.append(torch.cat([fill, t] if left else [t, fill], dim=1))
+        batch[key] = torch.cat(rows)
+    return batch
+
+
+def _in_trunk(modules: dict[str, nn.Module], path: str) -> nn.Module | None:
+    """The trunk module of a task-model path (``bert.encoder...`` or ``encoder...``), None if absent."""
+    _, _, rest = path.partition(".")
+    return modules.get(rest) if rest and rest in modules else modules.get(path)
+
+
+def _features(module: nn.Module) -> tuple[int, int]:
+    """(in, out) features of a linear layer, ``LoraLinear`` or ``Conv1D``."""
+    if isinstance(module, LoraLinear):
+        return module.in_features, module.out_features
+    w = module.weight
+    return (w.shape[0], w.shape[1]) if is_conv1d(module) else (w.shape[1], w.shape[0])
+
+
+def _tokenizer(folder: Path, base: str) -> Any:
+    """The adapter's saved tokenizer, else the base model's."""
+    return load_tokenizer(str(folder) if (folder / "tokenizer_config.json").is_file() else base)
+
+
+def _summary_metric(folder: Path) -> dict[str, Any] | None:
+    """The run's metric from ``summary.json`` beside the adapter (or in its parent): test, else best."""
+    for path in (folder / "summary.json", folder.parent / "summary.json"):
+        if path.is_file():
+            try:
+                summary = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None
+            name = summary.get("metric")
+            for key in ("test", "best", "final"):
+                if isinstance(summary.get(key), dict) and name in summary[key]:
+                    return {"name": name, "value": summary[key][name], "split": key}
+            return None
+    return None

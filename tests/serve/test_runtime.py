@@ -1,0 +1,261 @@
+"""The multi-adapter runtime: shared trunk, mixed batches equal to one adapter at a time, checks, LRU, threads."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from loratune.artifacts import base_fingerprint, load_artifact
+from loratune.errors import (
+    AdapterNameError,
+    AdapterShapeError,
+    AdapterUnavailableError,
+    LoratuneError,
+    TargetModulesError,
+    UnknownAdapterError,
+)
+from loratune.lora import LoraConfig, add_lora, save_adapter
+from loratune.models import load_tokenizer
+from loratune.serve.runtime import Runtime
+from loratune.tasks import get_task
+
+TEXTS = ["the movie was great", "awful plot and dull acting", "Alice met Bob in Paris .", "a"]
+ADAPTERS = {  # name: (task, labels, r, targets)
+    "sent": ("seq-cls", ["negative", "positive"], 4, ["query", "value"]),
+    "topic": ("seq-cls", ["sport", "news", "art"], 2, ["key", "dense"]),
+    "ner": ("token-cls", ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"], 3, ["query", "value"]),
+}
+
+
+def make_adapter(folder: Path, base: Path, task: str, labels: list[str], r: int, targets: list[str], seed: int) -> Path:
+    """A random (non-zero) LoRA adapter with its head, saved as a run's ``adapter/`` folder."""
+    net = get_task(task).load_model(str(base), {"labels": labels})
+    torch.manual_seed(seed)
+    config = LoraConfig(r=r, target_modules=targets, modules_to_save=["classifier"], init_lora_weights=False,
+                        task_type=get_task(task).peft_task_type)  # fmt: skip
+    add_lora(net, config, "default")
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "modules_to_save" in name:
+                p.normal_(0, 0.5)
+    save_adapter(net, folder)
+    load_tokenizer(str(base)).save_pretrained(folder)
+    info = {"task": task, "labels": labels, "base_model": str(base), "base_model_fingerprint": base_fingerprint(net),
+            "max_length": 32}  # fmt: skip
+    (folder / "loratune.json").write_text(json.dumps(info))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def registry(tiny_model_dir, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("registry")
+    for seed, (name, (task, labels, r, targets)) in enumerate(ADAPTERS.items()):
+        run = root / name
+        make_adapter(run / "adapter", tiny_model_dir, task, labels, r, targets, seed)
+        (run / "summary.json").write_text(json.dumps({"metric": "accuracy", "best": {"accuracy": 0.5 + seed / 10}}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def offline(registry) -> dict[str, list[dict]]:
+    """Each adapter's predictions for ``TEXTS``, loaded on its own by ``load_artifact``."""
+    out = {}
+    for name in ADAPTERS:
+        loaded = load_artifact(registry / name / "adapter")
+        task = get_task(loaded.info["task"])
+        out[name] = task.predict(loaded.model, loaded.tokenizer, TEXTS, loaded.info, max_length=32)
+    return out
+
+
+def assert_close(got: dict, want: dict) -> None:
+    """Records equal, their floats within 1e-5."""
+    assert got.keys() == want.keys()
+    for key in want:
+        if isinstance(want[key], float):
+            assert got[key] == pytest.approx(want[key], abs=1e-5), key
+        elif isinstance(want[key], dict):
+            assert_close(got[key], want[key])
+        elif isinstance(want[key], list) and want[key] and isinstance(want[key][0], dict):
+            assert len(got[key]) == len(want[key])
+            for g, w in zip(got[key], want[key], strict=True):
+                assert_close(g, w)
+        else:
+            assert got[key] == want[key], key
+
+
+def test_list_describes_every_adapter(registry):
+    records = {r["name"]: r for r in Runtime(registry).list()}
+    assert sorted(records) == sorted(ADAPTERS)
+    topic = records["topic"]
+    assert topic["task"] == "seq-cls" and topic["labels"] == ["sport", "news", "art"] and topic["r"] == 2
+    assert sorted(topic["target_modules"]) == ["dense", "key"]
+    assert topic["size_bytes"] == (registry / "topic" / "adapter" / "adapter_model.safetensors").stat().st_size
+    assert topic["metric"] == {"name": "accuracy", "value": 0.6, "split": "best"}
+    assert (topic["loaded"], topic["pinned"], topic["available"]) == (False, False, True)
+
+
+def test_each_adapter_predicts_as_loaded_alone(registry, offline):
+    rt = Runtime(registry)
+    for name in ADAPTERS:
+        for got, want in zip(rt.predict(name, TEXTS), offline[name], strict=True):
+            assert_close(got, want)
+    assert any(r["entities"] for r in offline["ner"])  # the token-cls comparison covers entities
+
+
+def test_adapters_share_one_trunk(registry):
+    rt = Runtime(registry)
+    for name in ADAPTERS:
+        rt.load(name)
+    trunks = {id(rt._entry(n).model.bert) for n in ADAPTERS}
+    assert trunks == {id(rt._trunk)}
+    query = rt._trunk.encoder.layer[0].attention.self.query
+    assert set(query.lora_A) == {"sent", "ner"}
+
+
+def test_mixed_batch_equals_one_adapter_at_a_time(registry, offline):
+    rt = Runtime(registry)
+    items = [(name, text) for text in TEXTS for name in ("topic", "ner", "sent")]
+    calls = []
+    forward = rt._trunk_forward
+    rt._trunk_forward = lambda inputs, names, tok: calls.append(list(names)) or forward(inputs, names, tok)
+    got = rt.predict_mixed(items)
+    for (name, text), record in zip(items, got, strict=True):
+        assert_close(record, offline[name][TEXTS.index(text)])
+    assert len(calls) == 2  # one trunk forward per task family
+    assert sorted(len(c) for c in calls) == [4, 8]
+
+
+def test_unload_makes_an_adapter_unavailable_until_loaded(registry, offline):
+    rt = Runtime(registry)
+    rt.load("sent")
+    rt.unload("sent")
+    with pytest.raises(AdapterUnavailableError, match="was unloaded; load it again"):
+        rt.predict("sent", TEXTS[:1])
+    assert {r["name"]: r["available"] for r in rt.list()}["sent"] is False
+    rt.load("sent")
+    assert_close(rt.predict("sent", TEXTS[:1])[0], offline["sent"][0])
+    with pytest.raises(UnknownAdapterError, match="unknown adapter 'nope'"):
+        rt.predict("nope", TEXTS[:1])
+
+
+def test_lru_eviction_reloads_on_demand_and_keeps_pinned(registry, offline):
+    rt = Runtime(registry, max_adapters=2)
+    rt.pin("sent")
+    rt.load("topic")
+    rt.load("ner")  # evicts topic (sent is pinned)
+    assert rt.loaded() == ["sent", "ner"] and rt.evictions == 1
+    assert "topic" not in rt._trunk.encoder.layer[0].attention.self.key.lora_A
+    assert_close(rt.predict("topic", TEXTS[:1])[0], offline["topic"][0])  # reloaded, evicting ner
+    assert rt.loaded() == ["sent", "topic"] and rt.evictions == 2
+    rt.unpin("sent")
+    rt.load("ner")
+    assert rt.loaded() == ["topic", "ner"] and rt.evictions == 3
+
+
+def test_memory_budget_evicts(registry):
+    sizes = {r["name"]: r["size_bytes"] for r in Runtime(registry).list()}
+    rt = Runtime(registry, adapter_memory_mb=(sizes["sent"] + sizes["topic"] + 1) / 2**20)
+    rt.load("sent")
+    rt.load("topic")
+    assert rt.evictions == 0
+    rt.load("ner")
+    assert "sent" not in rt.loaded() and rt.evictions >= 1
+
+
+def test_too_small_a_budget_for_one_request_is_an_error(registry):
+    rt = Runtime(registry, max_adapters=1)
+    with pytest.raises(LoratuneError, match="exceed the adapter budget"):
+        rt.predict_mixed([("sent", "a"), ("topic", "b")])
+
+
+@pytest.mark.parametrize("name", ["..", "../x", "/etc", ".hidden", "a/b", ""])
+def test_unsafe_names_are_refused(registry, name):
+    with pytest.raises(AdapterNameError):
+        Runtime(registry).load(name)
+
+
+def test_symlink_outside_the_registry_is_refused(registry, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (registry / "escape").symlink_to(outside, target_is_directory=True)
+    try:
+        with pytest.raises(AdapterNameError, match="outside the registry"):
+            Runtime(registry).load("escape")
+        assert "escape" not in Runtime(registry).names()
+    finally:
+        os.unlink(registry / "escape")
+
+
+def test_adapter_of_another_base_is_refused(registry, tiny_model_dir, tmp_path):
+    from transformers import BertConfig, BertModel
+
+    other = tmp_path / "other-bert"
+    torch.manual_seed(7)
+    BertModel(BertConfig(vocab_size=30522, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(other)  # fmt: skip
+    load_tokenizer(str(tiny_model_dir)).save_pretrained(other)
+    make_adapter(tmp_path / "reg" / "wide", other, "seq-cls", ["a", "b"], 2, ["query"], 0)
+    info = json.loads((tmp_path / "reg" / "wide" / "loratune.json").read_text())
+    rt = Runtime(registry)
+    rt.load("sent")
+    rt.registry = tmp_path / "reg"  # same served base, an adapter trained on another one
+    with pytest.raises(AdapterShapeError, match="embeddings differ"):
+        rt.load("wide")
+    info["base_model_fingerprint"] = None
+    (tmp_path / "reg" / "wide" / "loratune.json").write_text(json.dumps(info))
+    rt._entries.pop("wide")
+    with pytest.raises(AdapterShapeError, match="does not fit"):
+        rt.load("wide")
+
+
+def test_targets_matching_nothing_are_refused(registry, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    reg = tmp_path / "reg"
+    shutil.copytree(registry / "sent" / "adapter", reg / "odd")
+    weights = reg / "odd" / "adapter_model.safetensors"
+    tensors = {
+        k.replace(".query.", ".nosuch.").replace(".value.", ".nosuch2."): v for k, v in load_file(weights).items()
+    }
+    save_file(tensors, weights)
+    with pytest.raises(TargetModulesError, match="match no layer"):
+        Runtime(reg).load("odd")
+
+
+def test_threads_predict_while_another_loads_and_unloads(registry, offline):
+    rt = Runtime(registry)
+    rt.load("sent")
+    answers, errors = [], []
+
+    def ask() -> None:
+        try:
+            for _ in range(5):
+                answers.append(rt.predict("sent", TEXTS[:2]))
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    def churn() -> None:
+        try:
+            for _ in range(20):
+                rt.load("topic")
+                rt.unload("topic")
+        except Exception as err:  # pragma: no cover
+            errors.append(err)
+
+    threads = [threading.Thread(target=ask) for _ in range(2)] + [threading.Thread(target=churn)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(answers) == 10
+    for got in answers:
+        for g, w in zip(got, offline["sent"][:2], strict=True):
+            assert_close(g, w)
