@@ -259,3 +259,31 @@ def test_threads_predict_while_another_loads_and_unloads(registry, offline):
     for got in answers:
         for g, w in zip(got, offline["sent"][:2], strict=True):
             assert_close(g, w)
+
+
+def test_causal_lm_adapters_share_a_trunk_and_complete_as_loaded_alone(tiny_llama_bf16_dir, tmp_path):
+    reg = tmp_path / "lm-registry"
+    for seed, (name, r, targets) in enumerate([("chat", 4, ["q_proj", "v_proj"]), ("poet", 2, ["o_proj"])]):
+        net = get_task("causal-lm").load_model(str(tiny_llama_bf16_dir), {})
+        torch.manual_seed(seed)
+        add_lora(net, LoraConfig(r=r, target_modules=targets, init_lora_weights=False, task_type="CAUSAL_LM"))
+        folder = reg / name / "adapter"
+        save_adapter(net, folder)
+        load_tokenizer(str(tiny_llama_bf16_dir)).save_pretrained(folder)
+        info = {"task": "causal-lm", "labels": None, "base_model": str(tiny_llama_bf16_dir),
+                "base_model_fingerprint": base_fingerprint(net), "max_length": 32, "data_format": "text",
+                "prompt_format": "plain"}  # fmt: skip
+        (folder / "loratune.json").write_text(json.dumps(info))
+    prompts = ["the movie was", "good and bad"]
+    offline = {}
+    for name in ("chat", "poet"):
+        loaded = load_artifact(reg / name / "adapter")
+        offline[name] = get_task("causal-lm").predict(
+            loaded.model, loaded.tokenizer, prompts, loaded.info, max_length=32
+        )
+    rt = Runtime(reg)
+    items = [(n, p) for p in prompts for n in ("chat", "poet")]
+    got = rt.predict_mixed(items)
+    assert got == [offline[n][prompts.index(p)] for n, p in items]
+    assert offline["chat"] != offline["poet"]
+    assert rt._entry("chat").model.model is rt._entry("poet").model.model is rt._trunk
