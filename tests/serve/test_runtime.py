@@ -201,7 +201,7 @@ def test_adapter_of_another_base_is_refused(registry, tiny_model_dir, tmp_path):
     load_tokenizer(str(tiny_model_dir)).save_pretrained(other)
     make_adapter(tmp_path / "reg" / "wide", other, "seq-cls", ["a", "b"], 2, ["query"], 0)
     info = json.loads((tmp_path / "reg" / "wide" / "loratune.json").read_text())
-    rt = Runtime(registry)
+    rt = Runtime(registry, model=str(tiny_model_dir))  # explicit: the name check is off, the weights decide
     rt.load("sent")
     rt.registry = tmp_path / "reg"  # same served base, an adapter trained on another one
     with pytest.raises(AdapterShapeError, match="embeddings differ"):
@@ -211,6 +211,21 @@ def test_adapter_of_another_base_is_refused(registry, tiny_model_dir, tmp_path):
     rt._entries.pop("wide")
     with pytest.raises(AdapterShapeError, match="does not fit"):
         rt.load("wide")
+
+
+def test_adapter_naming_another_base_is_refused(registry, tmp_path):
+    import shutil
+
+    shutil.copytree(registry / "sent" / "adapter", tmp_path / "reg" / "other")
+    info = json.loads((tmp_path / "reg" / "other" / "loratune.json").read_text())
+    (tmp_path / "reg" / "other" / "loratune.json").write_text(json.dumps({**info, "base_model": "another/model"}))
+    rt = Runtime(registry)
+    rt.load("sent")
+    rt.registry = tmp_path / "reg"
+    with pytest.raises(AdapterShapeError, match=r"trained on 'another/model'.*one base model per registry"):
+        rt.load("other")
+    served = Runtime(tmp_path / "reg", model=info["base_model"])  # an explicit model serves it (same weights)
+    assert served.predict("other", ["a"])[0]["label"] in ("negative", "positive")
 
 
 def test_targets_matching_nothing_are_refused(registry, tmp_path):

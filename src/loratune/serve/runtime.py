@@ -119,6 +119,7 @@ class Runtime:
         if not self.registry.is_dir():
             raise AdapterFileError(f"adapter registry {self.registry} is not a folder; pass a folder of adapters")
         self.base_name = model
+        self._explicit_base = model is not None
         self.max_adapters = max_adapters
         self.memory_limit = None if adapter_memory_mb is None else int(adapter_memory_mb * 1024 * 1024)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
@@ -266,6 +267,11 @@ class Runtime:
             if not own:
                 raise AdapterFileError(f"adapter {e.name!r} does not name its base model; pass model=NAME_OR_PATH")
             self.base_name = own
+        elif not self._explicit_base and own and own != self.base_name:
+            raise AdapterShapeError(
+                f"adapter {e.name!r} was trained on {own!r}, and this registry serves {self.base_name!r}; "
+                "keep one base model per registry (or pass model= to serve them all on one)"
+            )
         return self.base_name
 
     def _shared_trunk(self, e: _Entry) -> nn.Module:
