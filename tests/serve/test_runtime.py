@@ -302,3 +302,18 @@ def test_causal_lm_adapters_share_a_trunk_and_complete_as_loaded_alone(tiny_llam
     assert got == [offline[n][prompts.index(p)] for n, p in items]
     assert offline["chat"] != offline["poet"]
     assert rt._entry("chat").model.model is rt._entry("poet").model.model is rt._trunk
+
+
+def test_base_weights_are_never_modified(registry, tiny_model_dir):
+    from transformers import AutoModel
+
+    rt = Runtime(registry, max_adapters=1)
+    rt.predict_mixed([("sent", TEXTS[0])])
+    rt.predict_mixed([("ner", TEXTS[2])])
+    rt.predict_mixed([("topic", TEXTS[1])])
+    assert rt.evictions == 2 and rt.loaded() == ["topic"]
+    fresh = AutoModel.from_pretrained(tiny_model_dir).state_dict()
+    served = {k.replace(".base_layer.", "."): v for k, v in rt._trunk.state_dict().items() if ".lora_" not in k}
+    assert served.keys() == fresh.keys()
+    assert all(torch.equal(served[k], fresh[k]) for k in fresh)
+    assert [n for n, m in rt._trunk.named_modules() if hasattr(m, "lora_A") and len(m.lora_A) > 0]

@@ -287,18 +287,28 @@ class Runtime:
         base = self._base_for(e)
         trunk = self._shared_trunk(e)
         self._check_fits(e, trunk)
-        labels = e.info.get("labels") if e.task.has_labels else None
-        net = e.task.load_model(base, {**e.info, "labels": labels})
-        prefix = net.base_model_prefix
-        setattr(net, prefix, trunk)
-        if getattr(net.config, "tie_word_embeddings", False):
-            net.tie_weights()
-        net.eval().requires_grad_(False).to(self.device)
+        net = self._task_model(e, base, trunk)
         load_adapter(net, e.folder, adapter_name=e.name)
         adapter_configs(trunk)[e.name] = adapter_configs(net)[e.name]
         tokenizer = _tokenizer(e.folder, base)
         use_tokenizer_pad_id(net, tokenizer)
         e.model, e.tokenizer = net, tokenizer
+
+    def _task_model(self, e: _Entry, base: str, trunk: nn.Module) -> nn.Module:
+        """``e``'s task model with the shared trunk in it.
+
+        A classifier is built empty (on the meta device) around the trunk: its head's weights all come
+        from the adapter, so the base weights are not read again. A language model loads its output
+        layer from the base model (then ties it to the shared embeddings when the model ties them).
+        """
+        if e.task.has_labels:
+            net = _classifier_skeleton(e.task.auto_class, trunk, e.info.get("labels") or [])
+        else:
+            net = e.task.load_model(base, {**e.info, "labels": None})
+        setattr(net, net.base_model_prefix, trunk)
+        if getattr(net.config, "tie_word_embeddings", False):
+            net.tie_weights()
+        return net.eval().requires_grad_(False).to(self.device)
 
     def _check_fits(self, e: _Entry, trunk: nn.Module) -> None:
         """Refuse an adapter of another base model (fingerprint, shapes) or whose layers the trunk lacks."""
@@ -401,6 +411,28 @@ class Runtime:
         batch = _pad(inputs, tokenizer)
         with mixed_adapters(self._trunk, names):
             return self._trunk(**batch)
+
+
+def _classifier_skeleton(auto_class: str, trunk: nn.Module, labels: list[str]) -> nn.Module:
+    """A classifier for ``labels`` of the trunk's architecture, built without weights (meta device); its
+    own trunk is dropped and its other modules get zeroed tensors where the trunk is (the adapter's head
+    copy replaces the head's values)."""
+    import copy
+
+    import transformers
+
+    config = copy.deepcopy(trunk.config)
+    config.num_labels = len(labels)
+    config.id2label, config.label2id = dict(enumerate(labels)), {name: i for i, name in enumerate(labels)}
+    with torch.device("meta"):
+        net = getattr(transformers, auto_class).from_config(config)
+    device = next(trunk.parameters()).device
+    setattr(net, net.base_model_prefix, nn.Identity())
+    net.to_empty(device=device)
+    with torch.no_grad():
+        for t in (*net.parameters(), *net.buffers()):
+            t.zero_()
+    return net
 
 
 def _task_predict(e: _Entry, text: str, kw: dict[str, Any]) -> dict[str, Any]:
