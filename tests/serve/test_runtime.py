@@ -99,6 +99,20 @@ def test_list_describes_every_adapter(registry):
     assert (topic["loaded"], topic["pinned"], topic["available"]) == (False, False, True)
 
 
+def test_list_reports_a_broken_adapter_and_skips_odd_folders(registry, tmp_path):
+    import shutil
+
+    shutil.copytree(registry / "sent", tmp_path / "reg" / "good")
+    shutil.copytree(registry / "sent" / "adapter", tmp_path / "reg" / "broken")
+    (tmp_path / "reg" / "broken" / "adapter_config.json").write_text("{not json")
+    shutil.copytree(registry / "sent" / "adapter", tmp_path / "reg" / "odd.name")
+    (tmp_path / "reg" / "notes").mkdir()
+    records = {r["name"]: r for r in Runtime(tmp_path / "reg").list()}
+    assert sorted(records) == ["broken", "good"]
+    assert records["good"]["available"] and records["good"]["metric"]["value"] == 0.5
+    assert not records["broken"]["available"] and "not valid JSON" in records["broken"]["error"]
+
+
 def test_each_adapter_predicts_as_loaded_alone(registry, offline):
     rt = Runtime(registry)
     for name in ADAPTERS:

@@ -40,7 +40,7 @@ from loratune.errors import (
 from loratune.lora import load_adapter, read_adapter_config, read_adapter_shapes
 from loratune.lora.io import PREFIX, WEIGHTS_NAME
 from loratune.lora.layer import LoraLinear, is_conv1d
-from loratune.lora.model import adapter_configs, check_adapter_name, delete_adapter, mixed_adapters
+from loratune.lora.model import _NAME_RE, adapter_configs, check_adapter_name, delete_adapter, mixed_adapters
 from loratune.models import load_pretrained_model, load_tokenizer, use_tokenizer_pad_id
 from loratune.tasks import Task
 
@@ -70,24 +70,24 @@ class _TrunkStandIn(nn.Module):
     """Takes the shared trunk's place in a task model for one ``predict`` call: records the inputs the
     task tokenised (``record``), or returns the given row of the shared forward (``replay``)."""
 
-    def __init__(self, replay: Any = None, row: int = 0, length: int = 0, left: bool = False) -> None:
+    def __init__(self, replay: Any = None, row: int = 0, length: int = 0) -> None:
         super().__init__()
-        self.replay, self.row, self.length, self.left = replay, row, length, left
+        self.replay, self.row, self.length = replay, row, length
         self.inputs: dict[str, torch.Tensor] = {}
 
     def forward(self, input_ids: torch.Tensor | None = None, **kw: Any) -> Any:
         if self.replay is None:
             self.inputs = {"input_ids": input_ids, **{k: v for k, v in kw.items() if k in _INPUTS and v is not None}}
             raise _Recorded
-        return _row_of(self.replay, self.row, self.length, self.left)
+        return _row_of(self.replay, self.row, self.length)
 
 
 _INPUTS = ("attention_mask", "token_type_ids")
 
 
-def _row_of(outputs: Any, row: int, length: int, left: bool) -> Any:
-    """Row ``row`` of a trunk's batched outputs, cut to ``length`` tokens (from the right when left-padded)."""
-    cut = slice(-length, None) if left else slice(0, length)
+def _row_of(outputs: Any, row: int, length: int) -> Any:
+    """Row ``row`` of a trunk's batched (right-padded) outputs, cut to its first ``length`` tokens."""
+    cut = slice(0, length)
     fields = {}
     for key, value in outputs.items():
         if isinstance(value, torch.Tensor):
@@ -132,21 +132,26 @@ class Runtime:
 
     # ------------------------------------------------------------------ registry
     def names(self) -> list[str]:
-        """The adapter names in the registry (sub-folders holding an adapter), sorted."""
+        """The adapter names in the registry (sub-folders holding an adapter, named as adapters may be), sorted."""
         found = []
         for child in sorted(self.registry.iterdir()):
             inside = child.resolve().is_relative_to(self.registry.resolve())
-            if not child.name.startswith(".") and inside and self._adapter_folder(child) is not None:
+            if _NAME_RE.fullmatch(child.name) and inside and self._adapter_folder(child) is not None:
                 found.append(child.name)
         return found
 
     def list(self) -> list[dict[str, Any]]:
         """One record per registry adapter: task, labels, rank, targets, size, base, metric, state."""
         with self._lock:
-            return [self._record(self._entry(name)) for name in self.names()]
+            return [self._record(name) for name in self.names()]
 
-    def _record(self, e: _Entry) -> dict[str, Any]:
-        config = read_adapter_config(e.folder)
+    def _record(self, name: str) -> dict[str, Any]:
+        """``list``'s record of ``name``; an unreadable adapter's names its problem (``error``)."""
+        try:
+            e = self._entry(name)
+            config = read_adapter_config(e.folder)
+        except LoratuneError as err:
+            return {"name": name, "loaded": False, "pinned": False, "available": False, "error": str(err)}
         return {
             "name": e.name,
             "task": e.task.name,
@@ -376,8 +381,7 @@ class Runtime:
         for j, i in enumerate(rows):
             e = entries[items[i][0]]
             length = inputs[j]["input_ids"].shape[1] if inputs[j] is not None else 0
-            left = getattr(e.tokenizer, "padding_side", "right") == "left"
-            stand_in = _TrunkStandIn(outputs, place.get(j, 0), length, left)
+            stand_in = _TrunkStandIn(outputs, place.get(j, 0), length)
             records.append(self._with_trunk(e, stand_in, lambda e=e, t=items[i][1]: _task_predict(e, t, kw)))
         return records
 
@@ -443,9 +447,10 @@ def _task_predict(e: _Entry, text: str, kw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _pad(inputs: list[dict[str, torch.Tensor]], tokenizer: Any) -> dict[str, torch.Tensor]:
-    """One batch from single-row inputs: ids padded with the pad id, masks and type ids with 0."""
+    """One batch from single-row inputs, padded on the right whatever the tokenizer's side: ids with the pad
+    id, masks and type ids with 0. A token's output then does not depend on the padding (positions start
+    at 0 in every row, and a causal model never looks ahead)."""
     length = max(x["input_ids"].shape[1] for x in inputs)
-    left = getattr(tokenizer, "padding_side", "right") == "left"
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     batch = {}
     for key in inputs[0]:
@@ -453,7 +458,7 @@ def _pad(inputs: list[dict[str, torch.Tensor]], tokenizer: Any) -> dict[str, tor
         for x in inputs:
             t = x[key]
             fill = t.new_full((1, length - t.shape[1]), pad_id if key == "input_ids" else 0)
-            rows.append(torch.cat([fill, t] if left else [t, fill], dim=1))
+            rows.append(torch.cat([t, fill], dim=1))
         batch[key] = torch.cat(rows)
     return batch
 
