@@ -32,11 +32,20 @@ ADAPTERS = {  # name: (task, labels, r, targets)
 }
 
 
-def make_adapter(folder: Path, base: Path, task: str, labels: list[str], r: int, targets: list[str], seed: int) -> Path:
+def make_adapter(
+    folder: Path,
+    base: Path,
+    task: str,
+    labels: list[str],
+    r: int,
+    targets: list[str],
+    seed: int,
+    head: str = "classifier",
+) -> Path:
     """A random (non-zero) LoRA adapter with its head, saved as a run's ``adapter/`` folder."""
     net = get_task(task).load_model(str(base), {"labels": labels})
     torch.manual_seed(seed)
-    config = LoraConfig(r=r, target_modules=targets, modules_to_save=["classifier"], init_lora_weights=False,
+    config = LoraConfig(r=r, target_modules=targets, modules_to_save=[head], init_lora_weights=False,
                         task_type=get_task(task).peft_task_type)  # fmt: skip
     add_lora(net, config, "default")
     with torch.no_grad():
@@ -331,3 +340,18 @@ def test_base_weights_are_never_modified(registry, tiny_model_dir):
     assert served.keys() == fresh.keys()
     assert all(torch.equal(served[k], fresh[k]) for k in fresh)
     assert [n for n, m in rt._trunk.named_modules() if hasattr(m, "lora_A") and len(m.lora_A) > 0]
+
+
+def test_decoder_classifiers_mix_on_a_llama_trunk(tiny_llama_bf16_dir, tmp_path):
+    """Llama classifiers read the last real token of each row: right padding in the mixed batch keeps it."""
+    reg = tmp_path / "llama-registry"
+    make_adapter(reg / "two" / "adapter", tiny_llama_bf16_dir, "seq-cls", ["a", "b"], 4, ["q_proj"], 0, head="score")
+    make_adapter(reg / "three" / "adapter", tiny_llama_bf16_dir, "seq-cls", ["x", "y", "z"], 2, ["v_proj"], 1, "score")
+    texts = ["the movie was good", "bad", "really dull and boring plot"]
+    offline = {}
+    for name in ("two", "three"):
+        loaded = load_artifact(reg / name / "adapter")
+        offline[name] = get_task("seq-cls").predict(loaded.model, loaded.tokenizer, texts, loaded.info, max_length=32)
+    items = [(n, t) for t in texts for n in ("three", "two")]
+    for (name, text), record in zip(items, Runtime(reg).predict_mixed(items), strict=True):
+        assert_close(record, offline[name][texts.index(text)])
