@@ -164,6 +164,8 @@ def test_unload_makes_an_adapter_unavailable_until_loaded(registry, offline):
     assert_close(rt.predict("sent", TEXTS[:1])[0], offline["sent"][0])
     with pytest.raises(UnknownAdapterError, match="unknown adapter 'nope'"):
         rt.predict("nope", TEXTS[:1])
+    with pytest.raises(UnknownAdapterError, match=r"'__base__' .* is not served"):
+        rt.predict_mixed([("sent", "a"), ("__base__", "b")])
 
 
 def test_lru_eviction_reloads_on_demand_and_keeps_pinned(registry, offline):

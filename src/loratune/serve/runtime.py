@@ -11,7 +11,8 @@ A mixed batch runs the shared trunk once per task family with per-row LoRA routi
 per text against a stand-in trunk that replays that text's row of the shared forward, so records keep
 the task's format. Least-recently-used unpinned adapters are evicted past ``max_adapters`` or
 ``adapter_memory_mb`` and reloaded on demand. One re-entrant lock serialises loads, evictions and
-forwards, so a request always finishes on the adapters it started with.
+forwards, so a request always finishes on the adapters it started with. Rows for the base model alone
+(``__base__``) are not served: a classifier's head exists only in its adapters.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from loratune.errors import (
 )
 from loratune.lora import load_adapter, read_adapter_config, read_adapter_shapes
 from loratune.lora.io import PREFIX, WEIGHTS_NAME
-from loratune.lora.layer import LoraLinear, is_conv1d
+from loratune.lora.layer import BASE, LoraLinear, is_conv1d
 from loratune.lora.model import _NAME_RE, adapter_configs, check_adapter_name, delete_adapter, mixed_adapters
 from loratune.models import load_pretrained_model, load_tokenizer, use_tokenizer_pad_id
 from loratune.tasks import Task
@@ -175,6 +176,11 @@ class Runtime:
 
     def _safe_folder(self, name: object) -> Path:
         """The adapter folder of ``name``, a plain folder name inside the registry (else an error)."""
+        if name == BASE:
+            raise UnknownAdapterError(
+                f"{BASE!r} (the base model alone) is not served: a classifier has no head without an adapter; "
+                "name an adapter of the registry"
+            )
         if not isinstance(name, str) or not name or name.startswith(".") or "/" in name or "\\" in name:
             raise AdapterNameError(f"adapter name {name!r} is not a folder name in the registry; use e.g. 'sentiment'")
         check_adapter_name(name)
