@@ -253,6 +253,17 @@ def test_adapter_naming_another_base_is_refused(registry, tmp_path):
     assert served.predict("other", ["a"])[0]["label"] in ("negative", "positive")
 
 
+def test_a_peft_saved_adapter_takes_its_labels_from_its_head(registry, offline, tmp_path):
+    import shutil
+
+    shutil.copytree(registry / "topic" / "adapter", tmp_path / "reg" / "peft")
+    (tmp_path / "reg" / "peft" / "loratune.json").unlink()
+    got = Runtime(tmp_path / "reg", model=json.loads((registry / "topic" / "adapter" / "loratune.json").read_text())[
+        "base_model"]).predict("peft", TEXTS[:1])[0]  # fmt: skip
+    assert list(got["probs"]) == ["0", "1", "2"]
+    assert list(got["probs"].values()) == pytest.approx(list(offline["topic"][0]["probs"].values()), abs=1e-5)
+
+
 def test_targets_matching_nothing_are_refused(registry, tmp_path):
     import shutil
 

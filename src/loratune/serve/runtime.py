@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from loratune.artifacts import _artifact_task, base_fingerprint, read_task_info
+from loratune.artifacts import _artifact_task, _labels_from_weights, base_fingerprint, read_task_info
 from loratune.errors import (
     AdapterFileError,
     AdapterNameError,
@@ -298,11 +298,11 @@ class Runtime:
         base = self._base_for(e)
         trunk = self._shared_trunk(e)
         self._check_fits(e, trunk)
+        tokenizer = _tokenizer(e.folder, base)  # before the trunk changes: nothing fails after that
         net = self._task_model(e, base, trunk)
+        use_tokenizer_pad_id(net, tokenizer)
         load_adapter(net, e.folder, adapter_name=e.name)
         adapter_configs(trunk)[e.name] = adapter_configs(net)[e.name]
-        tokenizer = _tokenizer(e.folder, base)
-        use_tokenizer_pad_id(net, tokenizer)
         e.model, e.tokenizer = net, tokenizer
 
     def _task_model(self, e: _Entry, base: str, trunk: nn.Module) -> nn.Module:
@@ -313,7 +313,9 @@ class Runtime:
         layer from the base model (then ties it to the shared embeddings when the model ties them).
         """
         if e.task.has_labels:
-            net = _classifier_skeleton(e.task.auto_class, trunk, e.info.get("labels") or [])
+            labels = e.info.get("labels") or _labels_from_weights(e.folder)  # PEFT-saved: from the head size
+            e.info = {**e.info, "labels": labels}
+            net = _classifier_skeleton(e.task.auto_class, trunk, labels)
         else:
             net = e.task.load_model(base, {**e.info, "labels": None})
         setattr(net, net.base_model_prefix, trunk)
