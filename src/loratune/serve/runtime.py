@@ -105,6 +105,7 @@ class Runtime:
         max_adapters: at most this many loaded adapters (least recently used unpinned ones are evicted).
         adapter_memory_mb: at most this many MB of adapter weights loaded.
         device: where the model runs (default CPU).
+        batch_size: at most this many items of one task family share a trunk forward.
     """
 
     def __init__(
@@ -115,6 +116,7 @@ class Runtime:
         max_adapters: int | None = None,
         adapter_memory_mb: float | None = None,
         device: torch.device | str | None = None,
+        batch_size: int = 32,
     ) -> None:
         self.registry = Path(registry)
         if not self.registry.is_dir():
@@ -124,6 +126,7 @@ class Runtime:
         self.max_adapters = max_adapters
         self.memory_limit = None if adapter_memory_mb is None else int(adapter_memory_mb * 1024 * 1024)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.batch_size = max(1, int(batch_size))
         self.evictions = 0
         self._lock = threading.RLock()
         self._entries: dict[str, _Entry] = {}
@@ -358,7 +361,8 @@ class Runtime:
         return self.predict_mixed([(name, t) for t in texts], **kw)
 
     def predict_mixed(self, items: Sequence[tuple[str, str]], **kw: Any) -> list[dict[str, Any]]:
-        """One record per ``(adapter name, text)`` in input order; one shared trunk forward per task family."""
+        """One record per ``(adapter name, text)`` in input order; one shared trunk forward per task family
+        (per ``batch_size`` items of it)."""
         with self._lock:
             names = {n for n, _ in items}
             entries = {n: self._entry(n) for n in names}
@@ -368,9 +372,11 @@ class Runtime:
             families: dict[str, list[int]] = {}
             for i, (n, _) in enumerate(items):
                 families.setdefault(entries[n].task.name, []).append(i)
-            for rows in families.values():
-                for i, record in zip(rows, self._predict_family(items, rows, entries, kw), strict=True):
-                    out[i] = record
+            for family in families.values():
+                for lo in range(0, len(family), self.batch_size):
+                    rows = family[lo : lo + self.batch_size]
+                    for i, record in zip(rows, self._predict_family(items, rows, entries, kw), strict=True):
+                        out[i] = record
             return out  # type: ignore[return-value]
 
     @torch.no_grad()
@@ -426,9 +432,10 @@ class Runtime:
 
 
 def _classifier_skeleton(auto_class: str, trunk: nn.Module, labels: list[str]) -> nn.Module:
-    """A classifier for ``labels`` of the trunk's architecture, built without weights (meta device); its
-    own trunk is dropped and its other modules get zeroed tensors where the trunk is (the adapter's head
-    copy replaces the head's values)."""
+    """A classifier for ``labels`` of the trunk's architecture, built on the meta device (no weights read).
+
+    Its own trunk is replaced by a placeholder (the caller puts the shared one in); its head gets zeroed
+    tensors on the trunk's device, which only the adapter's head copy (loaded next) is computed from."""
     import copy
 
     import transformers
