@@ -190,3 +190,17 @@ def test_refusals_write_nothing(tiny_model_dir, tmp_path, capsys):
     assert not (out / "stale.txt").exists() and (out / "config.json").is_file()
     (tmp_path / "empty-out").mkdir()
     assert main(["merge", "--adapter", str(adapter), "--output", str(tmp_path / "empty-out")]) == 0
+
+
+def test_generate_and_predict_on_a_merged_causal_lm_give_the_adapters_text(llama_dir, tmp_path, capsys):
+    adapter = make_adapter(llama_dir, "causal-lm", tmp_path / "adapter", ["q_proj", "v_proj", "down_proj"])
+    out = tmp_path / "merged"
+    assert main(["merge", "--adapter", str(adapter), "--output", str(out)]) == 0
+    capsys.readouterr()
+    texts = []
+    for folder in (adapter, out):
+        assert main(["generate", "--adapter", str(folder), "--device", "cpu", "--max-new-tokens", "8",
+                     "the plot was dull"]) == 0  # fmt: skip
+        assert main(["predict", "--adapter", str(folder), "--device", "cpu", "--json", "the movie was good"]) == 0
+        texts.append(capsys.readouterr().out)
+    assert texts[0] == texts[1] and texts[0].strip()
