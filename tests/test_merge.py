@@ -204,3 +204,22 @@ def test_generate_and_predict_on_a_merged_causal_lm_give_the_adapters_text(llama
         assert main(["predict", "--adapter", str(folder), "--device", "cpu", "--json", "the movie was good"]) == 0
         texts.append(capsys.readouterr().out)
     assert texts[0] == texts[1] and texts[0].strip()
+
+
+def test_a_trained_adapter_merges_and_evaluates_the_same(tiny_model_dir, toy_data, tmp_path, capsys):
+    """An adapter as ``loratune train`` saves it (fingerprint, data, metrics in loratune.json): ``eval`` on
+    the merged folder scores what it scores on the adapter."""
+    run = tmp_path / "run"
+    assert main(["train", "--model", str(tiny_model_dir), "--dataset", str(toy_data), "--output", str(run),
+                 "--max-length", "32", "--batch-size", "8", "--precision", "fp32", "--no-progress", "--r", "4",
+                 "--alpha", "8", "--lr", "5e-2", "--epochs", "1"]) == 0  # fmt: skip
+    out = tmp_path / "merged"
+    assert main(["merge", "--adapter", str(run / "adapter"), "--output", str(out)]) == 0
+    capsys.readouterr()
+    records = []
+    for folder in (run / "adapter", out):
+        assert main(["eval", "--adapter", str(folder), "--device", "cpu", "--json"]) == 0
+        records.append(json.loads(capsys.readouterr().out))
+    assert records[0]["accuracy"] == records[1]["accuracy"]
+    assert records[0]["loss"] == pytest.approx(records[1]["loss"], abs=1e-4)
+    assert records[0]["labels"] == records[1]["labels"]
