@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import save_tiny_llama
+from conftest import save_tiny_gpt2, save_tiny_llama
 from loratune import LoraConfig, add_lora, disable_adapter, save_adapter
 from loratune.artifacts import load_artifact
 from loratune.cli import main
@@ -28,16 +28,7 @@ def llama_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def gpt2_dir(tmp_path_factory, llama_dir) -> Path:
     """A tiny GPT-2 (Conv1D layers, lm_head tied to the embeddings) with the word-level tokenizer."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
-    folder = tmp_path_factory.mktemp("merge-gpt2")
-    tok = AutoTokenizer.from_pretrained(llama_dir)
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=64,
-                        bos_token_id=1, eos_token_id=2)  # fmt: skip
-    GPT2LMHeadModel(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return save_tiny_gpt2(tmp_path_factory.mktemp("merge-gpt2"), llama_dir)
 
 
 def make_adapter(base: Path, task_name: str, folder: Path, targets: list[str]) -> Path:
