@@ -133,6 +133,20 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return folder
 
 
+def save_tiny_gpt2(folder, tokenizer_dir):
+    """A tiny GPT-2 (Conv1D layers, fan_in_fan_out; lm_head tied to the embeddings) saved in ``folder``
+    with the tokenizer of ``tokenizer_dir``."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                        bos_token_id=1, eos_token_id=2)  # fmt: skip
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
 def save_tiny_llama(folder: Path, dtype: torch.dtype = torch.bfloat16, pad_token: str | None = "<pad>") -> Path:
     """A 2-layer Llama language model (as hub checkpoints come) stored in ``dtype``, with a word-level
     tokenizer over the toy words; ``pad_token`` "<pad>" is a token of its own, None leaves the pad unset."""

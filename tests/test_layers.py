@@ -13,7 +13,7 @@ LAYERS = {
     "kernels": 1,
     "lora": 2,
     "hub": 3, "data": 3, "models": 3, "fastpath": 3, "prepare": 3, "tasks": 3, "artifacts": 3, "inspect_model": 3,
-    "generate": 3,
+    "generate": 3, "merge": 3,
     "train": 4,
     "compare": 5, "serve": 5,
     "cli": 6,

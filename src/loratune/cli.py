@@ -1,4 +1,4 @@
-"""The ``loratune`` command: train, eval, predict, generate, compare, inspect.
+"""The ``loratune`` command: train, eval, predict, generate, merge, compare, inspect.
 
 User errors (``LoratuneError`` and bad flags) print one line ``error: ...`` and exit with code 2,
 no traceback.
@@ -135,6 +135,21 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=0.0, help="0 (the default): greedy; above: sampling")
     gen.add_argument("--top-p", type=float, default=1.0, help="sample from the top-p nucleus, in (0, 1] (default 1)")
     gen.add_argument("--seed", type=int, help="seed of the sampling: the same seed gives the same text")
+    mg = sub.add_parser(
+        "merge",
+        help="merge a LoRA adapter into its base model: a plain transformers model",
+        description="Writes save_pretrained's files (safetensors), the tokenizer and loratune.json to --output: "
+        "AutoModelFor<Task>.from_pretrained(OUTPUT) loads it without loratune.",
+    )
+    mg.add_argument("--adapter", required=True, help="the adapter/ folder of a LoRA run")
+    mg.add_argument("--output", required=True, help="the folder to write (must not exist, or be empty)")
+    mg.add_argument("--dtype", choices=["fp32", "bf16", "fp16"],
+                    help="the saved weights' dtype (default: the base model's stored dtype, else fp32); "
+                         "the merge itself runs in fp32")  # fmt: skip
+    mg.add_argument("--overwrite", action="store_true", help="replace an --output folder that is not empty")
+    mg.add_argument("--model", help="base model (default: the one the adapter names)")
+    mg.add_argument("--revision", help="the base model's hub revision (default: the one it was trained at)")
+    mg.add_argument("--trust-remote-code", action="store_true")
     cmp = sub.add_parser(
         "compare",
         help="measure full fine-tuning vs LoRA, sweep ranks, pick a rank",
@@ -381,8 +396,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from loratune.merge import merge_to_folder
+
+    output, dtype = merge_to_folder(args.adapter, args.output, dtype=args.dtype, overwrite=args.overwrite,
+                                    model=args.model, revision=args.revision,
+                                    trust_remote_code=args.trust_remote_code)  # fmt: skip
+    print(f"merged {args.adapter} into {output} ({str(dtype).removeprefix('torch.')} weights)")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "generate": cmd_generate,
-            "compare": cmd_compare, "inspect": cmd_inspect}  # fmt: skip
+            "merge": cmd_merge, "compare": cmd_compare, "inspect": cmd_inspect}  # fmt: skip
 
 
 class _WarningLines(logging.Handler):

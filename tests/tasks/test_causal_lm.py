@@ -13,7 +13,7 @@ import peft
 import pytest
 import torch
 
-from conftest import FILLER, NEGATIVE, POSITIVE, save_tiny_llama, tiny_gpt2_lm, tiny_llama_lm
+from conftest import FILLER, NEGATIVE, POSITIVE, save_tiny_gpt2, save_tiny_llama, tiny_gpt2_lm, tiny_llama_lm
 from loratune import LoraConfig, add_lora, load_adapter, save_adapter
 from loratune.cli import main
 from loratune.data.lm import (
@@ -78,16 +78,7 @@ def chat_llama_dir(tmp_path_factory, llama_dir) -> Path:
 @pytest.fixture(scope="module")
 def gpt2_dir(tmp_path_factory, llama_dir) -> Path:
     """A tiny GPT-2 (Conv1D layers, fan_in_fan_out) with the word-level tokenizer."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
-    folder = tmp_path_factory.mktemp("lm-gpt2")
-    tok = AutoTokenizer.from_pretrained(llama_dir)
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=64,
-                        bos_token_id=1, eos_token_id=2)  # fmt: skip
-    GPT2LMHeadModel(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return save_tiny_gpt2(tmp_path_factory.mktemp("lm-gpt2"), llama_dir)
 
 
 @pytest.fixture(scope="module")
