@@ -7,9 +7,10 @@ into the shared trunk under the adapter's name, and its head copy lives in its o
 weights are never modified (no merging).
 
 A mixed batch runs the shared trunk once per task family with per-row LoRA routing
-(``lora.mixed_adapters``), then each adapter's head on its own rows: the task's own ``predict`` runs
-per text against a stand-in trunk that replays that text's row of the shared forward, so records keep
-the task's format. Least-recently-used unpinned adapters are evicted past ``max_adapters`` or
+(``lora.mixed_adapters``): each item is encoded by its adapter's task (``Task.encode``), the family's
+inputs are padded together, each adapter's head runs on its own rows of the shared output, and each row
+is decoded by its task (``Task.decode``) into the record ``predict`` gives. Causal-LM items generate
+one at a time. Least-recently-used unpinned adapters are evicted past ``max_adapters`` or
 ``adapter_memory_mb`` and reloaded on demand. One re-entrant lock serialises loads, evictions and
 forwards, so a request always finishes on the adapters it started with. Rows for the base model alone
 (``__base__``) are not served: a classifier's head exists only in its adapters.
@@ -44,6 +45,7 @@ from loratune.lora.layer import BASE, LoraLinear, is_conv1d
 from loratune.lora.model import _NAME_RE, adapter_configs, check_adapter_name, delete_adapter, mixed_adapters
 from loratune.models import load_pretrained_model, load_tokenizer, use_tokenizer_pad_id
 from loratune.tasks import Task
+from loratune.tasks.base import Encoded, unpad_row
 
 CONFIG = "adapter_config.json"
 
@@ -63,36 +65,21 @@ class _Entry:
     unavailable: bool = False
 
 
-class _Recorded(Exception):
-    """Raised by the recording trunk once it has seen the inputs of a forward."""
+class _Given(nn.Module):
+    """Stands for the trunk in one head call: returns the trunk outputs it was given (the shared forward's
+    rows of one adapter), so the task model's own head code runs on them."""
 
-
-class _TrunkStandIn(nn.Module):
-    """Takes the shared trunk's place in a task model for one ``predict`` call: records the inputs the
-    task tokenised (``record``), or returns the given row of the shared forward (``replay``)."""
-
-    def __init__(self, replay: Any = None, row: int = 0, length: int = 0) -> None:
+    def __init__(self, outputs: Any) -> None:
         super().__init__()
-        self.replay, self.row, self.length = replay, row, length
-        self.inputs: dict[str, torch.Tensor] = {}
+        self.outputs = outputs
 
-    def forward(self, input_ids: torch.Tensor | None = None, **kw: Any) -> Any:
-        if self.replay is None:
-            self.inputs = {"input_ids": input_ids, **{k: v for k, v in kw.items() if k in _INPUTS and v is not None}}
-            raise _Recorded
-        return _row_of(self.replay, self.row, self.length)
+    def forward(self, *args: Any, **kw: Any) -> Any:
+        return self.outputs
 
 
-_INPUTS = ("attention_mask", "token_type_ids")
-
-
-def _row_of(outputs: Any, row: int, length: int) -> Any:
-    """Row ``row`` of a trunk's batched (right-padded) outputs, cut to its first ``length`` tokens."""
-    cut = slice(0, length)
-    fields = {}
-    for key, value in outputs.items():
-        if isinstance(value, torch.Tensor):
-            fields[key] = value[row : row + 1, cut] if value.dim() == 3 else value[row : row + 1]
+def _rows_of(outputs: Any, index: torch.Tensor) -> Any:
+    """The rows ``index`` of a trunk's batched outputs (its tensor fields only)."""
+    fields = {k: v[index] for k, v in outputs.items() if isinstance(v, torch.Tensor)}
     return type(outputs)(**fields)
 
 
@@ -383,44 +370,36 @@ class Runtime:
     def _predict_family(
         self, items: Sequence[tuple[str, str]], rows: list[int], entries: dict[str, _Entry], kw: dict[str, Any]
     ) -> list[dict[str, Any]]:
-        """Records for ``rows`` of one task family: record each text's inputs, run the trunk once, replay."""
+        """Records for ``rows`` of one task family: encode each item with its task, run the trunk once over
+        them all, each adapter's head on its own rows, and decode each row with its task."""
         first = entries[items[rows[0]][0]]
         if not first.task.has_labels:  # causal-lm: generation runs the trunk per token; per item then
             return [self._predict_one(entries[items[i][0]], items[i][1], kw) for i in rows]
-        inputs = [self._record_inputs(entries[items[i][0]], items[i][1], kw) for i in rows]
-        ran = [j for j, x in enumerate(inputs) if x is not None]
-        outputs = self._trunk_forward([inputs[j] for j in ran], [items[rows[j]][0] for j in ran], first.tokenizer)
-        place = {j: k for k, j in enumerate(ran)}
-        records = []
-        for j, i in enumerate(rows):
-            e = entries[items[i][0]]
-            length = inputs[j]["input_ids"].shape[1] if inputs[j] is not None else 0
-            stand_in = _TrunkStandIn(outputs, place.get(j, 0), length)
-            records.append(self._with_trunk(e, stand_in, lambda e=e, t=items[i][1]: _task_predict(e, t, kw)))
-        return records
+        encoded = [_encode(entries[items[i][0]], items[i][1], kw) for i in rows]
+        ran = [j for j, x in enumerate(encoded) if x.inputs[0] is not None]
+        inputs = [_as_tensors(encoded[j].inputs[0], self.device) for j in ran]
+        names = [items[rows[j]][0] for j in ran]
+        outputs = self._trunk_forward(inputs, names, first.tokenizer)
+        logits = self._heads(outputs, _pad(inputs, first.tokenizer) if inputs else {}, names, entries)
+        found = dict(zip(ran, logits, strict=True))
+        return [_decode(entries[items[i][0]], found.get(j), encoded[j]) for j, i in enumerate(rows)]
+
+    def _heads(
+        self, outputs: Any, batch: dict[str, torch.Tensor], names: list[str], entries: dict[str, _Entry]
+    ) -> list[torch.Tensor]:
+        """Each row's logits from its adapter's head, one head call per adapter, padding cut off."""
+        logits: list[torch.Tensor | None] = [None] * len(names)
+        for name in dict.fromkeys(names):
+            index = torch.tensor([k for k, n in enumerate(names) if n == name])
+            rows = _head_logits(entries[name], _rows_of(outputs, index), {k: v[index] for k, v in batch.items()})
+            for k, row in zip(index.tolist(), rows, strict=True):
+                logits[k] = unpad_row(row, batch["attention_mask"][k])
+        return logits  # type: ignore[return-value]
 
     def _predict_one(self, e: _Entry, text: str, kw: dict[str, Any]) -> dict[str, Any]:
         """One record from ``e``'s model alone (its rows routed through its adapter)."""
         with mixed_adapters(self._trunk, [e.name]):
             return _task_predict(e, text, kw)
-
-    def _record_inputs(self, e: _Entry, text: str, kw: dict[str, Any]) -> dict[str, torch.Tensor] | None:
-        """The inputs ``e``'s task predict gives the trunk for ``text`` (None: it runs no forward)."""
-        stand_in = _TrunkStandIn()
-        try:
-            self._with_trunk(e, stand_in, lambda: _task_predict(e, text, kw))
-        except _Recorded:
-            return stand_in.inputs
-        return None
-
-    def _with_trunk(self, e: _Entry, module: nn.Module, fn: Any) -> Any:
-        """``fn()`` with ``module`` in place of ``e``'s trunk (the shared one is put back after)."""
-        prefix = e.model.base_model_prefix
-        setattr(e.model, prefix, module)
-        try:
-            return fn()
-        finally:
-            setattr(e.model, prefix, self._trunk)
 
     def _trunk_forward(self, inputs: list[dict[str, torch.Tensor]], names: list[str], tokenizer: Any) -> Any:
         """The shared trunk once over the padded ``inputs``, row ``i`` through adapter ``names[i]``."""
@@ -454,11 +433,42 @@ def _classifier_skeleton(auto_class: str, trunk: nn.Module, labels: list[str]) -
     return net
 
 
+def _head_logits(e: _Entry, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``e``'s task model's head on the given trunk ``outputs`` of ``batch``'s rows: float logits on the CPU."""
+    prefix = e.model.base_model_prefix
+    trunk = getattr(e.model, prefix)
+    setattr(e.model, prefix, _Given(outputs))
+    try:
+        return e.model(**batch).logits.float().cpu()
+    finally:
+        setattr(e.model, prefix, trunk)
+
+
+def _task_info(e: _Entry) -> dict[str, Any]:
+    """``e``'s ``loratune.json`` record as its task reads it (labels only for a classifier)."""
+    return {**e.info, "labels": e.info.get("labels") if e.task.has_labels else None}
+
+
+def _encode(e: _Entry, text: str, kw: dict[str, Any]) -> Encoded:
+    """``e``'s task encoding of one text, at the adapter's ``max_length`` unless ``kw`` says otherwise."""
+    max_length = kw.get("max_length") or e.info.get("max_length") or 256
+    return e.task.encode([text], e.tokenizer, _task_info(e), max_length=max_length)
+
+
+def _decode(e: _Entry, logits: torch.Tensor | None, encoded: Encoded) -> dict[str, Any]:
+    """``e``'s task record of one encoded text from its logits row."""
+    return e.task.decode([logits], encoded, _task_info(e))[0]
+
+
+def _as_tensors(inputs: dict[str, list[int]], device: torch.device) -> dict[str, torch.Tensor]:
+    """One text's encoded inputs as a batch of one row on ``device``."""
+    return {k: torch.tensor([v], device=device) for k, v in inputs.items()}
+
+
 def _task_predict(e: _Entry, text: str, kw: dict[str, Any]) -> dict[str, Any]:
     """``e``'s task ``predict`` for one text, at the adapter's ``max_length`` unless ``kw`` says otherwise."""
     options = {"max_length": e.info.get("max_length") or 256, **kw}
-    info = {**e.info, "labels": e.info.get("labels") if e.task.has_labels else None}
-    return e.task.predict(e.model, e.tokenizer, [text], info, **options)[0]
+    return e.task.predict(e.model, e.tokenizer, [text], _task_info(e), **options)[0]
 
 
 def _pad(inputs: list[dict[str, torch.Tensor]], tokenizer: Any) -> dict[str, torch.Tensor]:

@@ -8,7 +8,8 @@ The training loop, the evaluation loop and the commands know nothing of any one 
 * gives the training loss of a batch (``loss``; by default the model's own ``outputs.loss``);
 * scores predictions (``metrics()`` returns a fresh ``Metrics`` accumulator) and names the value
   that picks the best checkpoint (``metric``);
-* shows predictions and evaluation reports (``predict``, ``format_prediction``, ``format_report``).
+* shows predictions and evaluation reports (``predict``, ``format_prediction``, ``format_report``);
+  a classifier's ``predict`` is ``encode`` -> forward -> ``decode``, which a server can split up.
 """
 
 from __future__ import annotations
@@ -69,6 +70,18 @@ class TaskData(Protocol):
     val: Any
     source: str
     selection: str
+
+
+@dataclass
+class Encoded:
+    """A batch of texts as model inputs: ``inputs[i]`` is text ``i``'s unpadded inputs (``input_ids`` and
+    the like, lists of ints), or None when the text runs no forward; ``context[i]`` is what decoding it needs;
+    ``max_length``: the truncation length the texts were encoded at."""
+
+    texts: list[str]
+    inputs: list[dict[str, list[int]] | None]
+    context: list[Any]
+    max_length: int | None = None
 
 
 class Task(ABC):
@@ -138,6 +151,14 @@ class Task(ABC):
     def predict(self, model: nn.Module, tokenizer: Any, texts: Sequence[str], info: dict[str, Any], **kw: Any) -> list:
         """One JSON-ready prediction record per text."""
 
+    def encode(self, texts: Sequence[str], tokenizer: Any, info: dict[str, Any], *, max_length: int) -> Encoded:
+        """``texts`` as unpadded model inputs plus what ``decode`` needs (classifier tasks only)."""
+        raise NotImplementedError(f"task {self.name} has no encode/decode; use predict")
+
+    def decode(self, logits_rows: Sequence[torch.Tensor | None], encoded: Encoded, info: dict[str, Any]) -> list:
+        """``predict``'s records from each text's logits row (its own tokens only; None where it ran none)."""
+        raise NotImplementedError(f"task {self.name} has no encode/decode; use predict")
+
     @abstractmethod
     def format_prediction(self, record: dict[str, Any]) -> str:
         """One prediction as a line of text."""
@@ -149,3 +170,33 @@ class Task(ABC):
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The training loss of one batch: the model's own."""
         return model(**batch).loss
+
+
+@torch.no_grad()
+def forward_rows(
+    model: nn.Module, tokenizer: Any, encoded: Encoded, *, batch_size: int = 32
+) -> list[torch.Tensor | None]:
+    """Each encoded text's float logits (its own tokens, padding cut off), in eval mode, ``batch_size`` at a time."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    rows: list[torch.Tensor | None] = [None] * len(encoded.inputs)
+    ran = [i for i, x in enumerate(encoded.inputs) if x is not None]
+    try:
+        for lo in range(0, len(ran), batch_size):
+            chunk = ran[lo : lo + batch_size]
+            batch = tokenizer.pad([encoded.inputs[i] for i in chunk], padding=True, return_tensors="pt")
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
+            for row, i in enumerate(chunk):
+                rows[i] = unpad_row(logits[row], batch["attention_mask"][row], tokenizer.padding_side)
+    finally:
+        model.train(was_training)
+    return rows
+
+
+def unpad_row(logits: torch.Tensor, mask: torch.Tensor, side: str = "right") -> torch.Tensor:
+    """One row of logits without its padding (a per-text row, 1-D, is returned as it is)."""
+    if logits.dim() < 2:
+        return logits
+    n = int(mask.sum())
+    return logits[-n:] if side == "left" and n else logits[:n]

@@ -16,7 +16,7 @@ from torch import nn
 from loratune.data.batching import DynamicPaddingCollator, tokenize_dataset
 from loratune.data.sources import TextClassificationData, load_text_classification
 from loratune.errors import DataError
-from loratune.tasks.base import Metric, Task, without_tagging_options
+from loratune.tasks.base import Encoded, Metric, Task, forward_rows, without_tagging_options
 
 TASK_TYPE = "SEQ_CLS"  # PEFT's task_type in adapter_config.json
 AUTO_CLASS = "AutoModelForSequenceClassification"
@@ -204,9 +204,34 @@ class SeqClsTask(Task):
     def artifact_info(self, data: TextClassificationData) -> dict[str, Any]:
         return {"labels": data.labels}
 
-    def predict(self, model: nn.Module, tokenizer: Any, texts: Sequence[str], info: dict[str, Any], **kw: Any) -> list:
-        probs = predict_proba(model, tokenizer, texts, **kw)
-        return [prediction_dict(text, p, info["labels"]) for text, p in zip(texts, probs, strict=True)]
+    def encode(self, texts: Sequence[str], tokenizer: Any, info: dict[str, Any], *, max_length: int) -> Encoded:
+        """Each text's token ids (truncated to ``max_length``, unpadded); no context is needed."""
+        texts = [str(t) for t in texts]
+        enc = tokenizer(texts, truncation=True, max_length=max_length) if texts else {}
+        inputs = [{k: enc[k][i] for k in enc} for i in range(len(texts))]
+        return Encoded(texts, inputs, [None] * len(texts), max_length)
+
+    def decode(self, logits_rows: Sequence[torch.Tensor | None], encoded: Encoded, info: dict[str, Any]) -> list:
+        """``prediction_dict`` records from each text's class logits."""
+        labels = info["labels"]
+        return [
+            prediction_dict(text, torch.softmax(row.float(), dim=-1), labels)
+            for text, row in zip(encoded.texts, logits_rows, strict=True)
+        ]
+
+    def predict(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        texts: Sequence[str],
+        info: dict[str, Any],
+        *,
+        max_length: int = 256,
+        batch_size: int = 32,
+    ) -> list:
+        """``encode`` -> the model in batches of ``batch_size`` -> ``decode``."""
+        encoded = self.encode(texts, tokenizer, info, max_length=max_length)
+        return self.decode(forward_rows(model, tokenizer, encoded, batch_size=batch_size), encoded, info)
 
     def format_prediction(self, record: dict[str, Any]) -> str:
         return format_record(record)

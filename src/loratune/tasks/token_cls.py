@@ -25,7 +25,7 @@ from transformers import DataCollatorForTokenClassification
 from loratune.data.batching import MODEL_INPUTS, _fingerprint
 from loratune.data.tagging import UNTRAINED, TaggingData, is_iob, load_tagging
 from loratune.errors import DataError, LoratuneError
-from loratune.tasks.base import Metric, Task
+from loratune.tasks.base import Encoded, Metric, Task, forward_rows
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +275,54 @@ def entity_spans(
     return out
 
 
-@torch.no_grad()
+def encode_texts(texts: Sequence[str], tokenizer: Any, *, max_length: int) -> Encoded:
+    """Each raw text's words as unpadded token ids; its context: ``(word spans, word_ids)`` (no inputs and
+    no word ids for a text without words)."""
+    texts = [str(t) for t in texts]
+    words = [split_words(t) for t in texts]
+    nonempty = [i for i, w in enumerate(words) if w]
+    inputs: list[dict[str, list[int]] | None] = [None] * len(texts)
+    context: list[Any] = [([(s, e) for _, s, e in w], None) for w in words]
+    if nonempty:
+        enc = _encode_words(tokenizer, [[w for w, _, _ in words[i]] for i in nonempty], max_length)
+        for row, i in enumerate(nonempty):
+            inputs[i] = {k: enc[k][row] for k in MODEL_INPUTS if k in enc}
+            context[i] = (context[i][0], enc.word_ids(row))
+    return Encoded(texts, inputs, context, max_length)
+
+
+def decode_text(text: str, logits: torch.Tensor | None, context: Any, labels: Sequence[str]) -> tuple[dict, bool]:
+    """One text's ``{"text", "entities"}`` record from its tokens' logits (tags at each word's first
+    sub-token), and whether some of its words got no token (cut at ``max_length``)."""
+    spans, word_ids = context
+    tags, confs = ["O"] * len(spans), [1.0] * len(spans)
+    seen: set[int] = set()
+    if logits is not None:
+        probs = torch.softmax(logits.float(), dim=-1)
+        for pos, w in enumerate(word_ids):
+            if w is None or w in seen:
+                continue
+            seen.add(w)
+            p, best = probs[pos].max(dim=-1)
+            tags[w], confs[w] = labels[int(best)], float(p)
+    record = {"text": text, "entities": entity_spans(text, spans, tags, confs)}
+    return record, logits is not None and len(spans) > len(seen)
+
+
+def decode_texts(logits_rows: Sequence[torch.Tensor | None], encoded: Encoded, labels: Sequence[str]) -> list:
+    """``decode_text`` for each encoded text; one warning counts the texts cut at ``max_length``."""
+    records, cut = [], 0
+    for text, row, context in zip(encoded.texts, logits_rows, encoded.context, strict=True):
+        record, was_cut = decode_text(text, row, context, labels)
+        records.append(record)
+        cut += was_cut
+    if cut:
+        log.warning(
+            "%d text(s) run past --max-length %s tokens; their later words are tagged O", cut, encoded.max_length
+        )
+    return records
+
+
 def predict_entities(
     model: nn.Module,
     tokenizer: Any,
@@ -289,47 +336,8 @@ def predict_entities(
 
     Words past ``max_length`` tokens get no tag (O), with a warning.
     """
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    records: list[dict[str, Any]] = []
-    cut = 0
-    try:
-        for lo in range(0, len(texts), batch_size):
-            chunk = [str(t) for t in texts[lo : lo + batch_size]]
-            words = [split_words(t) for t in chunk]
-            nonempty = [i for i, w in enumerate(words) if w]
-            probs = None
-            if nonempty:
-                enc = _encode_words(
-                    tokenizer,
-                    [[w for w, _, _ in words[i]] for i in nonempty],
-                    max_length,
-                    padding=True,
-                    return_tensors="pt",
-                )
-                inputs = {k: v.to(device) for k, v in enc.items() if k in MODEL_INPUTS}
-                probs = torch.softmax(model(**inputs).logits.float(), dim=-1).cpu()
-            rows = {i: row for row, i in enumerate(nonempty)}
-            for i, text in enumerate(chunk):
-                tags, confs = ["O"] * len(words[i]), [1.0] * len(words[i])
-                if i in rows:
-                    row = rows[i]
-                    seen: set[int] = set()
-                    for pos, w in enumerate(enc.word_ids(row)):
-                        if w is None or w in seen:
-                            continue
-                        seen.add(w)
-                        p, best = probs[row, pos].max(dim=-1)
-                        tags[w], confs[w] = labels[int(best)], float(p)
-                    cut += len(words[i]) > len(seen)
-                spans = [(s, e) for _, s, e in words[i]]
-                records.append({"text": text, "entities": entity_spans(text, spans, tags, confs)})
-    finally:
-        model.train(was_training)
-    if cut:
-        log.warning("%d text(s) run past --max-length %d tokens; their later words are tagged O", cut, max_length)
-    return records
+    encoded = encode_texts(texts, tokenizer, max_length=max_length)
+    return decode_texts(forward_rows(model, tokenizer, encoded, batch_size=batch_size), encoded, labels)
 
 
 def format_entities(record: dict[str, Any], *, max_text: int = 60) -> str:
@@ -384,6 +392,12 @@ class TokenClsTask(Task):
 
     def artifact_info(self, data: TaggingData) -> dict[str, Any]:
         return {"labels": data.labels, "label_all_tokens": data.label_all_tokens}
+
+    def encode(self, texts: Sequence[str], tokenizer: Any, info: dict[str, Any], *, max_length: int) -> Encoded:
+        return encode_texts(texts, tokenizer, max_length=max_length)
+
+    def decode(self, logits_rows: Sequence[torch.Tensor | None], encoded: Encoded, info: dict[str, Any]) -> list:
+        return decode_texts(logits_rows, encoded, info["labels"])
 
     def predict(self, model: nn.Module, tokenizer: Any, texts: Sequence[str], info: dict[str, Any], **kw: Any) -> list:
         return predict_entities(model, tokenizer, texts, info["labels"], **kw)
