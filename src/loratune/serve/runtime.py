@@ -390,7 +390,7 @@ class Runtime:
         """Each row's logits from its adapter's head, one head call per adapter, padding cut off."""
         logits: list[torch.Tensor | None] = [None] * len(names)
         for name in dict.fromkeys(names):
-            index = torch.tensor([k for k, n in enumerate(names) if n == name])
+            index = torch.tensor([k for k, n in enumerate(names) if n == name], device=self.device)
             rows = _head_logits(entries[name], _rows_of(outputs, index), {k: v[index] for k, v in batch.items()})
             for k, row in zip(index.tolist(), rows, strict=True):
                 logits[k] = unpad_row(row, batch["attention_mask"][k])
