@@ -89,7 +89,7 @@ def load_artifact(
         problem = "is a file" if folder.exists() else "does not exist"
         raise AdapterFileError(f"--adapter {folder} {problem}; pass the adapter/ (or model/) folder of a run")
     info = read_task_info(folder)
-    task = _artifact_task(folder, info)
+    task = artifact_task(folder, info)
     if (folder / "adapter_config.json").is_file():
         if revision is None and model in (None, info.get("base_model")):
             revision = info.get("base_model_revision")
@@ -155,7 +155,7 @@ def _load_lora(
     base = model or info.get("base_model") or peft_config.get("base_model_name_or_path")
     if not base:
         raise AdapterFileError(f"{folder} does not name its base model; pass --model NAME_OR_PATH")
-    labels = (info.get("labels") or _labels_from_weights(folder)) if task.has_labels else None
+    labels = (info.get("labels") or labels_from_weights(folder)) if task.has_labels else None
     net = task.load_model(base, {**info, "labels": labels}, trust_remote_code=trust_remote_code, revision=revision)
     expected = info.get("base_model_fingerprint")
     if expected and base_fingerprint(net) not in (None, expected):
@@ -188,7 +188,7 @@ def _full_model_labels(folder: Path, info: dict[str, Any], net: nn.Module) -> li
     return labels
 
 
-def _artifact_task(folder: Path, info: dict[str, Any]) -> Task:
+def artifact_task(folder: Path, info: dict[str, Any]) -> Task:
     """The artifact's task: ``loratune.json``'s, else the one of its PEFT ``task_type`` (seq-cls if none)."""
     if info.get("task"):
         try:
@@ -217,7 +217,7 @@ def _artifact_tokenizer(folder: Path, base: str, trust_remote_code: bool, revisi
         ) from None
 
 
-def _labels_from_weights(folder: Path) -> list[str]:
+def labels_from_weights(folder: Path) -> list[str]:
     """Label names for an adapter without ``loratune.json`` (e.g. saved by PEFT): from the head size."""
     for key, shape in read_adapter_shapes(folder).items():
         if key.endswith(("classifier.weight", "score.weight", "out_proj.weight")):

@@ -146,7 +146,7 @@ def test_mixed_batch_equals_one_adapter_at_a_time(registry, offline, batch_size,
     items = [(name, text) for text in TEXTS for name in ("topic", "ner", "sent")]
     calls = []
     forward = rt._trunk_forward
-    rt._trunk_forward = lambda inputs, names, tok: calls.append(list(names)) or forward(inputs, names, tok)
+    rt._trunk_forward = lambda batch, names: calls.append(list(names)) or forward(batch, names)
     got = rt.predict_mixed(items)
     for (name, text), record in zip(items, got, strict=True):
         assert_close(record, offline[name][TEXTS.index(text)])

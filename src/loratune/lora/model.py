@@ -18,13 +18,13 @@ from loratune.errors import AdapterNameError, TargetModulesError, UnknownAdapter
 from loratune.lora.config import ALL_LINEAR, LoraConfig, module_matches, module_within
 from loratune.lora.layer import BASE, LoraLinear, MixedRouting, ModulesToSaveWrapper, is_linear
 
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # a safe adapter (and registry folder) name
 CONFIGS_ATTR = "loratune_adapters"  # model attribute: {adapter name: LoraConfig}
 
 
 def check_adapter_name(name: object) -> str:
     """Return ``name`` if it is a safe adapter name, else raise ``AdapterNameError``."""
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+    if not isinstance(name, str) or not ADAPTER_NAME.fullmatch(name):
         raise AdapterNameError(
             f"adapter name {name!r} is not a safe identifier: use 1-64 letters, digits, '_' or '-', "
             "starting with a letter or digit (e.g. 'sentiment')"

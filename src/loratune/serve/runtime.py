@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from loratune.artifacts import _artifact_task, _labels_from_weights, base_fingerprint, read_task_info
+from loratune.artifacts import artifact_task, base_fingerprint, labels_from_weights, read_task_info
 from loratune.errors import (
     AdapterFileError,
     AdapterNameError,
@@ -42,7 +42,7 @@ from loratune.errors import (
 from loratune.lora import load_adapter, read_adapter_config, read_adapter_shapes
 from loratune.lora.io import PREFIX, WEIGHTS_NAME
 from loratune.lora.layer import BASE, LoraLinear, is_conv1d
-from loratune.lora.model import _NAME_RE, adapter_configs, check_adapter_name, delete_adapter, mixed_adapters
+from loratune.lora.model import ADAPTER_NAME, adapter_configs, check_adapter_name, delete_adapter, mixed_adapters
 from loratune.models import load_pretrained_model, load_tokenizer, use_tokenizer_pad_id
 from loratune.tasks import Task
 from loratune.tasks.base import Encoded, unpad_row
@@ -127,7 +127,7 @@ class Runtime:
         found = []
         for child in sorted(self.registry.iterdir()):
             inside = child.resolve().is_relative_to(self.registry.resolve())
-            if _NAME_RE.fullmatch(child.name) and inside and self._adapter_folder(child) is not None:
+            if ADAPTER_NAME.fullmatch(child.name) and inside and self._adapter_folder(child) is not None:
                 found.append(child.name)
         return found
 
@@ -188,7 +188,7 @@ class Runtime:
         if name not in self._entries:
             folder = self._safe_folder(name)
             info = read_task_info(folder)
-            task = _artifact_task(folder, info)
+            task = artifact_task(folder, info)
             weights = folder / WEIGHTS_NAME
             nbytes = weights.stat().st_size if weights.is_file() else 0
             self._entries[name] = _Entry(name, folder, info, task, nbytes)
@@ -303,7 +303,7 @@ class Runtime:
         layer from the base model (then ties it to the shared embeddings when the model ties them).
         """
         if e.task.has_labels:
-            labels = e.info.get("labels") or _labels_from_weights(e.folder)  # PEFT-saved: from the head size
+            labels = e.info.get("labels") or labels_from_weights(e.folder)  # PEFT-saved: from the head size
             e.info = {**e.info, "labels": labels}
             net = _classifier_skeleton(e.task.auto_class, trunk, labels)
         else:
@@ -379,8 +379,9 @@ class Runtime:
         ran = [j for j, x in enumerate(encoded) if x.inputs[0] is not None]
         inputs = [_as_tensors(encoded[j].inputs[0], self.device) for j in ran]
         names = [items[rows[j]][0] for j in ran]
-        outputs = self._trunk_forward(inputs, names, first.tokenizer)
-        logits = self._heads(outputs, _pad(inputs, first.tokenizer) if inputs else {}, names, entries)
+        batch = _pad(inputs, first.tokenizer) if inputs else {}
+        outputs = self._trunk_forward(batch, names)
+        logits = self._heads(outputs, batch, names, entries)
         found = dict(zip(ran, logits, strict=True))
         return [_decode(entries[items[i][0]], found.get(j), encoded[j]) for j, i in enumerate(rows)]
 
@@ -401,11 +402,10 @@ class Runtime:
         with mixed_adapters(self._trunk, [e.name]):
             return _task_predict(e, text, kw)
 
-    def _trunk_forward(self, inputs: list[dict[str, torch.Tensor]], names: list[str], tokenizer: Any) -> Any:
-        """The shared trunk once over the padded ``inputs``, row ``i`` through adapter ``names[i]``."""
-        if not inputs:
+    def _trunk_forward(self, batch: dict[str, torch.Tensor], names: list[str]) -> Any:
+        """The shared trunk once over the padded ``batch``, row ``i`` through adapter ``names[i]``."""
+        if not names:
             return None
-        batch = _pad(inputs, tokenizer)
         with mixed_adapters(self._trunk, names):
             return self._trunk(**batch)
 

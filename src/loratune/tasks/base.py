@@ -174,10 +174,16 @@ class Task(ABC):
 
 @torch.no_grad()
 def forward_rows(
-    model: nn.Module, tokenizer: Any, encoded: Encoded, *, batch_size: int = 32
+    model: nn.Module,
+    tokenizer: Any,
+    encoded: Encoded,
+    *,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
 ) -> list[torch.Tensor | None]:
-    """Each encoded text's float logits (its own tokens, padding cut off), in eval mode, ``batch_size`` at a time."""
-    device = next(model.parameters()).device
+    """Each encoded text's float logits (its own tokens, padding cut off), in eval mode, ``batch_size`` at a
+    time; the inputs go to ``device`` (default: the model's)."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     rows: list[torch.Tensor | None] = [None] * len(encoded.inputs)

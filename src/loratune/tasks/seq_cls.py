@@ -103,6 +103,14 @@ def format_record(d: dict[str, Any], *, max_text: int = 60) -> str:
 
 
 @torch.no_grad()
+def encode_texts(texts: Sequence[str], tokenizer: Any, max_length: int) -> Encoded:
+    """Each text's token ids (truncated to ``max_length``, unpadded); a classifier needs no other context."""
+    texts = [str(t) for t in texts]
+    enc = tokenizer(texts, truncation=True, max_length=max_length) if texts else {}
+    inputs = [{k: enc[k][i] for k in enc} for i in range(len(texts))]
+    return Encoded(texts, inputs, [None] * len(texts), max_length)
+
+
 def predict_proba(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -112,28 +120,14 @@ def predict_proba(
     batch_size: int = 32,
     device: str | torch.device | None = None,
 ) -> np.ndarray:
-    """Softmax class probabilities, shape ``(len(texts), num_labels)``, in eval mode, batch by batch."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out: list[np.ndarray] = []
-    try:
-        for lo in range(0, len(texts), batch_size):
-            enc = tokenizer(
-                [str(t) for t in texts[lo : lo + batch_size]],
-                truncation=True,
-                max_length=max_length,
-                padding=True,
-                return_tensors="pt",
-            ).to(device)
-            logits = model(**enc).logits
-            out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
-    finally:
-        model.train(was_training)
-    if not out:
+    """Softmax class probabilities, shape ``(len(texts), num_labels)``, in eval mode, batch by batch
+    (``device``: where the inputs go; by default the model's)."""
+    encoded = encode_texts(texts, tokenizer, max_length)
+    rows = forward_rows(model, tokenizer, encoded, batch_size=batch_size, device=device)
+    if not rows:
         n = int(getattr(getattr(model, "config", None), "num_labels", 0))
         return np.zeros((0, n), dtype=np.float32)
-    return np.concatenate(out)
+    return torch.softmax(torch.stack(rows), dim=-1).numpy()
 
 
 class ClassificationMetrics:
@@ -206,10 +200,7 @@ class SeqClsTask(Task):
 
     def encode(self, texts: Sequence[str], tokenizer: Any, info: dict[str, Any], *, max_length: int) -> Encoded:
         """Each text's token ids (truncated to ``max_length``, unpadded); no context is needed."""
-        texts = [str(t) for t in texts]
-        enc = tokenizer(texts, truncation=True, max_length=max_length) if texts else {}
-        inputs = [{k: enc[k][i] for k in enc} for i in range(len(texts))]
-        return Encoded(texts, inputs, [None] * len(texts), max_length)
+        return encode_texts(texts, tokenizer, max_length)
 
     def decode(self, logits_rows: Sequence[torch.Tensor | None], encoded: Encoded, info: dict[str, Any]) -> list:
         """``prediction_dict`` records from each text's class logits."""
