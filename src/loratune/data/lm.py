@@ -103,14 +103,7 @@ def load_lm_data(
     ``for_eval``: only the eval split matters (``loratune eval``): no checks on the train split.
     """
     del seed, label_column  # records keep their order; there are no labels
-    for flag, value in (("--train-size", train_size), ("--eval-size", eval_size)):
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise DataError(f"{flag} must be a positive integer, got {value!r}; pass a number of records >= 1.")
-    if val_size is not None and (not isinstance(val_size, int) or val_size < 0):
-        raise DataError(f"--val-size must be an integer >= 0, got {val_size!r}; pass a number of records.")
-    if dataset_revision is not None:
-        raise DataError("--dataset-revision pins a hub dataset, and causal-lm reads local files; drop it")
-    check_encoding(encoding)
+    _check_options(train_size, eval_size, val_size, dataset_revision, encoding)
     train_path, eval_path = _paths(dataset, train_file, eval_file)
     kind, train = read_lm_file(train_path, text_column, encoding)
     source = str(train_path)
@@ -124,18 +117,35 @@ def load_lm_data(
             raise DataError(f"{train_path} holds {kind} data and {eval_path} {eval_kind} data; pass files of one kind")
         train, evaluated = train[:train_size], evaluated[:eval_size]
         where = f"records 0-{len(evaluated) - 1} of {eval_path}"
-    val = None
-    if val_size and not for_eval:
-        if val_size >= len(train):
-            raise DataError(f"--val-size {val_size} leaves none of the {len(train)} train records; pass a smaller one")
-        train, val = train[:-val_size], train[-val_size:]
-        selection = f"the last {val_size} train records (--val-size)"
-    else:
-        selection = f"the eval split ({where}), which is also the one reported"
+    train, val, selection = _hold_out(train, val_size if not for_eval else None, where)
     if not for_eval and not train:
         raise DataError(f"no train records are left in {train_path}; pass a smaller --eval-size or an --eval-file")
     return LMData(_dataset(kind, train), _dataset(kind, evaluated), source, kind,
                   _dataset(kind, val) if val is not None else None, selection)  # fmt: skip
+
+
+def _check_options(
+    train_size: int | None, eval_size: int | None, val_size: int | None, revision: str | None, encoding: str | None
+) -> None:
+    """One-line errors for sizes that are not counts of records, a hub revision, or an unknown encoding."""
+    for flag, value in (("--train-size", train_size), ("--eval-size", eval_size)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise DataError(f"{flag} must be a positive integer, got {value!r}; pass a number of records >= 1.")
+    if val_size is not None and (not isinstance(val_size, int) or val_size < 0):
+        raise DataError(f"--val-size must be an integer >= 0, got {val_size!r}; pass a number of records.")
+    if revision is not None:
+        raise DataError("--dataset-revision pins a hub dataset, and causal-lm reads local files; drop it")
+    check_encoding(encoding)
+
+
+def _hold_out(train: list, val_size: int | None, where: str) -> tuple[list, list | None, str]:
+    """``(train, val, selection)``: the last ``val_size`` train records choose the best checkpoint, else the
+    eval split (``where``) does."""
+    if not val_size:
+        return train, None, f"the eval split ({where}), which is also the one reported"
+    if val_size >= len(train):
+        raise DataError(f"--val-size {val_size} leaves none of the {len(train)} train records; pass a smaller one")
+    return train[:-val_size], train[-val_size:], f"the last {val_size} train records (--val-size)"
 
 
 def _paths(dataset: str | None, train_file: Any, eval_file: Any) -> tuple[Path, Path | None]:

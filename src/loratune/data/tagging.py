@@ -509,13 +509,7 @@ def _finish(
         names = list(labels)
         known = "the adapter knows"
     _check_known(names, known, [(ev.name if ev else train.name, eval_rows), (val.name if val else "", val_rows)])
-    odd = sorted({t for t in names if not is_iob(t)})
-    if odd:
-        log.warning(
-            "tags %s are not IOB tags (O, B-X, I-X): entities are scored with seqeval's default mode, "
-            "and a tag without B-/I- counts as an inside tag",
-            ", ".join(odd[:5]),
-        )
+    _warn_not_iob(names)
     return TaggingData(
         train=_dataset(rows, names, label_all_tokens),
         eval=_dataset(eval_rows, names),
@@ -527,6 +521,17 @@ def _finish(
         tokens_column=train.tokens_column,
         tags_column=train.tags_column,
     )
+
+
+def _warn_not_iob(names: list[str]) -> None:
+    """One warning naming the tags that are not IOB: they are scored as given."""
+    odd = sorted({t for t in names if not is_iob(t)})
+    if odd:
+        log.warning(
+            "tags %s are not IOB tags (O, B-X, I-X): entities are scored with seqeval's default mode, "
+            "and a tag without B-/I- counts as an inside tag",
+            ", ".join(odd[:5]),
+        )
 
 
 def _check_known(names: list[str], known: str, splits: list[tuple[str, Rows | None]]) -> None:
