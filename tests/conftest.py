@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -211,3 +212,61 @@ def lock_held_elsewhere(folder: Path):
     finally:
         holder.kill()
         holder.wait()
+
+
+# ------------------------------------------------------------------ adapters for the serving tests
+TEXTS = ["the movie was great", "awful plot and dull acting", "Alice met Bob in Paris .", "a"]
+ADAPTERS = {  # name: (task, labels, r, targets)
+    "sent": ("seq-cls", ["negative", "positive"], 4, ["query", "value"]),
+    "topic": ("seq-cls", ["sport", "news", "art"], 2, ["key", "dense"]),
+    "ner": ("token-cls", ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"], 3, ["query", "value"]),
+}
+
+
+def make_adapter(
+    folder: Path,
+    base: Path,
+    task: str,
+    labels: list[str],
+    r: int,
+    targets: list[str],
+    seed: int,
+    head: str = "classifier",
+) -> Path:
+    """A random (non-zero) LoRA adapter with its head, saved as a run's ``adapter/`` folder."""
+    from loratune.artifacts import base_fingerprint
+    from loratune.lora import LoraConfig, add_lora, save_adapter
+    from loratune.models import load_tokenizer
+    from loratune.tasks import get_task
+
+    net = get_task(task).load_model(str(base), {"labels": labels})
+    torch.manual_seed(seed)
+    config = LoraConfig(r=r, target_modules=targets, modules_to_save=[head], init_lora_weights=False,
+                        task_type=get_task(task).peft_task_type)  # fmt: skip
+    add_lora(net, config, "default")
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "modules_to_save" in name:
+                p.normal_(0, 0.5)
+    save_adapter(net, folder)
+    load_tokenizer(str(base)).save_pretrained(folder)
+    info = {"task": task, "labels": labels, "base_model": str(base), "base_model_fingerprint": base_fingerprint(net),
+            "max_length": 32}  # fmt: skip
+    (folder / "loratune.json").write_text(json.dumps(info))
+    return folder
+
+
+def assert_close(got: dict, want: dict) -> None:
+    """Records equal, their floats within 1e-5."""
+    assert got.keys() == want.keys()
+    for key in want:
+        if isinstance(want[key], float):
+            assert got[key] == pytest.approx(want[key], abs=1e-5), key
+        elif isinstance(want[key], dict):
+            assert_close(got[key], want[key])
+        elif isinstance(want[key], list) and want[key] and isinstance(want[key][0], dict):
+            assert len(got[key]) == len(want[key])
+            for g, w in zip(got[key], want[key], strict=True):
+                assert_close(g, w)
+        else:
+            assert got[key] == want[key], key

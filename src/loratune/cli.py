@@ -1,4 +1,4 @@
-"""The ``loratune`` command: train, eval, predict, generate, merge, compare, inspect.
+"""The ``loratune`` command: train, eval, predict, generate, merge, compare, serve, inspect.
 
 User errors (``LoratuneError`` and bad flags) print one line ``error: ...`` and exit with code 2,
 no traceback.
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from loratune.errors import Interrupted, LoratuneError
+from loratune.serve.command import add_serve_options
 from loratune.train.options import add_train_options
 
 if TYPE_CHECKING:
@@ -157,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_train_options(cmp)
     _compare_options(cmp)
+    add_serve_options(sub.add_parser(
+        "serve",
+        help="serve a folder of adapters on one base model over HTTP (API, playground page, metrics)",
+        description="One base model in memory, the adapters of --adapters on it, swapped and mixed per request.",
+    ))  # fmt: skip
     _inspect_options(sub.add_parser("inspect", help="a model's linear layers and each task's default LoRA targets"))
     return parser
 
@@ -406,8 +412,14 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from loratune.serve.command import serve
+
+    return serve(args)
+
+
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "generate": cmd_generate,
-            "merge": cmd_merge, "compare": cmd_compare, "inspect": cmd_inspect}  # fmt: skip
+            "merge": cmd_merge, "compare": cmd_compare, "serve": cmd_serve, "inspect": cmd_inspect}  # fmt: skip
 
 
 class _WarningLines(logging.Handler):

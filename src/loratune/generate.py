@@ -84,12 +84,32 @@ def _eos_ids(model: nn.Module, tokenizer: Any) -> list[int]:
     return ids
 
 
-@torch.no_grad()
 def generate(
     model: nn.Module, tokenizer: Any, ids: list[int], options: GenerationOptions, *, stream: TextIO | None = None
 ) -> str:
     """The text the model adds after the prompt ``ids`` (at most ``options.max_new_tokens`` tokens, fewer when
     the model's positions run out, stopping at EOS); with ``stream``, written there token by token as well."""
+    new = generate_ids(model, tokenizer, ids, options, stream=stream)
+    return tokenizer.decode(new, skip_special_tokens=True)
+
+
+def stopped_at_eos(model: nn.Module, tokenizer: Any, new_ids: list[int]) -> bool:
+    """Whether generated ``new_ids`` ended at an end-of-sequence token (else at the token limit)."""
+    return bool(new_ids) and new_ids[-1] in _eos_ids(model, tokenizer)
+
+
+@torch.no_grad()
+def generate_ids(
+    model: nn.Module,
+    tokenizer: Any,
+    ids: list[int],
+    options: GenerationOptions,
+    *,
+    stream: TextIO | None = None,
+    stream_end: str = "\n",
+) -> list[int]:
+    """``generate``'s new token ids (its EOS token included when it stopped there); ``stream_end`` is
+    written to ``stream`` after the last token."""
     from transformers import GenerationConfig
 
     limit = positions(model)
@@ -104,7 +124,7 @@ def generate(
         pad_token_id=pad,
         **({"temperature": options.temperature, "top_p": options.top_p, "top_k": 0} if sample else {}),
     )
-    streamer = _Streamer(tokenizer, stream) if stream is not None else None
+    streamer = _Streamer(tokenizer, stream, stream_end) if stream is not None else None
     device = next(model.parameters()).device
     inputs = torch.tensor([ids], dtype=torch.long, device=device)
     was_training = model.training
@@ -116,18 +136,19 @@ def generate(
                              streamer=streamer)  # fmt: skip
     finally:
         model.train(was_training)
-    return tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
+    return out[0, len(ids) :].tolist()
 
 
 class _Streamer:
-    """transformers' ``TextStreamer`` (skip the prompt and special tokens), writing to ``out``."""
+    """transformers' ``TextStreamer`` (skip the prompt and special tokens), writing to ``out`` and ``end``
+    after the last token."""
 
-    def __new__(cls, tokenizer: Any, out: TextIO):
+    def __new__(cls, tokenizer: Any, out: TextIO, end: str = "\n"):
         from transformers import TextStreamer
 
         class Streamer(TextStreamer):
             def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-                out.write(text + ("\n" if stream_end else ""))
+                out.write(text + (end if stream_end else ""))
                 out.flush()
 
         return Streamer(tokenizer, skip_prompt=True, skip_special_tokens=True)

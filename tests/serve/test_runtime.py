@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import os
 import threading
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import ADAPTERS, TEXTS, assert_close, make_adapter
 from loratune.artifacts import base_fingerprint, load_artifact
 from loratune.errors import (
     AdapterNameError,
@@ -23,78 +23,6 @@ from loratune.lora import LoraConfig, add_lora, save_adapter
 from loratune.models import load_tokenizer
 from loratune.serve.runtime import Runtime
 from loratune.tasks import get_task
-
-TEXTS = ["the movie was great", "awful plot and dull acting", "Alice met Bob in Paris .", "a"]
-ADAPTERS = {  # name: (task, labels, r, targets)
-    "sent": ("seq-cls", ["negative", "positive"], 4, ["query", "value"]),
-    "topic": ("seq-cls", ["sport", "news", "art"], 2, ["key", "dense"]),
-    "ner": ("token-cls", ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"], 3, ["query", "value"]),
-}
-
-
-def make_adapter(
-    folder: Path,
-    base: Path,
-    task: str,
-    labels: list[str],
-    r: int,
-    targets: list[str],
-    seed: int,
-    head: str = "classifier",
-) -> Path:
-    """A random (non-zero) LoRA adapter with its head, saved as a run's ``adapter/`` folder."""
-    net = get_task(task).load_model(str(base), {"labels": labels})
-    torch.manual_seed(seed)
-    config = LoraConfig(r=r, target_modules=targets, modules_to_save=[head], init_lora_weights=False,
-                        task_type=get_task(task).peft_task_type)  # fmt: skip
-    add_lora(net, config, "default")
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if "modules_to_save" in name:
-                p.normal_(0, 0.5)
-    save_adapter(net, folder)
-    load_tokenizer(str(base)).save_pretrained(folder)
-    info = {"task": task, "labels": labels, "base_model": str(base), "base_model_fingerprint": base_fingerprint(net),
-            "max_length": 32}  # fmt: skip
-    (folder / "loratune.json").write_text(json.dumps(info))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def registry(tiny_model_dir, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("registry")
-    for seed, (name, (task, labels, r, targets)) in enumerate(ADAPTERS.items()):
-        run = root / name
-        make_adapter(run / "adapter", tiny_model_dir, task, labels, r, targets, seed)
-        (run / "summary.json").write_text(json.dumps({"metric": "accuracy", "best": {"accuracy": 0.5 + seed / 10}}))
-    return root
-
-
-@pytest.fixture(scope="module")
-def offline(registry) -> dict[str, list[dict]]:
-    """Each adapter's predictions for ``TEXTS``, loaded on its own by ``load_artifact``."""
-    out = {}
-    for name in ADAPTERS:
-        loaded = load_artifact(registry / name / "adapter")
-        task = get_task(loaded.info["task"])
-        out[name] = task.predict(loaded.model, loaded.tokenizer, TEXTS, loaded.info, max_length=32)
-    return out
-
-
-def assert_close(got: dict, want: dict) -> None:
-    """Records equal, their floats within 1e-5."""
-    assert got.keys() == want.keys()
-    for key in want:
-        if isinstance(want[key], float):
-            assert got[key] == pytest.approx(want[key], abs=1e-5), key
-        elif isinstance(want[key], dict):
-            assert_close(got[key], want[key])
-        elif isinstance(want[key], list) and want[key] and isinstance(want[key][0], dict):
-            assert len(got[key]) == len(want[key])
-            for g, w in zip(got[key], want[key], strict=True):
-                assert_close(g, w)
-        else:
-            assert got[key] == want[key], key
 
 
 def test_list_describes_every_adapter(registry):

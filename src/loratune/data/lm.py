@@ -334,6 +334,36 @@ def encode_prompt(tokenizer: Any, prompt_format: str, turns: Sequence[tuple[str,
     return list(tokenizer(text, add_special_tokens=True)["input_ids"])
 
 
+ROLES = ("system", "user", "assistant")
+
+
+def encode_messages(tokenizer: Any, prompt_format: str, messages: Sequence[dict[str, str]]) -> list[int]:
+    """Token ids of a chat (``{"role", "content"}`` dicts, OpenAI's format) that ends where the assistant's
+    next reply begins. The chat template takes the messages as they are; the other formats take
+    ``encode_prompt``'s turns, a system message put before the next user message."""
+    for i, m in enumerate(messages):
+        if m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise DataError(f"messages[{i}] needs a role ({', '.join(ROLES)}) and a string content")
+    if not messages or messages[-1]["role"] != "user":
+        raise DataError("the last message must be the user's: the reply to it is what is generated")
+    if prompt_format == CHAT_TEMPLATE:
+        text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    turns: list[tuple[str, str | None]] = []
+    system = ""
+    for m in messages:
+        if m["role"] == "system":
+            system += m["content"] + "\n\n"
+        elif m["role"] == "user":
+            turns.append((system + m["content"], None))
+            system = ""
+        elif turns and turns[-1][1] is None:
+            turns[-1] = (turns[-1][0], m["content"])
+        else:
+            raise DataError("an assistant message must follow a user message")
+    return encode_prompt(tokenizer, prompt_format, turns)
+
+
 def instruction_ids(
     tokenizer: Any, prompt_format: str, instruction: str, input: str, output: str
 ) -> tuple[list[int], list[int]]:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from loratune.artifacts import artifact_task, base_fingerprint, labels_from_weights, read_task_info
+from loratune.data.lm import encode_messages, encode_prompt
 from loratune.errors import (
     AdapterFileError,
     AdapterNameError,
@@ -39,6 +40,7 @@ from loratune.errors import (
     TargetModulesError,
     UnknownAdapterError,
 )
+from loratune.generate import GenerationOptions, generate_ids, keep_last, positions, prompt_format, stopped_at_eos
 from loratune.lora import load_adapter, read_adapter_config, read_adapter_shapes
 from loratune.lora.io import PREFIX, WEIGHTS_NAME
 from loratune.lora.layer import BASE, LoraLinear, is_conv1d
@@ -48,6 +50,17 @@ from loratune.tasks import Task
 from loratune.tasks.base import Encoded, unpad_row
 
 CONFIG = "adapter_config.json"
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A causal-lm adapter's answer: its text, the prompt and answer token counts, and why it stopped
+    (``"stop"``: an end-of-sequence token; ``"length"``: ``max_new_tokens`` or the context ran out)."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
 
 
 @dataclass
@@ -136,6 +149,12 @@ class Runtime:
         with self._lock:
             return [self._record(name) for name in self.names()]
 
+    def describe(self, name: str) -> dict[str, Any]:
+        """``list``'s record of one adapter (an unknown or unsafe name raises)."""
+        with self._lock:
+            self._entry(name)
+            return self._record(name)
+
     def _record(self, name: str) -> dict[str, Any]:
         """``list``'s record of ``name``; an unreadable adapter's names its problem (``error``)."""
         try:
@@ -219,6 +238,14 @@ class Runtime:
         """Let adapter ``name`` be evicted again."""
         with self._lock:
             self._entry(name).pinned = False
+
+    def check(self, name: object) -> str:
+        """``name``'s task, if it can be served now (else the error a request for it gets); nothing is loaded."""
+        with self._lock:
+            e = self._entry(name)  # type: ignore[arg-type]
+            if e.unavailable:
+                raise AdapterUnavailableError(f"adapter {e.name!r} was unloaded; load it again to serve it")
+            return e.task.name
 
     def loaded(self) -> list[str]:
         """Loaded adapters, least recently used first."""
@@ -396,6 +423,40 @@ class Runtime:
             for k, row in zip(index.tolist(), rows, strict=True):
                 logits[k] = unpad_row(row, batch["attention_mask"][k])
         return logits  # type: ignore[return-value]
+
+    def complete(
+        self,
+        name: str,
+        *,
+        prompt: str | None = None,
+        messages: Sequence[dict[str, str]] | None = None,
+        options: GenerationOptions | None = None,
+        raw: bool = False,
+        stream: Any = None,
+    ) -> Completion:
+        """Causal-lm adapter ``name``'s answer to ``prompt`` (formatted as its training data, unless ``raw``)
+        or to the chat ``messages``; the prompt keeps its last tokens when it and the answer exceed the
+        context. ``stream``: a text file the tokens are written to as they come."""
+        options = (options or GenerationOptions()).check()
+        with self._lock:
+            e = self._entry(name)
+            self._ensure(e, keep={name})
+            if e.task.has_labels:
+                raise LoratuneError(
+                    f"adapter {name!r} is a {e.task.name} adapter; completions need a causal-lm one (use /v1/predict)"
+                )
+            fmt = prompt_format(e.info, e.tokenizer, raw=raw)
+            if messages is not None:
+                ids = encode_messages(e.tokenizer, fmt, messages)
+            else:
+                ids = encode_prompt(e.tokenizer, fmt, [(prompt or "", None)])
+            context = positions(e.model) or 2048
+            ids = keep_last(ids, context - min(options.max_new_tokens, context // 2))
+            with mixed_adapters(self._trunk, [e.name]):
+                new = generate_ids(e.model, e.tokenizer, ids, options, stream=stream, stream_end="")
+            text = e.tokenizer.decode(new, skip_special_tokens=True)
+            reason = "stop" if stopped_at_eos(e.model, e.tokenizer, new) else "length"
+            return Completion(text, len(ids), len(new), reason)
 
     def _predict_one(self, e: _Entry, text: str, kw: dict[str, Any]) -> dict[str, Any]:
         """One record from ``e``'s model alone (its rows routed through its adapter)."""

@@ -1,0 +1,60 @@
+"""Prometheus metrics of a server (``prometheus-client``), in a registry of its own per app.
+
+- ``loratune_requests_total{route, adapter, status}``: requests, once per adapter they name;
+- ``loratune_request_seconds{route, adapter}``: their latency;
+- ``loratune_batch_items``: items per micro-batch (one shared forward per task family);
+- ``loratune_adapters_loaded``, ``loratune_adapter_evictions_total``: read from the runtime at scrape time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from loratune.serve.runtime import Runtime
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class _RuntimeCollector:
+    """The runtime's state as metrics, read when Prometheus scrapes."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Iterator[Metric]:
+        loaded = GaugeMetricFamily("loratune_adapters_loaded", "Adapters loaded on the base model now")
+        loaded.add_metric([], len(self.runtime.loaded()))
+        yield loaded
+        evictions = CounterMetricFamily("loratune_adapter_evictions", "Adapters evicted by the memory budget")
+        evictions.add_metric([], self.runtime.evictions)
+        yield evictions
+
+
+class ServerMetrics:
+    """The counters and histograms one server updates."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        disable_created_metrics()  # no *_created series: they double the output and nothing here reads them
+        self.registry = CollectorRegistry()
+        self.requests = Counter("loratune_requests", "Requests per route, adapter and status code",
+                                ["route", "adapter", "status"], registry=self.registry)  # fmt: skip
+        self.latency = Histogram("loratune_request_seconds", "Request latency per route and adapter",
+                                 ["route", "adapter"], buckets=LATENCY_BUCKETS, registry=self.registry)  # fmt: skip
+        self.batch = Histogram("loratune_batch_items", "Items per micro-batch", buckets=BATCH_BUCKETS,
+                               registry=self.registry)  # fmt: skip
+        self.registry.register(_RuntimeCollector(runtime))
+
+    def observe(self, route: str, adapters: Iterable[str], status: int, seconds: float) -> None:
+        """One request: counted and timed once per adapter it named (``-`` when none was valid)."""
+        for adapter in sorted(set(adapters)) or ["-"]:
+            self.requests.labels(route, adapter, str(status)).inc()
+            self.latency.labels(route, adapter).observe(seconds)
+
+    def exposition(self) -> bytes:
+        """The text format Prometheus scrapes."""
+        return generate_latest(self.registry)
