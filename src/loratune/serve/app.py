@@ -98,9 +98,10 @@ def create_app(runtime: Runtime, settings: ServeSettings | None = None) -> FastA
     app.state.runtime, app.state.settings, app.state.metrics = runtime, settings, metrics
     _error_handlers(app)
     _middleware(app, settings, metrics)
-    app.include_router(_open_routes(runtime, metrics))
+    app.include_router(_open_routes(runtime))
     everyone = [Depends(_require_key(settings.api_key))] if settings.api_key and settings.api_key_all else []
     admins = [Depends(_require_key(settings.api_key))] if settings.api_key else []
+    app.include_router(_metrics_route(metrics), dependencies=everyone)
     app.include_router(_predict_routes(runtime, settings), dependencies=everyone)
     app.include_router(_completion_routes(runtime, settings), dependencies=everyone)
     app.include_router(_adapter_routes(runtime, admins), dependencies=everyone)
@@ -200,7 +201,7 @@ def _middleware(app: FastAPI, settings: ServeSettings, metrics: ServerMetrics) -
 
 
 # ------------------------------------------------------------------------------------------ routes
-def _open_routes(runtime: Runtime, metrics: ServerMetrics) -> APIRouter:
+def _open_routes(runtime: Runtime) -> APIRouter:
     router = APIRouter()
 
     @router.get("/", include_in_schema=False)
@@ -211,6 +212,12 @@ def _open_routes(runtime: Runtime, metrics: ServerMetrics) -> APIRouter:
     async def health() -> dict[str, Any]:
         """Liveness: the server answers; how many adapters are loaded."""
         return {"status": "ok", "base_model": runtime.base_name, "loaded": len(runtime.loaded())}
+
+    return router
+
+
+def _metrics_route(metrics: ServerMetrics) -> APIRouter:
+    router = APIRouter()
 
     @router.get("/metrics", tags=["server"], response_class=Response)
     async def prometheus() -> Response:

@@ -1,0 +1,91 @@
+"""``loratune serve``: flag checks, --preload, and a SIGTERM that lets the requests in flight finish."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from conftest import TEXTS, assert_close, free_port
+from loratune.cli import main
+from loratune.serve.command import preload
+from loratune.serve.runtime import Runtime
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--port", "http"], "--port must be a number, got 'http'"),
+        (["--port", "70000"], "--port must be >= 0 and <= 65535"),
+        (["--max-batch", "0"], "--max-batch must be >= 1, got 0"),
+        (["--batch-window-ms", "-1"], "--batch-window-ms must be >= 0"),
+        (["--adapter-memory-mb", "nan"], "--adapter-memory-mb must be >="),
+        (["--api-key-all"], "--api-key-all needs a key: pass --api-key or set LORATUNE_API_KEY"),
+        (["--preload", "nope"], "unknown adapter 'nope'"),
+    ],
+)
+def test_bad_flags_are_one_line_errors(registry, capsys, monkeypatch, flags, words):
+    monkeypatch.delenv("LORATUNE_API_KEY", raising=False)
+    assert main(["serve", "--adapters", str(registry), *flags]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_missing_registry_is_a_one_line_error(tmp_path, capsys):
+    assert main(["serve", "--adapters", str(tmp_path / "none")]) == 2
+    assert "is not a folder; pass a folder of adapters" in capsys.readouterr().err
+
+
+def test_preload_names_makes_only_them_available(registry):
+    runtime = Runtime(registry)
+    preload(runtime, "sent, ner")
+    assert sorted(runtime.loaded()) == ["ner", "sent"]
+    assert {r["name"]: r["available"] for r in runtime.list()} == {"ner": True, "sent": True, "topic": False}
+    everything = Runtime(registry)
+    preload(everything, "all")
+    assert sorted(everything.loaded()) == ["ner", "sent", "topic"]
+
+
+def test_sigterm_lets_the_request_in_flight_finish(registry, offline):
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "loratune.cli", "serve", "--adapters", str(registry), "--port", str(port),
+           "--batch-window-ms", "1500", "--log-level", "warning"]  # fmt: skip
+    server = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(base, server)
+        answer: list[httpx.Response] = []
+        request = threading.Thread(target=lambda: answer.append(
+            httpx.post(base + "/v1/predict", json={"adapter": "sent", "texts": TEXTS[:1]}, timeout=60)))  # fmt: skip
+        request.start()
+        time.sleep(0.5)  # the request waits in the 1.5 s batch window
+        server.send_signal(signal.SIGTERM)
+        request.join(60)
+        assert server.wait(60) in (0, -signal.SIGTERM)  # uvicorn >= 0.29 re-raises the signal once drained
+    finally:
+        server.kill()
+    assert answer and answer[0].status_code == 200
+    record = answer[0].json()["predictions"][0]
+    assert record.pop("adapter") == "sent"
+    assert_close(record, offline["sent"][0])
+    out, err = server.communicate()
+    assert f"on http://127.0.0.1:{port}" in out and "Traceback" not in err
+
+
+def _wait_for(base: str, server: subprocess.Popen) -> None:
+    for _ in range(600):
+        if server.poll() is not None:
+            raise AssertionError(f"the server exited: {server.communicate()}")
+        try:
+            if httpx.get(base + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise AssertionError("the server did not start")

@@ -1,0 +1,143 @@
+"""OpenAI-compatible completions of causal-lm adapters: whole, streamed over SSE, and chat."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+import torch
+
+from conftest import serving
+from loratune.artifacts import base_fingerprint, load_artifact
+from loratune.data.lm import encode_messages, encode_prompt
+from loratune.errors import DataError
+from loratune.lora import LoraConfig, add_lora, save_adapter
+from loratune.models import load_tokenizer
+from loratune.serve.app import create_app
+from loratune.serve.runtime import Runtime
+from loratune.tasks import get_task
+
+PROMPT = "the movie was"
+
+
+@pytest.fixture(scope="module")
+def lm_registry(tiny_llama_bf16_dir, tmp_path_factory):
+    reg = tmp_path_factory.mktemp("lm-registry")
+    for seed, (name, r, targets) in enumerate([("chat", 4, ["q_proj", "v_proj"]), ("poet", 2, ["o_proj"])]):
+        net = get_task("causal-lm").load_model(str(tiny_llama_bf16_dir), {})
+        torch.manual_seed(seed)
+        add_lora(net, LoraConfig(r=r, target_modules=targets, init_lora_weights=False, task_type="CAUSAL_LM"))
+        folder = reg / name / "adapter"
+        save_adapter(net, folder)
+        load_tokenizer(str(tiny_llama_bf16_dir)).save_pretrained(folder)
+        info = {"task": "causal-lm", "labels": None, "base_model": str(tiny_llama_bf16_dir),
+                "base_model_fingerprint": base_fingerprint(net), "max_length": 32, "data_format": "text",
+                "prompt_format": "plain"}  # fmt: skip
+        (folder / "loratune.json").write_text(json.dumps(info))
+    return reg
+
+
+@pytest.fixture(scope="module")
+def url(lm_registry):
+    with serving(create_app(Runtime(lm_registry))) as base:
+        yield base
+
+
+def offline_completion(lm_registry, name: str, new_tokens: int) -> str:
+    loaded = load_artifact(lm_registry / name / "adapter")
+    task = get_task("causal-lm")
+    return task.predict(loaded.model, loaded.tokenizer, [PROMPT], loaded.info, max_new_tokens=new_tokens)[0][
+        "completion"
+    ]
+
+
+def sse_events(response: httpx.Response) -> list:
+    events = []
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            data = line.removeprefix("data: ")
+            events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+def test_a_completion_equals_the_adapter_loaded_alone(url, lm_registry):
+    for name in ("chat", "poet"):
+        answer = httpx.post(url + "/v1/completions", json={"model": name, "prompt": PROMPT, "max_tokens": 6}).json()
+        assert answer["object"] == "text_completion" and answer["model"] == name
+        choice = answer["choices"][0]
+        assert choice["text"] == offline_completion(lm_registry, name, 6)
+        assert choice["finish_reason"] in ("stop", "length")
+        usage = answer["usage"]
+        assert (
+            usage["completion_tokens"] <= 6
+            and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+        )
+        if choice["finish_reason"] == "length":
+            assert usage["completion_tokens"] == 6
+
+
+def test_a_streamed_completion_sends_the_same_text_piece_by_piece(url):
+    body = {"model": "chat", "prompt": PROMPT, "max_tokens": 8}
+    whole = httpx.post(url + "/v1/completions", json=body).json()["choices"][0]
+    with httpx.stream("POST", url + "/v1/completions", json={**body, "stream": True}, timeout=60) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(response)
+    assert events[-1] == "[DONE]"
+    last = events[-2]
+    assert last["choices"][0]["finish_reason"] == whole["finish_reason"] and last["usage"]["completion_tokens"] > 0
+    pieces = [e["choices"][0]["text"] for e in events[:-2]]
+    assert len(pieces) >= 1 and "".join(pieces) == whole["text"]
+
+
+def test_chat_completions_whole_and_streamed(url):
+    body = {"model": "poet", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 5}
+    whole = httpx.post(url + "/v1/chat/completions", json=body).json()
+    assert whole["object"] == "chat.completion"
+    message = whole["choices"][0]["message"]
+    plain = httpx.post(url + "/v1/completions", json={"model": "poet", "prompt": PROMPT, "max_tokens": 5}).json()
+    assert message == {"role": "assistant", "content": plain["choices"][0]["text"]}  # plain format: same prompt
+    with httpx.stream("POST", url + "/v1/chat/completions", json={**body, "stream": True}, timeout=60) as response:
+        events = sse_events(response)
+    assert events[0]["object"] == "chat.completion.chunk" and events[0]["choices"][0]["delta"] == {"role": "assistant"}
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events[1:-1])
+    assert text == message["content"] and events[-1] == "[DONE]"
+
+
+def test_sampling_with_a_seed_repeats(url):
+    body = {"model": "chat", "prompt": PROMPT, "max_tokens": 8, "temperature": 1.5, "seed": 3}
+    first, second = (httpx.post(url + "/v1/completions", json=body).json()["choices"][0]["text"] for _ in range(2))
+    assert first == second
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        ({"model": "chat", "prompt": "a", "max_tokens": 10_000}, 413, "max_tokens 10000 is over the limit of 512"),
+        ({"model": "chat", "prompt": "a", "n": 2}, 422, "n: Input should be 1"),
+        ({"model": "chat", "prompt": "a", "stop": ["\n"]}, 422, "stop: Input should be None"),
+        ({"model": "chat", "prompt": "a", "temperature": -1}, 422, "temperature: Input should be greater than"),
+        ({"model": "chat", "prompt": ["a", "b"]}, 422, "2 prompts; send one prompt per request"),
+        ({"model": "chat", "prompt": " "}, 422, "prompt[0] is empty"),
+    ],
+)
+def test_bad_completion_requests(url, body, status, words):
+    response = httpx.post(url + "/v1/completions", json=body)
+    assert response.status_code == status and words in response.json()["error"]["message"]
+
+
+def test_predict_serves_causal_lm_adapters_too(url, lm_registry):
+    got = httpx.post(url + "/v1/predict", json={"adapter": "chat", "texts": [PROMPT]}, timeout=60).json()
+    assert got["predictions"][0]["completion"] == offline_completion(lm_registry, "chat", 128)
+
+
+def test_messages_are_encoded_as_turns_without_a_chat_template(tiny_llama_bf16_dir):
+    tok = load_tokenizer(str(tiny_llama_bf16_dir))
+    messages = [{"role": "system", "content": "be kind"}, {"role": "user", "content": "good"},
+                {"role": "assistant", "content": "bad"}, {"role": "user", "content": "movie"}]  # fmt: skip
+    want = encode_prompt(tok, "alpaca", [("be kind\n\ngood", "bad"), ("movie", None)])
+    assert encode_messages(tok, "alpaca", messages) == want
+    with pytest.raises(DataError, match="the last message must be the user's"):
+        encode_messages(tok, "plain", messages[:3])
+    with pytest.raises(DataError, match="an assistant message must follow a user message"):
+        encode_messages(tok, "plain", [messages[2], messages[3]])
