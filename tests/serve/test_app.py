@@ -78,7 +78,7 @@ BAD = [  # (method, path, body, status, words of the message)
     ("post", "/v1/predict", {"adapter": "nope", "texts": ["a"]}, 404, "unknown adapter 'nope'; the registry"),
     ("post", "/v1/predict", [{"adapter": "sent", "text": "a"}, {"adapter": "nope", "text": "b"}], 404, "'nope'"),
     ("post", "/v1/predict", {"adapter": "../etc", "texts": ["a"]}, 400, "not a folder name in the registry"),
-    ("post", "/v1/predict", {"adapter": "__base__", "texts": ["a"]}, 404, "is not served"),
+    ("post", "/v1/predict", {"adapter": "__base__", "texts": ["a"]}, 404, "served for language models only"),
     ("post", "/v1/predict", {"adapter": "sent", "texts": []}, 422, "texts is empty"),
     ("post", "/v1/predict", {"adapter": "sent", "texts": ["a", "  "]}, 422, "texts[1] is empty"),
     ("post", "/v1/predict", {"adapter": "sent", "texts": ["a", 7]}, 422, "texts[1]: Input should be a valid string"),

@@ -12,6 +12,7 @@ from conftest import serving
 from loratune.artifacts import base_fingerprint, load_artifact
 from loratune.data.lm import encode_messages, encode_prompt
 from loratune.errors import DataError
+from loratune.generate import GenerationOptions
 from loratune.lora import LoraConfig, add_lora, save_adapter
 from loratune.models import load_tokenizer
 from loratune.serve.app import create_app
@@ -141,3 +142,18 @@ def test_messages_are_encoded_as_turns_without_a_chat_template(tiny_llama_bf16_d
         encode_messages(tok, "plain", messages[:3])
     with pytest.raises(DataError, match="an assistant message must follow a user message"):
         encode_messages(tok, "plain", [messages[2], messages[3]])
+
+
+def test_base_rows_complete_as_the_base_model_alone(lm_registry, tiny_llama_bf16_dir):
+    """``__base__`` is the base language model without an adapter, in a mixed request beside adapters."""
+    base = get_task("causal-lm").load_model(str(tiny_llama_bf16_dir), {}).eval()
+    tok = load_tokenizer(str(tiny_llama_bf16_dir))
+    want = get_task("causal-lm").predict(base, tok, [PROMPT], {"prompt_format": "plain"}, max_new_tokens=6)[0]
+    runtime = Runtime(lm_registry, max_adapters=2)
+    items = [("chat", PROMPT), ("__base__", PROMPT), ("poet", PROMPT)]
+    got = runtime.predict_mixed(items, max_new_tokens=6)
+    assert got[1] == want
+    assert got[0] == runtime.predict("chat", [PROMPT], max_new_tokens=6)[0] != want
+    assert runtime.loaded() == ["poet", "chat"] and runtime.evictions == 0  # __base__ is not an adapter
+    assert runtime.complete("__base__", prompt=PROMPT, raw=True,
+                            options=GenerationOptions(max_new_tokens=6)).text == want["completion"]  # fmt: skip

@@ -92,7 +92,7 @@ def test_unload_makes_an_adapter_unavailable_until_loaded(registry, offline):
     assert_close(rt.predict("sent", TEXTS[:1])[0], offline["sent"][0])
     with pytest.raises(UnknownAdapterError, match="unknown adapter 'nope'"):
         rt.predict("nope", TEXTS[:1])
-    with pytest.raises(UnknownAdapterError, match=r"'__base__' .* is not served"):
+    with pytest.raises(UnknownAdapterError, match=r"'__base__' .* is served for language models only"):
         rt.predict_mixed([("sent", "a"), ("__base__", "b")])
 
 

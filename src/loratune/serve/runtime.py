@@ -12,8 +12,9 @@ inputs are padded together, each adapter's head runs on its own rows of the shar
 is decoded by its task (``Task.decode``) into the record ``predict`` gives. Causal-LM items generate
 one at a time. Least-recently-used unpinned adapters are evicted past ``max_adapters`` or
 ``adapter_memory_mb`` and reloaded on demand. One re-entrant lock serialises loads, evictions and
-forwards, so a request always finishes on the adapters it started with. Rows for the base model alone
-(``__base__``) are not served: a classifier's head exists only in its adapters.
+forwards, so a request always finishes on the adapters it started with. ``__base__`` names the base
+model alone when it is a language model (its completions beside the adapters'); a classifier's head
+exists only in its adapters, so a classifier base has no ``__base__``.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from loratune.lora.io import PREFIX, WEIGHTS_NAME
 from loratune.lora.layer import BASE, LoraLinear, is_conv1d
 from loratune.lora.model import ADAPTER_NAME, adapter_configs, check_adapter_name, delete_adapter, mixed_adapters
 from loratune.models import load_pretrained_model, load_tokenizer, use_tokenizer_pad_id
-from loratune.tasks import Task
+from loratune.tasks import Task, get_task
 from loratune.tasks.base import Encoded, unpad_row
 
 CONFIG = "adapter_config.json"
@@ -157,6 +158,11 @@ class Runtime:
 
     def _record(self, name: str) -> dict[str, Any]:
         """``list``'s record of ``name``; an unreadable adapter's names its problem (``error``)."""
+        if name == BASE:
+            e = self._entries[BASE]
+            return {"name": BASE, "task": e.task.name, "labels": None, "r": None, "target_modules": None,
+                    "size_bytes": 0, "base_model": self.base_name, "metric": None, "loaded": e.model is not None,
+                    "pinned": True, "available": not e.unavailable}  # fmt: skip
         try:
             e = self._entry(name)
             config = read_adapter_config(e.folder)
@@ -185,11 +191,6 @@ class Runtime:
 
     def _safe_folder(self, name: object) -> Path:
         """The adapter folder of ``name``, a plain folder name inside the registry (else an error)."""
-        if name == BASE:
-            raise UnknownAdapterError(
-                f"{BASE!r} (the base model alone) is not served: a classifier has no head without an adapter; "
-                "name an adapter of the registry"
-            )
         if not isinstance(name, str) or not name or name.startswith(".") or "/" in name or "\\" in name:
             raise AdapterNameError(f"adapter name {name!r} is not a folder name in the registry; use e.g. 'sentiment'")
         check_adapter_name(name)
@@ -204,6 +205,8 @@ class Runtime:
 
     def _entry(self, name: str) -> _Entry:
         """The registry entry of ``name`` (read on first use)."""
+        if name == BASE and name not in self._entries:
+            self._entries[name] = self._base_entry()
         if name not in self._entries:
             folder = self._safe_folder(name)
             info = read_task_info(folder)
@@ -258,6 +261,8 @@ class Runtime:
             raise AdapterUnavailableError(f"adapter {e.name!r} was unloaded; load it again to serve it")
         if e.model is None:
             self._load_entry(e)
+        if e.name == BASE:  # the base model's output layer: not an adapter, never evicted or counted
+            return
         self._loaded[e.name] = None
         self._loaded.move_to_end(e.name)
         self._evict(keep)
@@ -283,8 +288,9 @@ class Runtime:
         """Remove ``e``'s LoRA layers from the shared trunk and drop its task model (and head)."""
         if e.model is None:
             return
-        delete_adapter(e.model, e.name)
-        adapter_configs(self._trunk).pop(e.name, None)
+        if e.name != BASE:
+            delete_adapter(e.model, e.name)
+            adapter_configs(self._trunk).pop(e.name, None)
         e.model, e.tokenizer = None, None
         self._loaded.pop(e.name, None)
 
@@ -302,18 +308,50 @@ class Runtime:
             )
         return self.base_name
 
-    def _shared_trunk(self, e: _Entry) -> nn.Module:
-        """The shared trunk, loaded on first use as the base model's ``AutoModel``."""
+    def _base_entry(self) -> _Entry:
+        """The entry of ``__base__``: the base model alone, served when it is a language model (a classifier
+        has no head without an adapter)."""
+        names = self.names()
+        if self.base_name is None and names:
+            self._base_for(self._entry(names[0]))
+        if self.base_name is None:
+            raise UnknownAdapterError(f"{BASE!r} needs the base model's name: pass model=NAME (serve --model)")
+        lm = any(self._task_name(n) == "causal-lm" for n in names)
+        if not lm:
+            config = self._shared_trunk(None).config
+            lm = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in getattr(config, "architectures", None) or [])
+        if not lm:
+            raise UnknownAdapterError(
+                f"{BASE!r} (the base model alone) is served for language models only: a classifier has no head "
+                "without an adapter; name an adapter of the registry"
+            )
+        info = {"task": "causal-lm", "labels": None, "base_model": self.base_name}
+        return _Entry(BASE, self.registry, info, get_task("causal-lm"), 0, pinned=True)
+
+    def _task_name(self, name: str) -> str | None:
+        """The task of registry adapter ``name``; None when it cannot be read."""
+        try:
+            return self._entry(name).task.name
+        except LoratuneError:
+            return None
+
+    def _shared_trunk(self, e: _Entry | None) -> nn.Module:
+        """The shared trunk, loaded on first use as the base model's ``AutoModel`` (``e``: an entry whose
+        base model it is, or None once the base model is known)."""
         if self._trunk is None:
-            trunk = load_pretrained_model("AutoModel", self._base_for(e))
+            trunk = load_pretrained_model("AutoModel", self._base_for(e) if e is not None else self.base_name)
             trunk.eval().requires_grad_(False).to(self.device)
             self._trunk, self._fingerprint = trunk, base_fingerprint(trunk)
         return self._trunk
 
     def _load_entry(self, e: _Entry) -> None:
         """Build ``e``'s task model on the shared trunk and inject its adapter, after the checks."""
-        base = self._base_for(e)
+        base = self._base_for(e) if e.name != BASE else self.base_name
         trunk = self._shared_trunk(e)
+        if e.name == BASE:  # no adapter: the base model's own output layer on the shared trunk
+            e.model, e.tokenizer = self._task_model(e, base, trunk), load_tokenizer(base)
+            use_tokenizer_pad_id(e.model, e.tokenizer)
+            return
         self._check_fits(e, trunk)
         tokenizer = _tokenizer(e.folder, base)  # before the trunk changes: nothing fails after that
         net = self._task_model(e, base, trunk)
