@@ -142,6 +142,9 @@ def test_folder_with_conll2003_names(tmp_path) -> None:
     assert (len(data.train), len(data.val), len(data.eval)) == (10, 3, 4)
     assert data.source.endswith("(eng.train + eng.testb + eng.testa)")
     assert data.labels == ["O", "B-LOC", "B-PER"]
+    held = load_tagging(str(tmp_path), seed=0, val_size=2)  # validation out of train: testa is not read
+    assert (len(held.train), len(held.val), len(held.eval)) == (8, 2, 4)
+    assert held.source.endswith("(eng.train + eng.testb)") and "held out of the train split" in held.selection
 
 
 def test_train_and_eval_files_hold_out_validation_like_seq_cls(tmp_path) -> None:

@@ -128,6 +128,8 @@ def load_tagging(
     check_encoding(encoding)
     columns = (text_column, label_column)
     train, ev, val, source = _load_splits(dataset, train_file, eval_file, columns, encoding, dataset_revision)
+    if val is not None and val_size is not None:  # --val-size holds validation out of train instead
+        source, val = source.replace(f" + {val.name}", ""), None
     return _finish(
         train,
         ev,
