@@ -26,7 +26,7 @@ function el(tag, attrs = {}, ...children) {
     if (name === "class") node.className = value;
     else node.setAttribute(name, value === true ? "" : String(value));
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child !== null && child !== undefined) node.append(child instanceof Node ? child : String(child));
   }
   return node;
@@ -124,7 +124,8 @@ async function loadHealth() {
   try {
     const health = await getJson("/health");
     const base = String(health.base_model || "not loaded yet").split("/").pop();
-    $("server").textContent = `base model: ${base} · ${health.loaded} adapter(s) loaded`;
+    const loaded = `${health.loaded} adapter${health.loaded === 1 ? "" : "s"} loaded`;
+    $("server").textContent = `base model: ${base} · ${loaded}`;
   } catch (err) {
     $("server").textContent = "server unreachable";
   }
@@ -188,9 +189,28 @@ function metricText(metric) {
 }
 
 function stateChip(a) {
-  if (a.available === false) return el("span", { class: "chip warn", "data-field": "state" }, "unloaded");
+  if (a.available === false) {
+    return [el("span", { class: "chip warn", "data-field": "state" }, "unloaded"), loadButton(a.name)];
+  }
   const text = a.pinned ? "pinned" : a.loaded ? "loaded" : "not loaded";
   return el("span", { class: `chip state ${a.loaded ? "on" : ""}`, "data-field": "state" }, text);
+}
+
+/** A button that loads an unloaded adapter again (POST /v1/adapters/NAME; it needs the key when one is set). */
+function loadButton(name) {
+  const button = el("button", { type: "button", class: "chip-button", "data-load": name }, "Load");
+  button.setAttribute("aria-label", `Load adapter ${name}`);
+  button.addEventListener("click", async (event) => {
+    event.preventDefault(); // inside the row's label: do not pick the adapter too
+    clearError();
+    try {
+      await request(`/v1/adapters/${encodeURIComponent(name)}`, { method: "POST" });
+      await loadAdapters();
+    } catch (err) {
+      showError(err.message);
+    }
+  });
+  return button;
 }
 
 function onAdapterPicked(name, checked) {
@@ -308,7 +328,8 @@ function entityTable(entities, colours) {
     el("td", {}, e.text),
     el("td", { class: "num" }, `${e.start}–${e.end}`),
     el("td", { class: "num" }, formatNumber(e.confidence, 2))));
-  const head = el("tr", {}, ["Type", "Text", "Span", "Score"].map((h, i) => el("th", { scope: "col", class: i > 1 && "num" }, h)));
+  const titles = ["Type", "Text", "Span", "Score"];
+  const head = el("tr", {}, titles.map((t, i) => el("th", { scope: "col", class: i > 1 && "num" }, t)));
   return el("div", { class: "table-wrap" },
     el("table", { class: "entities" }, el("thead", {}, head), el("tbody", {}, rows)));
 }
