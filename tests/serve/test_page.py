@@ -48,7 +48,7 @@ def need_browser() -> None:
     if not CHROMIUM.is_file():
         missing.append(f"{CHROMIUM} (Debian's chromium package)")
     if missing:
-        reason = f"no browser test: missing {' and '.join(missing)}; `make test-browser` installs them"
+        reason = f"no browser test: missing {' and '.join(missing)}; `make test-browser` installs what is missing"
         if os.environ.get("LORATUNE_REQUIRE_BROWSER") == "1":
             pytest.fail(reason)
         pytest.skip(reason)
@@ -151,6 +151,7 @@ def shoot(tmp_path_factory) -> Callable[[Any, str], Path]:
 # ------------------------------------------------------------------------------------ page helpers
 def open_page(page: Any, url: str) -> None:
     page.goto(url + "/")
+    assert page.locator("#adapters").count() == 1, "GET / is not the playground page"  # fail now, not at a timeout
     page.locator(".adapter").first.wait_for()
 
 
