@@ -1,12 +1,13 @@
 # Fresh machine -> working .venv:   make setup
 # Test suite:                       make test
 # Test suite at the declared floors: make test-oldest   (its own .venv-oldest, built from scratch)
+# The playground page in a browser: make test-browser   (installs chromium and playwright if missing)
 PY ?= python3
 VENV := .venv
 PIP := $(VENV)/bin/pip -q --disable-pip-version-check
 CONSTRAINTS := constraints.txt
 
-.PHONY: setup test test-oldest lint fmt bench bench-quick clean
+.PHONY: setup test test-oldest test-browser lint fmt bench bench-quick clean
 
 setup: $(VENV)/.installed
 
@@ -22,6 +23,17 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 test: setup
 	HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(VENV)/bin/pytest -q
+
+# The playground page (tests/serve/test_page.py) in headless Chromium driven by Playwright. Debian's
+# chromium package is the browser (Playwright's own download cannot work offline); installing it needs
+# root. LORATUNE_REQUIRE_BROWSER=1 turns the tests' skip (no playwright or no chromium) into a failure.
+CHROMIUM ?= /usr/bin/chromium
+
+test-browser: setup
+	test -x $(CHROMIUM) || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+	$(PIP) install -c $(CONSTRAINTS) playwright
+	LORATUNE_REQUIRE_BROWSER=1 LORATUNE_CHROMIUM=$(CHROMIUM) HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
+		$(VENV)/bin/pytest -q -m browser tests/serve/test_page.py
 
 # The lowest versions pyproject.toml allows (constraints-oldest.txt), in a second venv that is
 # rebuilt from nothing whenever the pins or pyproject.toml change, then the same pytest command,
