@@ -190,3 +190,15 @@ def test_an_adapter_on_a_half_precision_layer_is_fp32_and_runs_without_autocast(
     if grad:
         y.float().sum().backward()
         assert layer.lora_A["a"].weight.grad.dtype == torch.float32 and x.grad.dtype == dtype
+
+
+def test_mixed_rows_of_adapters_that_skip_a_layer_get_its_base_output_exactly():
+    layer = _layer(r=4).eval()
+    x = torch.randn(3, 2, 16)
+    base = layer.base_layer(x)
+    layer.mixed = MixedRouting(ids=torch.tensor([0, -1, 0]), names=["elsewhere"])  # adapts other layers only
+    assert torch.equal(layer(x), base)
+    layer.mixed = MixedRouting(ids=torch.tensor([0, 0, 0]), names=["a"])  # one adapter for the whole batch
+    one = layer(x)
+    layer.mixed, layer.active_adapter = None, "a"
+    torch.testing.assert_close(one, layer(x))

@@ -81,3 +81,10 @@ def test_close_finishes_what_was_queued():
     closer.join(10)
     assert not closer.is_alive()
     assert blocker.result(0) == ["a:x"] and [f.result(0) for f in queued] == [["a:0"], ["a:1"], ["a:2"]]
+
+
+def test_a_lone_request_runs_without_waiting_the_window():
+    batcher = MicroBatcher(lambda items: [text for _, text in items], window_ms=60_000)
+    for i in range(3):  # one at a time: nothing to wait for (a 60 s window would time the result out)
+        assert batcher.submit([("a", str(i))]).result(timeout=30) == [str(i)]
+    batcher.close(10)

@@ -52,11 +52,22 @@ def test_preload_names_makes_only_them_available(registry):
     assert sorted(everything.loaded()) == ["ner", "sent", "topic"]
 
 
+SLOW_SERVE = """
+import sys, time
+from loratune.cli import main
+from loratune.serve.runtime import Runtime
+predict = Runtime.predict_mixed
+Runtime.predict_mixed = lambda self, items, **kw: (time.sleep(1.5), predict(self, items, **kw))[1]
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_sigterm_lets_the_request_in_flight_finish(registry, offline):
+    """``loratune serve`` whose predictions take 1.5 s more: a SIGTERM during one still answers it."""
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "loratune.cli", "serve", "--adapters", str(registry), "--port", str(port),
-           "--batch-window-ms", "1500", "--log-level", "warning"]  # fmt: skip
+    cmd = [sys.executable, "-c", SLOW_SERVE, "serve", "--adapters", str(registry), "--port", str(port),
+           "--log-level", "warning"]  # fmt: skip
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -65,7 +76,7 @@ def test_sigterm_lets_the_request_in_flight_finish(registry, offline):
         request = threading.Thread(target=lambda: answer.append(
             httpx.post(base + "/v1/predict", json={"adapter": "sent", "texts": TEXTS[:1]}, timeout=60)))  # fmt: skip
         request.start()
-        time.sleep(0.5)  # the request waits in the 1.5 s batch window
+        time.sleep(0.5)  # the request is in its 1.5 s prediction
         server.send_signal(signal.SIGTERM)
         request.join(60)
         assert server.wait(60) in (0, -signal.SIGTERM)  # uvicorn >= 0.29 re-raises the signal once drained

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,16 @@ class MixedRouting:
 
     ids: torch.Tensor
     names: list[str]
+    _groups: dict[torch.device, list[torch.Tensor | None]] = field(default_factory=dict, repr=False)
+
+    def groups(self, device: torch.device) -> list[torch.Tensor | None]:
+        """Per name, the indices of its examples on ``device`` (None when all are), computed once per
+        batch: every adapted layer of the forward reuses them."""
+        if device not in self._groups:
+            ids = self.ids.to(device)
+            rows = [(ids == i).nonzero().squeeze(1) for i in range(len(self.names))]
+            self._groups[device] = [None if len(r) == len(ids) else r for r in rows]
+        return self._groups[device]
 
 
 _CASTS = LastConversion()  # the most recent autocast copy of a layer input, see _shared_cast
@@ -252,7 +262,8 @@ class LoraLinear(nn.Module):
             return self.base_layer(x)
         if self.mixed is not None:
             result = self.base_layer(x)
-            return result + self._mixed_delta(x, self.mixed).to(result.dtype)
+            delta = self._mixed_delta(x, self.mixed)
+            return result if delta is None else result + delta.to(result.dtype)
         name = self.active_adapter
         if name is None or name in self.merged_adapters or name not in self.lora_A:
             return self.base_layer(x)
@@ -291,34 +302,27 @@ class LoraLinear(nn.Module):
         ok = {torch.float32, dtype} if autocast else {dtype}
         return x.dtype in ok and all(t.dtype in ok for t in params)
 
-    def _mixed_delta(self, x: torch.Tensor, routing: MixedRouting) -> torch.Tensor:
-        """All adapters of a mixed batch in two batched matmuls (no loop over examples).
-
-        The adapters' A and B are stacked, zero-padded to the largest rank, with the scaling folded
-        into B; row 0 is all zeros, for examples routed to the base model. Each example gathers its
-        own A and B, then ``torch.bmm`` applies them.
-        """
+    def _mixed_delta(self, x: torch.Tensor, routing: MixedRouting) -> torch.Tensor | None:
+        """The LoRA term of a mixed batch, grouped per adapter: each adapter's ``B A x`` on its own rows
+        (its own rank; no loop over examples). None when no example's adapter adapts this layer, so
+        those examples pay nothing for it."""
         batch = routing.ids.shape[0]
         if x.shape[0] != batch:
             raise ValueError(f"mixed batch: {batch} adapter names for a batch of {x.shape[0]} examples")
-        names = [n if n in self.lora_A else None for n in routing.names]
-        ranks = [self.lora_A[n].weight.shape[0] for n in names if n is not None]
         dtype = _autocast_dtype(x.device.type) or x.dtype
-        if not ranks:
-            return x.new_zeros((*x.shape[:-1], self.out_features), dtype=dtype)
-        r_max = max(ranks)
-        stack_a = x.new_zeros((len(names) + 1, r_max, self.in_features), dtype=dtype)
-        stack_b = x.new_zeros((len(names) + 1, self.out_features, r_max), dtype=dtype)
-        for i, n in enumerate(names, start=1):
-            if n is not None:
-                r = self.lora_A[n].weight.shape[0]
-                stack_a[i, :r] = self.lora_A[n].weight.to(dtype)
-                stack_b[i, :, :r] = self.lora_B[n].weight.to(dtype) * self.scaling[n]
-        sel = routing.ids.to(x.device) + 1
-        x3 = x.to(dtype).reshape(batch, -1, self.in_features)
-        h = torch.bmm(x3, stack_a[sel].transpose(1, 2))
-        out = torch.bmm(h, stack_b[sel].transpose(1, 2))
-        return out.reshape(*x.shape[:-1], self.out_features)
+        out = None
+        for name, rows in zip(routing.names, routing.groups(x.device), strict=True):
+            if name not in self.lora_A or (rows is not None and len(rows) == 0):
+                continue
+            xs = (x if rows is None else x.index_select(0, rows)).to(dtype)
+            a, b = self.lora_A[name].weight.to(dtype), self.lora_B[name].weight.to(dtype)
+            delta = F.linear(F.linear(xs, a), b) * self.scaling[name]
+            if rows is None:
+                return delta
+            if out is None:
+                out = x.new_zeros((*x.shape[:-1], self.out_features), dtype=dtype)
+            out.index_copy_(0, rows, delta)
+        return out
 
     def extra_repr(self) -> str:
         ranks = {n: m.weight.shape[0] for n, m in self.lora_A.items()}

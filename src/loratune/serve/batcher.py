@@ -2,7 +2,9 @@
 
 One worker thread takes the first waiting request, then keeps taking requests for up to ``window_ms``
 milliseconds, or until the batch holds ``max_batch`` items, and runs them all as one call of ``run``
-(``Runtime.predict_mixed``). Each request gets its own slice of the results through a
+(``Runtime.predict_mixed``). The window is for concurrent traffic: when the previous batch held one
+request and no other is waiting, a request runs at once, so a lone client never waits for company
+that is not coming. Each request gets its own slice of the results through a
 ``concurrent.futures.Future``. When a batch fails, its requests run again one by one, so a bad request
 fails alone and never takes its neighbours down with it.
 """
@@ -49,6 +51,7 @@ class MicroBatcher:
         self.max_batch = max(1, max_batch)
         self.on_batch = on_batch
         self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._concurrent = False  # whether the last batch held several requests
         self._thread = threading.Thread(target=self._work, name="loratune-batcher", daemon=True)
         self._thread.start()
 
@@ -79,7 +82,8 @@ class MicroBatcher:
         """``first`` and the requests that join it within the window: (jobs, stop after them, the next
         batch's first job when one did not fit)."""
         jobs, size = [first], len(first.items)
-        deadline = time.monotonic() + self.window
+        wait = self.window if self._concurrent or not self._queue.empty() else 0.0
+        deadline = time.monotonic() + wait
         while size < self.max_batch:
             try:
                 job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
@@ -96,6 +100,7 @@ class MicroBatcher:
     def _run(self, jobs: list[_Job]) -> None:
         """One call for all ``jobs``; on failure, each job alone (so only the bad ones fail)."""
         items = [item for job in jobs for item in job.items]
+        self._concurrent = len(jobs) > 1
         try:
             results = list(self.run(items))
         except BaseException as err:  # handed to the waiting request

@@ -33,7 +33,8 @@ HELP = {
     "port": "the TCP port (default 8000; 0 picks a free one)",
     "max_adapters": "at most N adapters loaded; least recently used ones are evicted (default: no limit)",
     "adapter_memory_mb": "at most this many MB of adapter weights loaded (default: no limit)",
-    "batch_window_ms": "how long a request waits for others to share its forward (default 5)",
+    "batch_window_ms": "while requests arrive concurrently, how long one waits for others to share its forward "
+    "(default 5; a lone request runs at once)",
     "max_batch": "at most N texts per shared forward (default 64)",
     "max_texts": "at most N texts per request; more get 413 (default 64)",
     "max_text_chars": "at most N characters per text or prompt; longer get 413 (default 10000)",
