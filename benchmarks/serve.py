@@ -263,10 +263,11 @@ def naive_app(kind: str, registry: Path, base: str) -> Any:
     return app
 
 
-def serve_child(kind: str, registry: Path, base: str, port: int, window: float) -> None:
-    """The ``--child`` mode: one server on 127.0.0.1:``port`` until killed."""
+def serve_child(kind: str, registry: Path, base: str, port: int, window: float, threads: int) -> None:
+    """The ``--child`` mode: one server on 127.0.0.1:``port`` until killed, its forwards on ``threads`` threads."""
     import uvicorn
 
+    torch.set_num_threads(threads)
     if kind == "loratune":
         from loratune.serve.app import ServeSettings, create_app
 
@@ -282,10 +283,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(kind: str, registry: Path, base: str, window: float, log: Path) -> tuple[subprocess.Popen, str]:
+def start_server(
+    kind: str, registry: Path, base: str, window: float, threads: int, log: Path
+) -> tuple[subprocess.Popen, str]:
     """A server process (this script's ``--child`` mode) and its URL."""
     port = free_port()
-    cmd = [sys.executable, __file__, "--child", kind, str(registry), base, str(port), str(window)]
+    cmd = [sys.executable, __file__, "--child", kind, str(registry), base, str(port), str(window), str(threads)]
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT), f"http://127.0.0.1:{port}"
 
 
@@ -346,7 +349,7 @@ def bench_server(registry: Path, base: str, texts: list[str], args: argparse.Nam
     procs, logs = {}, {label: tmp / f"{kind}-{window:g}.log" for label, (kind, window) in servers.items()}
     try:
         for label, (kind, window) in servers.items():
-            procs[label] = start_server(kind, registry, base, window, logs[label])
+            procs[label] = start_server(kind, registry, base, window, args.server_threads, logs[label])
         for label, (proc, url) in procs.items():
             wait_ready(proc, url, label, logs[label])
         names, rng = sorted(p.name for p in registry.iterdir()), random.Random(1)
@@ -485,7 +488,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sections", default="mixed,server,load,merged", help="comma-separated (default: all four)")
     ap.add_argument("--repeats", type=int, default=15, help="timed rounds per case (default 15)")
     ap.add_argument("--requests", type=int, default=300, help="requests per server and client count (default 300)")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds the requests are split into")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds the requests are split into (default 5)")
+    ap.add_argument("--server-threads", type=int, default=1,
+                    help="torch threads of each server (default 1: the client needs a core too)")  # fmt: skip
     ap.add_argument("--clients", default="1,8,64", help="concurrent client counts (default 1,8,64)")
     ap.add_argument("--windows", default="5,0", help="loratune --batch-window-ms values (default 5,0)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads in this process (default: torch's)")
@@ -527,16 +532,17 @@ def run_sections(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        kind, registry, base, port, window = sys.argv[2:7]
-        serve_child(kind, Path(registry), base, int(port), float(window))
+        kind, registry, base, port, window, threads = sys.argv[2:8]
+        serve_child(kind, Path(registry), base, int(port), float(window), int(threads))
         return 0
     args = parse(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     command = shlex.join([Path(sys.executable).name, *sys.argv])
     with tempfile.TemporaryDirectory(prefix="loratune-serve-bench-") as tmp:
+        settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
         res = {"machine": machine_info(), "command": command, "precision": "fp32", "model": "all-MiniLM-L6-v2",
-               **run_sections(args, Path(tmp))}  # fmt: skip
+               "settings": settings, **run_sections(args, Path(tmp))}  # fmt: skip
     print(f"{res['machine']}\ncommand: {command}\nload average: {res['load_average']}")
     print(f"others' CPU share: {res['others_cpu_share']}; section seconds: {res['section_s']}\n")
     print(report(res))
