@@ -66,6 +66,21 @@ def test_adapters_share_one_trunk(registry):
     assert trunks == {id(rt._trunk)}
     query = rt._trunk.encoder.layer[0].attention.self.query
     assert set(query.lora_A) == {"sent", "ner"}
+    assert len({id(rt._entry(n).tokenizer) for n in ADAPTERS}) == 1  # the same tokenizer files: loaded once
+
+
+def test_adapters_with_their_own_tokenizer_keep_it(registry, tmp_path):
+    import shutil
+
+    reg = tmp_path / "reg"
+    for name in ("sent", "topic"):
+        shutil.copytree(registry / name, reg / name)
+    config = reg / "topic" / "adapter" / "tokenizer_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "model_max_length": 17}))
+    rt = Runtime(reg)
+    rt.load("sent")
+    rt.load("topic")
+    assert rt._entry("topic").tokenizer.model_max_length == 17 != rt._entry("sent").tokenizer.model_max_length
 
 
 @pytest.mark.parametrize(("batch_size", "forwards"), [(32, [4, 8]), (3, [1, 2, 3, 3, 3])])

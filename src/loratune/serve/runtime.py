@@ -19,6 +19,7 @@ exists only in its adapters, so a classifier base has no ``__base__``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections import OrderedDict
@@ -133,6 +134,7 @@ class Runtime:
         self._entries: dict[str, _Entry] = {}
         self._loaded: OrderedDict[str, None] = OrderedDict()  # least recently used first
         self._trunk: nn.Module | None = None
+        self._tokenizers: dict[str, Any] = {}  # loaded tokenizers by the digest of their files
         self._fingerprint: str | None = None
 
     # ------------------------------------------------------------------ registry
@@ -353,7 +355,7 @@ class Runtime:
             use_tokenizer_pad_id(e.model, e.tokenizer)
             return
         self._check_fits(e, trunk)
-        tokenizer = _tokenizer(e.folder, base)  # before the trunk changes: nothing fails after that
+        tokenizer = _tokenizer(e.folder, base, self._tokenizers)  # before the trunk changes: nothing fails after that
         net = self._task_model(e, base, trunk)
         use_tokenizer_pad_id(net, tokenizer)
         load_adapter(net, e.folder, adapter_name=e.name)
@@ -601,9 +603,33 @@ def _features(module: nn.Module) -> tuple[int, int]:
     return (w.shape[0], w.shape[1]) if is_conv1d(module) else (w.shape[1], w.shape[0])
 
 
-def _tokenizer(folder: Path, base: str) -> Any:
-    """The adapter's saved tokenizer, else the base model's."""
-    return load_tokenizer(str(folder) if (folder / "tokenizer_config.json").is_file() else base)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "added_tokens.json",
+    "chat_template.jinja",
+)
+
+
+def _tokenizer(folder: Path, base: str, cache: dict[str, Any]) -> Any:
+    """The adapter's saved tokenizer, else the base model's; adapters whose tokenizer files are the same
+    bytes share one loaded tokenizer (``cache``, keyed by their digest), as every run saves its copy."""
+    if not (folder / "tokenizer_config.json").is_file():
+        key, source = f"base:{base}", base
+    else:
+        digest = hashlib.sha256()
+        for name in TOKENIZER_FILES:
+            path = folder / name
+            digest.update(name.encode() + (path.read_bytes() if path.is_file() else b"\0absent"))
+        key, source = digest.hexdigest(), str(folder)
+    if key not in cache:
+        cache[key] = load_tokenizer(source)
+    return cache[key]
 
 
 def _summary_metric(folder: Path) -> dict[str, Any] | None:
