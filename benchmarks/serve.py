@@ -199,6 +199,9 @@ def runtime_cases(rt: Any, texts: list[str], tag: str) -> dict[str, Callable[[],
         f"{tag} mixed x4": lambda: rt.predict_mixed(mixed),
         f"{tag} 4 calls": lambda: [rt.predict(n, texts[i :: len(names)]) for i, n in enumerate(names)],
     }
+    for n in names[1:] if names[0] == seq[0] else names:  # every adapter's own batch ("single" is seq[0]'s)
+        if n != seq[0]:
+            cases[f"{tag} single {n}"] = lambda n=n: rt.predict(n, texts)
     if len(seq) < len(names):
         one_family = [(seq[i % len(seq)], t) for i, t in enumerate(texts)]
         cases[f"{tag} mixed x3 seq-cls"] = lambda: rt.predict_mixed(one_family)
@@ -213,11 +216,20 @@ def bench_mixed(hetero: Path, same: Path, base: str, texts: list[str], repeats: 
     cases = {**runtime_cases(rt, texts, "loratune"), **runtime_cases(rts, texts, "loratune 2-label")}
     cases.update(peft_cases(pm, AutoTokenizer.from_pretrained(base), texts, rts.names()))
     st = stats(interleaved(cases, repeats, warmup))
+    for tag, reg in (("loratune", rt), ("loratune 2-label", rts)):  # the batch of a mixed batch's average adapter
+        seq0 = next(n for n in reg.names() if reg.describe(n)["task"] == "seq-cls")
+        singles = [st[f"{tag} single"]] + [st[f"{tag} single {n}"] for n in reg.names() if n != seq0]
+        st[f"{tag} single, mean of the 4"] = {s: round(sum(x[s] for x in singles) / 4, 2) for s in ("median", "min")}
     pairs = {
         "loratune mixed x4 / single": ("loratune mixed x4", "loratune single"),
         "loratune mixed x3 seq-cls / single": ("loratune mixed x3 seq-cls", "loratune single"),
         "loratune 4 calls / single": ("loratune 4 calls", "loratune single"),
         "loratune 2-label mixed / single": ("loratune 2-label mixed x4", "loratune 2-label single"),
+        "loratune mixed x4 / single, mean of the 4": ("loratune mixed x4", "loratune single, mean of the 4"),
+        "loratune 2-label mixed / single, mean of the 4": (
+            "loratune 2-label mixed x4",
+            "loratune 2-label single, mean of the 4",
+        ),
         "peft mixed / single": ("peft mixed", "peft single"),
         "peft set_adapter x4 / single": ("peft set_adapter x4", "peft single"),
         "loratune 2-label mixed / peft mixed": ("loratune 2-label mixed x4", "peft mixed"),
