@@ -110,7 +110,7 @@ def test_conv1d_fan_in_fan_out():
     torch.testing.assert_close(conv(x), before, rtol=1e-4, atol=1e-5)
 
 
-def test_mixed_delta_with_different_ranks_equals_per_example():
+def test_mixed_batch_with_different_ranks_equals_per_example():
     layer = _layer(r=4)
     layer.add_adapter("b", r=2, scaling=0.5)
     nn.init.normal_(layer.lora_B["b"].weight)

@@ -261,9 +261,7 @@ class LoraLinear(nn.Module):
         if self.disabled:
             return self.base_layer(x)
         if self.mixed is not None:
-            result = self.base_layer(x)
-            delta = self._mixed_delta(x, self.mixed)
-            return result if delta is None else result + delta.to(result.dtype)
+            return self._mixed_forward(x, self.mixed)
         name = self.active_adapter
         if name is None or name in self.merged_adapters or name not in self.lora_A:
             return self.base_layer(x)
@@ -302,27 +300,25 @@ class LoraLinear(nn.Module):
         ok = {torch.float32, dtype} if autocast else {dtype}
         return x.dtype in ok and all(t.dtype in ok for t in params)
 
-    def _mixed_delta(self, x: torch.Tensor, routing: MixedRouting) -> torch.Tensor | None:
-        """The LoRA term of a mixed batch, grouped per adapter: each adapter's ``B A x`` on its own rows
-        (its own rank; no loop over examples). None when no example's adapter adapts this layer, so
-        those examples pay nothing for it."""
+    def _mixed_forward(self, x: torch.Tensor, routing: MixedRouting) -> torch.Tensor:
+        """The base output plus, grouped per adapter, each adapter's ``B A x`` added to its own rows only
+        (at its own rank; no loop over examples). Rows whose adapter does not adapt this layer, or that
+        go to the base model, get the base output and cost nothing more."""
         batch = routing.ids.shape[0]
         if x.shape[0] != batch:
             raise ValueError(f"mixed batch: {batch} adapter names for a batch of {x.shape[0]} examples")
+        result = self.base_layer(x)
         dtype = _autocast_dtype(x.device.type) or x.dtype
-        out = None
         for name, rows in zip(routing.names, routing.groups(x.device), strict=True):
             if name not in self.lora_A or (rows is not None and len(rows) == 0):
                 continue
             xs = (x if rows is None else x.index_select(0, rows)).to(dtype)
             a, b = self.lora_A[name].weight.to(dtype), self.lora_B[name].weight.to(dtype)
-            delta = F.linear(F.linear(xs, a), b) * self.scaling[name]
-            if rows is None:
-                return delta
-            if out is None:
-                out = x.new_zeros((*x.shape[:-1], self.out_features), dtype=dtype)
-            out.index_copy_(0, rows, delta)
-        return out
+            delta = (F.linear(F.linear(xs, a), b) * self.scaling[name]).to(result.dtype)
+            if rows is None:  # one adapter for the whole batch
+                return result + delta
+            result.index_add_(0, rows, delta)
+        return result
 
     def extra_repr(self) -> str:
         ranks = {n: m.weight.shape[0] for n, m in self.lora_A.items()}
