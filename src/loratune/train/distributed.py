@@ -19,6 +19,7 @@ doing nothing.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import sys
 from collections.abc import Iterator
@@ -37,6 +38,12 @@ from loratune.errors import LoratuneError, PeerLost
 from loratune.tasks.base import Metrics
 
 ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+# No buffer broadcast before each forward: by its newer name where torch has it (2.13 deprecates the old one).
+_NO_FORWARD_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+    else {"broadcast_buffers": False}
+)
 
 
 @dataclass(frozen=True)
@@ -164,7 +171,7 @@ class DataParallel(Parallel):
         broadcast. Buffers are not re-broadcast each forward (LoRA models have no running statistics)."""
         self.trainable_bytes = trainable_grad_bytes(model)
         ids = [self.device.index] if self.device.type == "cuda" else None
-        ddp = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        ddp = DistributedDataParallel(model, device_ids=ids, **_NO_FORWARD_BUFFER_SYNC)
         ddp.register_comm_hook(self.counter, _counting_allreduce)
         return ddp
 
