@@ -6,6 +6,7 @@ one thread per process; the units check the samplers and the sharded evaluation'
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -300,3 +301,31 @@ def test_a_process_restarted_by_torchrun_continues_its_run(tmp_path, monkeypatch
     (step / "trainer_state.json").write_text("{}")
     again = restarted(cfg)
     assert again.resume and not again.overwrite
+
+
+@pytest.mark.parametrize(
+    ("message", "gist"),
+    [
+        ("[/x/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 3000ms for recv operation to complete",
+         "Timed out waiting 3000ms for recv operation to complete"),
+        ("Got the following error when running the callback: RuntimeError: [/x/gloo/transport/tcp/pair.cc:537] "
+         "Read error [127.0.0.1]:1: Connection reset by peer.", "Read error [127.0.0.1]:1: Connection reset by peer."),
+    ],
+)  # fmt: skip
+def test_a_collective_failure_is_one_line_naming_the_rank(message, gist, monkeypatch):
+    from loratune.errors import PeerLost
+    from loratune.train import distributed
+
+    calls = []
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda *a, **kw: calls.append(kw["timeout"]))
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: calls.append("destroyed"))
+    for name, value in (("RANK", "1"), ("LOCAL_RANK", "1"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "x"),
+                        ("MASTER_PORT", "1")):  # fmt: skip
+        monkeypatch.setenv(name, value)
+    with pytest.raises(PeerLost) as err, distributed.session(torch.device("cpu"), 45) as parallel:
+        assert (parallel.rank, parallel.world_size, parallel.backend) == (1, 2, "gloo")
+        raise RuntimeError(message)
+    assert str(err.value).startswith(f"rank 1 of 2 lost the other processes ({gist})") and err.value.exit_code == 1
+    assert calls == [datetime.timedelta(seconds=45), "destroyed"]
+    with pytest.raises(ValueError, match="a bug"), distributed.session(torch.device("cpu"), 45):
+        raise ValueError("a bug")  # anything else passes through as it is

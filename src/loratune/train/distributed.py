@@ -270,7 +270,8 @@ def session(device: torch.device, timeout_s: float) -> Iterator[Parallel]:
 
 def _lost_peer(err: BaseException) -> bool:
     """Whether ``err`` is a collective's failure: a peer's connection closed, or the timeout passed."""
-    marks = ("gloo/transport", "Connection reset by peer", "Connection closed by peer", "Timed out waiting", "NCCL")
+    marks = ("gloo/transport", "Connection reset by peer", "Connection closed by peer", "Timed out waiting",
+             "pair closure", "NCCL")  # fmt: skip
     return isinstance(err, dist.DistError) or any(mark in str(err) for mark in marks)
 
 
