@@ -16,7 +16,7 @@ LAYERS = {
     "generate": 3, "merge": 3,
     "train": 4,
     "compare": 5, "serve": 5,
-    "cli": 6,
+    "cli": 6, "__main__": 7,
 }  # fmt: skip
 TORCH_ONLY = {"kernels", "lora"}  # may import torch and the standard library, nothing else third-party
 THIRD_PARTY_OK = {"torch", "safetensors", "numpy"}

@@ -111,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     train = sub.add_parser("train", help="fine-tune a model (LoRA or full)", description=DEFAULTS_NOTE)
     add_train_options(train)
+    _nproc_option(
+        train,
+        "train in N processes on this machine (data parallel, started by torchrun; "
+        "for several machines run torchrun -m loratune train on each)",
+    )
     ev = sub.add_parser("eval", help="evaluate an adapter: metrics and confusion matrix")
     _inference_options(ev)
     ev.add_argument("--dataset", help="default: the data the adapter was trained on")
@@ -158,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_train_options(cmp)
     _compare_options(cmp)
+    _nproc_option(cmp, "train each run in N processes (loratune train --nproc N)")
     add_serve_options(sub.add_parser(
         "serve",
         help="serve a folder of adapters on one base model over HTTP (API, playground page, metrics)",
@@ -165,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     ))  # fmt: skip
     _inspect_options(sub.add_parser("inspect", help="a model's linear layers and each task's default LoRA targets"))
     return parser
+
+
+def _nproc_option(p: argparse.ArgumentParser, help_text: str) -> None:
+    p.add_argument("--nproc", type=at_least(1), metavar="N", help=help_text + " (default 1)")
 
 
 def _inspect_options(p: argparse.ArgumentParser) -> None:
@@ -196,11 +206,36 @@ def cmd_train(args: argparse.Namespace) -> int:
     from loratune.train.run import run_training
 
     cfg = build_config(args.config, **train_flags(args))
+    if args.nproc is not None:
+        code = launch_train(args, cfg)
+        if code is not None:
+            return code
     if cfg.malloc_tuning:
         keep_freed_memory()  # process-wide, so here at the command's start and not in a library call
     summary = run_training(cfg)
-    print(format_summary(summary, get_task(cfg.task).summary_metrics))
+    if os.environ.get("RANK", "0") == "0":  # a distributed run's other ranks print nothing
+        print(format_summary(summary, get_task(cfg.task).summary_metrics))
     return 0
+
+
+def launch_train(args: argparse.Namespace, cfg) -> int | None:
+    """``train --nproc N``: check the output folder, then run the same command in N processes through
+    torchrun's launcher and return its exit code; None for one process (train here)."""
+    from loratune.train.config import as_flags
+    from loratune.train.distributed import launch, launched
+    from loratune.train.run import check_output_dir, check_resume
+
+    if launched() is not None:
+        raise LoratuneError("--nproc starts torchrun itself; under torchrun drop it (torchrun's --nproc-per-node "
+                            "sets the processes)")  # fmt: skip
+    if args.nproc == 1:
+        return None
+    out = check_output_dir(cfg)
+    if cfg.resume:
+        check_resume(cfg, out, args.nproc)
+    given = {k: v for k, v in train_flags(args).items() if v is not None}
+    recipe = ["--config", args.config] if args.config else []
+    return launch(args.nproc, ["train", *recipe, *as_flags({**given, "task": cfg.task})])
 
 
 def format_summary(s: dict[str, Any], metrics: Sequence[str]) -> str:

@@ -48,6 +48,12 @@ class RunError(LoratuneError):
     """A run that cannot start or resume as asked (output folder, checkpoints)."""
 
 
+class PeerLost(LoratuneError):
+    """A process of a distributed run lost the others: one of them failed, or a collective timed out."""
+
+    exit_code = 1
+
+
 class Interrupted(LoratuneError):
     """Training stopped by Ctrl-C after saving a checkpoint; ``--resume`` continues it."""
 

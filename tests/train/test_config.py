@@ -23,7 +23,7 @@ NON_DEFAULT = {
     "max_grad_norm": 0.5, "seed": 7, "precision": "fp32", "device": "cpu", "gradient_checkpointing": True,
     "deterministic": True, "kernels": "torch", "malloc_tuning": False, "trust_remote_code": True, "output": "o",
     "resume": True, "overwrite": False, "eval_every": 5, "save_every": 6, "early_stopping_patience": 2, "log_every": 3,
-    "report_to": "tensorboard", "progress": False,
+    "report_to": "tensorboard", "dist_timeout": 90, "progress": False,
 }  # fmt: skip
 
 

@@ -99,7 +99,7 @@ def run_compare(args: argparse.Namespace, flags: dict[str, Any]) -> int:
 
 
 def _run_jobs(args, cfg, out: Path, methods, ranks, sweep: bool, *, resume: bool, overwrite: bool) -> int:
-    runner = Runner(out, cfg, resume=resume, overwrite=overwrite)
+    runner = Runner(out, cfg, resume=resume, overwrite=overwrite, nproc=args.nproc)
     with runner.forwarding_sigint():
         budget = full_budget(cfg) if args.auto_rank else None  # data errors surface before OUT changes
         out.mkdir(parents=True, exist_ok=True)

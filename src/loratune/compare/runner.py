@@ -4,7 +4,8 @@ Every training run of compare is its own child process (``python -m loratune.cli
 that each run's peak memory (peak RSS on CPU, ``torch.cuda.max_memory_allocated`` on GPU) is its
 own and not the high-water mark of an earlier run. A child gets the comparison's whole resolved
 configuration as flags (``train.config.as_flags``); only ``--output``, ``--method``, ``--r`` and
-(auto-rank) ``--pause-at-step`` differ between children.
+(auto-rank) ``--pause-at-step`` differ between children. With ``--nproc N`` each child is ``train --nproc N``:
+a torchrun launch of N processes, whose rank 0 writes the run folder.
 
 Ctrl-C is forwarded to the running child (which is in its own process group, so it gets exactly
 one SIGINT): the child checkpoints and exits 130, no later run starts, and ``compare`` exits 130
@@ -42,11 +43,13 @@ class ChildRunError(LoratuneError):
         self.exit_code = exit_code
 
 
-def child_argv(cfg: RunConfig, **overrides: Any) -> list[str]:
-    """``python -m loratune.cli train`` with ``cfg``'s options, then ``overrides`` (field -> value)."""
+def child_argv(cfg: RunConfig, nproc: int | None = None, **overrides: Any) -> list[str]:
+    """``python -m loratune.cli train`` with ``cfg``'s options, then ``overrides`` (field -> value), in
+    ``nproc`` processes when that is more than one."""
     values = {k: v for k, v in changed_options(cfg).items() if k not in _CHILD_SET}
     values.update(overrides)
-    return [sys.executable, "-m", "loratune.cli", "train", *as_flags(values)]
+    launch = ["--nproc", str(nproc)] if nproc and nproc > 1 else []
+    return [sys.executable, "-m", "loratune.cli", "train", *launch, *as_flags(values)]
 
 
 def child_mode(run_dir: Path, *, resume: bool, overwrite: bool, until_step: int | None = None) -> str:
@@ -73,8 +76,8 @@ def child_mode(run_dir: Path, *, resume: bool, overwrite: bool, until_step: int 
 class Runner:
     """Starts one child training process at a time, forwards Ctrl-C to it, and reads its summary."""
 
-    def __init__(self, out: Path, cfg: RunConfig, *, resume: bool, overwrite: bool) -> None:
-        self.out, self.cfg = out, cfg
+    def __init__(self, out: Path, cfg: RunConfig, *, resume: bool, overwrite: bool, nproc: int | None = None) -> None:
+        self.out, self.cfg, self.nproc = out, cfg, nproc
         self.resume, self.overwrite = resume, overwrite
         self.proc: subprocess.Popen | None = None
         self.interrupted = False
@@ -125,9 +128,8 @@ class Runner:
                 m = measures_at_step(m, until)
             print(f"{label}: reusing the finished run in {run_dir}: {describe(m)}", flush=True)
             return m
-        argv = child_argv(
-            self.cfg, output=str(run_dir), resume=mode == "resume", overwrite=mode == "overwrite", **overrides
-        )
+        argv = child_argv(self.cfg, self.nproc, output=str(run_dir), resume=mode == "resume",
+                          overwrite=mode == "overwrite", **overrides)  # fmt: skip
         log = self.out / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()

@@ -197,6 +197,69 @@ class LengthGroupedBatchSampler:
         return max(0, num - self.start)
 
 
+class DistributedLengthGroupedBatchSampler(LengthGroupedBatchSampler):
+    """One rank's share of the global batches of a ``LengthGroupedBatchSampler``, for data-parallel training.
+
+    The global batches are those of ``LengthGroupedBatchSampler`` with ``batch_size * num_replicas``
+    examples, in its seeded, resumable order; rank ``r`` takes every ``num_replicas``-th example of each
+    (``batch[r::num_replicas]``). Each rank's batch therefore holds similar lengths, the ranks' batches
+    are alike in length (no rank waits long for another), every rank has the same number of batches,
+    and a run on N processes sees the same global batches as one process with N times the batch size.
+    A last global batch with fewer examples than ranks is left out, so no rank gets an empty batch.
+    ``set_epoch`` and ``set_start`` (a global batch index) work as in the parent class.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int] | np.ndarray,
+        batch_size: int,
+        *,
+        num_replicas: int,
+        rank: int,
+        shuffle: bool,
+        seed: int = 42,
+        drop_last: bool = False,
+        mega_batches: int = 50,
+    ) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
+        if batch_size < 1:
+            raise DataError(f"batch_size must be >= 1, got {batch_size}; pass e.g. --batch-size 16.")
+        super().__init__(lengths, batch_size * num_replicas, shuffle=shuffle, seed=seed, drop_last=drop_last,
+                         mega_batches=mega_batches)  # fmt: skip
+        self.num_replicas, self.rank = num_replicas, rank
+
+    def batches(self, epoch: int | None = None) -> list[list[int]]:
+        """This rank's batches of ``epoch`` (default: the current one), in order, none skipped."""
+        world = self.num_replicas
+        return [batch[self.rank :: world] for batch in super().batches(epoch) if len(batch) >= world]
+
+    def __len__(self) -> int:
+        n, world = len(self.lengths), self.num_replicas
+        full, rest = divmod(n, self.batch_size)
+        num = full + int(not self.drop_last and rest >= world)
+        return max(0, num - self.start)
+
+
+class RankShard:
+    """Every ``num_replicas``-th batch of ``batch_sampler``, from batch ``rank`` on: one rank's share of an
+    evaluation. Each batch goes to exactly one rank, whole, so the shards together hold every example
+    once (a rank may have one batch fewer than another, or none)."""
+
+    def __init__(self, batch_sampler: Any, *, num_replicas: int, rank: int) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
+        self.batch_sampler, self.num_replicas, self.rank = batch_sampler, num_replicas, rank
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for i, batch in enumerate(self.batch_sampler):
+            if i % self.num_replicas == self.rank:
+                yield batch
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.batch_sampler), self.num_replicas))
+
+
 def padding_fraction(lengths: Sequence[int] | np.ndarray, batch_indices_list: Sequence[Sequence[int]]) -> float:
     """Fraction of token slots that are padding when each batch is padded to its longest member."""
     lengths = np.asarray(lengths, dtype=np.int64)

@@ -51,9 +51,12 @@ class Metric:
 
 
 class Metrics(Protocol):
-    """Accumulates one evaluation pass, batch by batch."""
+    """Accumulates one evaluation pass, batch by batch; ``merge`` adds another accumulator's batches
+    (a distributed evaluation's shards, gathered on one rank)."""
 
     def update(self, outputs: Any, batch: dict[str, torch.Tensor]) -> None: ...
+
+    def merge(self, other: Any) -> None: ...
 
     def compute(self) -> dict[str, Any]: ...
 

@@ -44,6 +44,10 @@ class TokenLossMetrics:
             self.loss_sum += float(outputs.loss) * n
             self.tokens += n
 
+    def merge(self, other: TokenLossMetrics) -> None:
+        self.loss_sum += other.loss_sum
+        self.tokens += other.tokens
+
     def compute(self) -> dict[str, Any]:
         loss = self.loss_sum / self.tokens if self.tokens else float("nan")
         return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": self.tokens}

@@ -145,6 +145,12 @@ class ClassificationMetrics:
         self.loss_sum += float(outputs.loss) * batch["labels"].shape[0]
         self.count += batch["labels"].shape[0]
 
+    def merge(self, other: ClassificationMetrics) -> None:
+        self.logits += other.logits
+        self.labels += other.labels
+        self.loss_sum += other.loss_sum
+        self.count += other.count
+
     def compute(self) -> dict[str, Any]:
         metrics = classification_metrics(torch.cat(self.logits), torch.cat(self.labels), self.num_labels)
         metrics["loss"] = self.loss_sum / max(self.count, 1)

@@ -219,6 +219,12 @@ class EntityMetrics:
             self.loss_sum += float(outputs.loss) * n
             self.count += n
 
+    def merge(self, other: EntityMetrics) -> None:
+        self.true += other.true
+        self.pred += other.pred
+        self.loss_sum += other.loss_sum
+        self.count += other.count
+
     def compute(self) -> dict[str, Any]:
         if not self.true:
             raise DataError("no sentences to score; pass a non-empty eval set.")

@@ -7,7 +7,8 @@ A checkpoint is a folder, written whole or not at all (``fsutil.atomic_dir``)::
         optimizer.safetensors   optimizer tensors, flattened as ``state.<param index>.<key>``
         optimizer.json          the rest of ``optimizer.state_dict()`` (param groups, scalars)
         scheduler.json          ``scheduler.state_dict()`` (tensors, if any, in scheduler.safetensors)
-        rng.safetensors         torch CPU (``cpu``) and CUDA (``cuda.<i>``) generator states
+        rng.safetensors         torch CPU (``cpu``) and CUDA (``cuda.<i>``) generator states; in a distributed
+                                run also the other ranks' (``rank.<r>.cpu``, ``rank.<r>.cuda``)
         rng.json                python ``random`` and numpy global generator states
         trainer_state.json      step, epoch, batch_in_epoch, extra, version, time, file checksums
 
@@ -42,6 +43,7 @@ __all__ = [
     "FORMAT_VERSION",
     "CheckpointState",
     "checkpoint_dir",
+    "checkpoint_world_size",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
@@ -75,6 +77,7 @@ class CheckpointState:
     extra: dict[str, Any] = field(default_factory=dict)
     loratune_version: str = ""
     time: str = ""
+    rng: dict[str, torch.Tensor] = field(default_factory=dict)  # rng.safetensors (the ranks' states too)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,11 +236,13 @@ def save_checkpoint(
     epoch: int,
     batch_in_epoch: int,
     extra: dict[str, Any] | None = None,
+    rank_rng: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a complete checkpoint folder atomically (replacing an existing one) and return it.
 
     ``extra`` must be JSON-serialisable (e.g. best metric so far, config hash). ``scheduler`` is
-    any object with ``state_dict()``/``load_state_dict()`` or None.
+    any object with ``state_dict()``/``load_state_dict()`` or None. ``rank_rng``: other processes'
+    RNG states (``rank.<r>.<device>``), saved next to this process's own.
     """
     folder = Path(folder)
     extra = dict(extra or {})
@@ -248,6 +253,7 @@ def save_checkpoint(
     sched_tensors: dict[str, torch.Tensor] = {}
     sched_json = _encode(scheduler.state_dict(), "", sched_tensors) if scheduler is not None else None
     rng_tensors, rng_json = _rng_state()
+    rng_tensors.update(rank_rng or {})
     try:
         json.dumps(extra)
     except (TypeError, ValueError) as e:
@@ -379,7 +385,17 @@ def load_checkpoint(
         extra=state.get("extra") or {},
         loratune_version=state.get("loratune_version", ""),
         time=state.get("time", ""),
+        rng=rng_tensors,
     )
+
+
+def checkpoint_world_size(folder: str | Path) -> int:
+    """How many processes trained the run whose checkpoint ``folder`` is (1 when it does not say)."""
+    try:
+        state = json.loads((Path(folder) / TRAINER_STATE).read_text(encoding="utf-8"))
+        return int((state.get("extra") or {}).get("world_size", 1))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 1  # an unreadable checkpoint is refused, with its reason, when it is loaded
 
 
 # ---------------------------------------------------------------------------------------------

@@ -177,6 +177,10 @@ class RunConfig:
         "none", "also write the metrics for tensorboard (pip install 'loratune[tensorboard]'), or none", RUN,
         choices=("none", "tensorboard"), resumable=True,
     )  # fmt: skip
+    dist_timeout: int = _opt(
+        1800, "distributed runs: seconds a process waits for the others at a collective (all-reduce, gather) "
+        "before the run fails", RUN, low=1, resumable=True,
+    )  # fmt: skip
     progress: bool | None = _opt(
         None, "plain progress lines instead of a bar (the default off a terminal)", RUN, flag="--no-progress",
         resumable=True,

@@ -14,10 +14,16 @@ position, so that ``resume=True`` continues to the same result as an uninterrupt
 (Ctrl-C) saves a checkpoint at the next step and raises ``Interrupted``. fp16 runs scale the loss
 (``torch.amp.GradScaler``) so that small gradients do not underflow; a step whose gradients
 overflow is skipped and the scale lowered.
+
+Under a distributed launch (``train/distributed.py``) every rank runs this loop on its share of
+each batch: the model is wrapped in ``DistributedDataParallel``, the micro-steps of an accumulation
+skip the all-reduce (``no_sync``), logged losses and throughput are over all ranks, and rank 0 alone
+writes metrics, checkpoints and the artifact. A checkpoint holds every rank's RNG state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import signal
@@ -41,6 +47,7 @@ from loratune.train.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
+from loratune.train.distributed import Parallel, restore_rank_rng
 from loratune.train.flops import FlopSampler
 from loratune.train.logging import MetricsLogger
 from loratune.train.precision import autocast_context, grad_scaler
@@ -137,6 +144,16 @@ def _sigint_flag() -> Iterator[dict[str, bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
+class _NoLog:
+    """The metrics logger of a rank that does not write."""
+
+    def log_train(self, **record: Any) -> None: ...
+
+    def log_eval(self, **record: Any) -> None: ...
+
+    def close(self) -> None: ...
+
+
 def build_optimizer(
     model: nn.Module, lr: float, weight_decay: float, loraplus_ratio: float | None = None
 ) -> torch.optim.AdamW:
@@ -188,8 +205,12 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 class _Loop:
     """One call of ``train``: the state, the collaborators, and one method per step."""
 
-    def __init__(self, model, loader, *, config, device, precision, run_dir, metric, loss_fn, evaluate, on_best):
+    def __init__(
+        self, model, loader, *, config, device, precision, run_dir, metric, loss_fn, evaluate, on_best, parallel
+    ):
         self.model, self.loader, self.config = model, loader, config
+        self.parallel = parallel
+        self.net = parallel.wrap(model)  # what the forward and backward go through
         self.device, self.precision, self.run_dir = device, precision, Path(run_dir)
         self.metric, self.loss_fn, self.evaluate, self.on_best = metric, loss_fn, evaluate, on_best
         self.sampler = loader.batch_sampler
@@ -213,6 +234,7 @@ class _Loop:
     def restore(self) -> None:
         """Continue from the newest checkpoint in ``run_dir``: weights, optimizer, RNG, counters."""
         ckpt = load_checkpoint(latest_checkpoint(self.run_dir), self.optimizer, self.scheduler)
+        restore_rank_rng(ckpt.rng, self.parallel.rank, self.device)
         # this invocation's schedule sets the learning rate from here (the same one, unless --max-steps grew)
         sched = self.scheduler
         for group, base, factor in zip(self.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas, strict=True):
@@ -233,26 +255,34 @@ class _Loop:
             self.scaler.load_state_dict(extra["grad_scaler"])
 
     def checkpoint(self) -> None:
+        """Save on rank 0 (with every rank's RNG state) and keep the last ``keep_checkpoints``."""
         s, r = self.state, self.result
         s.saved_step = s.step
+        rank_rng = self.parallel.rng_states()
+        if not self.parallel.is_main:
+            return
         extra = {
             "best": r.best, "evals": r.evals, "bad_evals": s.bad_evals, "train_seconds": r.train_seconds,
             "examples_seen": r.examples_seen, "tokens_seen": r.tokens_seen, "skipped_steps": r.skipped_steps,
             "flops": self.flops.state(), "grad_scaler": self.scaler.state_dict(),
+            "world_size": self.parallel.world_size,
         }  # fmt: skip
         save_checkpoint(
             checkpoint_dir(self.run_dir, s.step), trainable_state=trainable_state(self.model), optimizer=self.optimizer,
             scheduler=self.scheduler, step=s.step, epoch=s.epoch, batch_in_epoch=s.batch, extra=extra,
+            rank_rng=rank_rng,
         )  # fmt: skip
         prune_checkpoints(self.run_dir, keep=self.config.keep_checkpoints)
 
     # ------------------------------------------------------------------ one batch, one step
-    def forward_backward(self, batch: dict[str, torch.Tensor]) -> None:
-        """Loss and gradients of one batch (the loss divided over the accumulated batches)."""
+    def forward_backward(self, batch: dict[str, torch.Tensor], sync: bool = True) -> None:
+        """Loss and gradients of one batch (the loss divided over the accumulated batches); ``sync``:
+        all-reduce the gradients (the last micro-step before an optimizer step), else keep them local."""
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        with self.flops.batch(self.state.batch, batch["input_ids"].numel()) as forward_done:
+        local = contextlib.nullcontext() if sync else self.parallel.no_sync(self.net)
+        with self.flops.batch(self.state.batch, batch["input_ids"].numel()) as forward_done, local:
             with autocast_context(self.precision, self.device):
-                loss = self.loss_fn(self.model, batch)
+                loss = self.loss_fn(self.net, batch)
             forward_done()
             self.scaler.scale(loss / self.config.grad_accum).backward()
         self.state.batch += 1
@@ -277,6 +307,7 @@ class _Loop:
         else:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.parallel.end_step()
         self.state.accumulated = 0
         self.state.step += 1
 
@@ -286,18 +317,22 @@ class _Loop:
         return self.state.epoch + self.state.batch / self.batches_per_epoch
 
     def log(self, log: MetricsLogger, bar) -> None:
-        """Write the mean training loss since the last log line, the learning rate and the throughput."""
+        """Write the mean training loss since the last log line, the learning rate and the throughput
+        (all ranks': their mean loss, their examples together)."""
         w = self.window
         elapsed = time.perf_counter() - w.start
-        rate = w.examples / elapsed if elapsed > 0 else 0.0
+        loss, examples = self.parallel.window(w.loss / w.batches, w.examples)
+        rate = examples / elapsed if elapsed > 0 else 0.0
         lr = self.scheduler.get_last_lr()[0]
-        log.log_train(step=self.state.step, epoch=round(self.epoch_float, 4), loss=w.loss / w.batches, lr=lr,
+        log.log_train(step=self.state.step, epoch=round(self.epoch_float, 4), loss=loss, lr=lr,
                       examples_per_s=round(rate, 2))  # fmt: skip
-        bar.set_metrics(loss=w.loss / w.batches, lr=lr, examples_per_s=rate)
+        bar.set_metrics(loss=loss, lr=lr, examples_per_s=rate)
         self.window = _Window()
 
     def run_eval(self, log: MetricsLogger) -> bool:
-        """Evaluate, log, keep the best (``on_best``); True when early stopping says stop."""
+        """Evaluate, log, keep the best (``on_best``, on rank 0); True when early stopping says stop.
+
+        ``evaluate`` gives every rank the same record, so every rank decides the same."""
         record = {"step": self.state.step, "epoch": round(self.epoch_float, 4), **self.evaluate()}
         log.log_eval(**record)
         self.result.evals.append(record)
@@ -307,7 +342,8 @@ class _Loop:
         if self.metric.improves(record, self.result.best):
             self.result.best = record
             self.state.bad_evals = 0
-            self.on_best(record)
+            if self.parallel.is_main:
+                self.on_best(record)
         else:
             self.state.bad_evals += 1
         patience = self.config.early_stopping_patience
@@ -323,9 +359,10 @@ class _Loop:
             self.state.epoch, self.state.batch = self.state.epoch + 1, 0
         stop = (end_of_epoch or bool(cfg.eval_every and step % cfg.eval_every == 0)) and self.run_eval(log)
         self.result.stopped_early = stop
-        if stop or end_of_epoch or (cfg.save_every and step % cfg.save_every == 0) or sigint["stop"]:
+        interrupted = self.parallel.any(sigint["stop"])  # every rank stops at the same step
+        if stop or end_of_epoch or (cfg.save_every and step % cfg.save_every == 0) or interrupted:
             self.checkpoint()
-        if sigint["stop"]:
+        if interrupted:
             raise Interrupted(
                 f"interrupted: checkpoint saved at step {step}/{self.total_steps}; "
                 "continue with the same command plus --resume"
@@ -339,7 +376,9 @@ class _Loop:
         self.sampler.set_start(self.state.batch)
         for batch in self.loader:
             t0 = time.perf_counter()
-            self.forward_backward(batch)
+            s = self.state
+            last = s.accumulated + 1 == self.config.grad_accum or s.batch + 1 == self.batches_per_epoch
+            self.forward_backward(batch, sync=last)
             end_of_epoch = self.state.batch == self.batches_per_epoch
             stepped = self.state.accumulated == self.config.grad_accum or end_of_epoch
             if stepped:
@@ -348,17 +387,23 @@ class _Loop:
             if stepped and self.after_step(end_of_epoch, log, bar, sigint):
                 return
 
+    def logger(self, resume: bool) -> MetricsLogger | _NoLog:
+        """Rank 0's ``metrics.jsonl`` (and TensorBoard events), started afresh unless resuming."""
+        if not self.parallel.is_main:
+            return _NoLog()
+        if not resume:
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        board = self.run_dir / "tensorboard" if self.config.tensorboard else None
+        resume_step = self.state.step if resume else None
+        return MetricsLogger(self.run_dir / "metrics.jsonl", resume_step=resume_step, tensorboard_dir=board)
+
     def run(self, resume: bool, show_progress: bool | None) -> LoopResult:
         if resume:
             self.restore()
-        else:
-            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         s, r = self.state, self.result
-        board = self.run_dir / "tensorboard" if self.config.tensorboard else None
-        log = MetricsLogger(
-            self.run_dir / "metrics.jsonl", resume_step=s.step if resume else None, tensorboard_dir=board
-        )
-        bar = progress_bar(self.total_steps, "train", enabled=show_progress, initial=s.step)
+        log = self.logger(resume)
+        bar = progress_bar(self.total_steps, "train", enabled=show_progress, initial=s.step,
+                           silent=not self.parallel.is_main)  # fmt: skip
         self.model.train()
         try:
             with _sigint_flag() as sigint:
@@ -390,14 +435,17 @@ def train(
     loss_fn: LossFn,
     resume: bool = False,
     show_progress: bool | None = None,
+    parallel: Parallel | None = None,
 ) -> LoopResult:
     """Train ``model`` in place; return the counters and evaluations.
 
     ``train_loader`` must use a batch sampler with ``set_epoch``/``set_start`` (deterministic,
     resumable order). ``loss_fn(model, batch)`` gives a batch's loss; ``evaluate()`` returns
     metrics including ``metric.name``; ``on_best(metrics)`` is called after each evaluation that
-    improves it (save the artifact there).
+    improves it (save the artifact there; rank 0 only). ``parallel`` (``train.distributed``): this
+    process's part of a distributed run; by default a single process.
     """
     loop = _Loop(model, train_loader, config=config, device=device, precision=precision, run_dir=run_dir,
-                 metric=metric, loss_fn=loss_fn, evaluate=evaluate, on_best=on_best)  # fmt: skip
+                 metric=metric, loss_fn=loss_fn, evaluate=evaluate, on_best=on_best,
+                 parallel=parallel or Parallel(device))  # fmt: skip
     return loop.run(resume, show_progress)

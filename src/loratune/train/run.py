@@ -11,16 +11,22 @@ Outputs in ``RunConfig.output``::
     curves.png       training loss and the validation metrics
     checkpoints/     the last checkpoints, for --resume
     tensorboard/     with --report-to tensorboard: the same metrics as TensorBoard events
+
+Under torchrun every process runs this whole function (``train/distributed.py``): each loads the
+data and the model, trains on its share of every batch and evaluates its share of the batches;
+rank 0 alone writes the folder and holds its lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +38,7 @@ from torch.utils.data import DataLoader
 
 import loratune
 from loratune.artifacts import TASK_FILE, base_fingerprint
-from loratune.data.batching import LengthGroupedBatchSampler
+from loratune.data.batching import DistributedLengthGroupedBatchSampler, LengthGroupedBatchSampler, RankShard
 from loratune.errors import RunError
 from loratune.fsutil import LOCK_FILE, atomic_dir, atomic_write_json, clear_folder, folder_lock, follow_umask
 from loratune.lora import ALL_LINEAR, LoraConfig, load_adapter, parameter_report, write_adapter
@@ -46,9 +52,10 @@ from loratune.models import (
 )
 from loratune.prepare import DTYPES, Preparation, prepare_model
 from loratune.tasks import Task, TaskData, get_task
-from loratune.train.checkpoint import latest_checkpoint
+from loratune.train.checkpoint import checkpoint_world_size, latest_checkpoint
 from loratune.train.config import RunConfig, flag_of, resumable_options, resume_conflicts
 from loratune.train.determinism import deterministic_algorithms
+from loratune.train.distributed import Parallel, session
 from loratune.train.evaluate import evaluate
 from loratune.train.flops import matmul_peak_flops
 from loratune.train.host_memory import freed_memory_kept
@@ -90,8 +97,15 @@ def check_output_dir(cfg: RunConfig) -> Path:
     return out
 
 
-def check_resume(cfg: RunConfig, out: Path) -> None:
-    """Refuse a --resume whose options would change the run its checkpoints come from."""
+def check_resume(cfg: RunConfig, out: Path, world_size: int = 1) -> None:
+    """Refuse a --resume whose options, or number of processes, would change the run its checkpoints come from."""
+    saved_world = checkpoint_world_size(latest_checkpoint(out))
+    if saved_world != world_size:
+        raise RunError(
+            f"--resume: the checkpoints in {out} come from a run on {saved_world} process(es), this one has "
+            f"{world_size}; resume with --nproc {saved_world} (torchrun: {saved_world} processes in all), "
+            "since the data order and batches depend on it"
+        )
     try:
         saved = json.loads((out / RUN_CONFIG).read_text())
     except (OSError, ValueError):
@@ -185,10 +199,12 @@ def all_linear_note(model: nn.Module, fallback: bool) -> str:
     return f"{why}all-linear targeted {len(paths)} layers: {', '.join(short_patterns(paths))}"
 
 
-def prepare(cfg: RunConfig) -> Prepared:
-    """Load data, tokenizer and model; add LoRA (or unfreeze all for full fine-tuning)."""
+def prepare(cfg: RunConfig, device: torch.device | None = None) -> Prepared:
+    """Load data, tokenizer and model; add LoRA (or unfreeze all for full fine-tuning).
+
+    ``device``: this process's device (a distributed run's rank device); by default ``cfg.device``'s."""
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = device or resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     task = get_task(cfg.task)
     data = load_data(cfg)
@@ -260,8 +276,11 @@ class Loaders:
     test: DataLoader | None  # the eval split, scored once at the end, when a validation split chooses
 
 
-def make_loaders(prep: Prepared) -> Loaders:
+def make_loaders(prep: Prepared, parallel: Parallel | None = None) -> Loaders:
+    """The run's loaders; in a distributed run, this rank's share of each training batch and of the
+    evaluation batches."""
     cfg, task = prep.cfg, prep.task
+    world, rank = (parallel.world_size, parallel.rank) if parallel is not None else (1, 0)
     collator = task.collator(
         prep.tokenizer,
         max_length=prep.max_length if cfg.padding == "max_length" else None,
@@ -274,10 +293,13 @@ def make_loaders(prep: Prepared) -> Loaders:
     def loader(split: Any, shuffle: bool) -> DataLoader:
         tokens = task.tokenize(split, prep.tokenizer, prep.max_length)
         if shuffle:  # mega_batches=1: random batches, nothing grouped
-            sampler = LengthGroupedBatchSampler(tokens["length"], cfg.batch_size, shuffle=True, seed=cfg.seed,
-                                                mega_batches=50 if cfg.group_by_length else 1)  # fmt: skip
+            sampler = DistributedLengthGroupedBatchSampler(
+                tokens["length"], cfg.batch_size, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
+                mega_batches=50 if cfg.group_by_length else 1,
+            )  # fmt: skip
         else:
-            sampler = LengthGroupedBatchSampler(tokens["length"], cfg.batch_size * 2, shuffle=False)
+            whole = LengthGroupedBatchSampler(tokens["length"], cfg.batch_size * 2, shuffle=False)
+            sampler = RankShard(whole, num_replicas=world, rank=rank)
         return DataLoader(tokens, batch_sampler=sampler, **kwargs)
 
     data = prep.data
@@ -287,8 +309,9 @@ def make_loaders(prep: Prepared) -> Loaders:
     return Loaders(train_loader, loader(data.val, False), eval_loader)
 
 
-def test_kept(prep: Prepared, out: Path, loader: DataLoader) -> dict[str, Any]:
-    """The eval split's metrics for the kept evaluation's weights (the saved artifact), scored once."""
+def test_kept(prep: Prepared, out: Path, loader: DataLoader, parallel: Parallel) -> dict[str, Any]:
+    """The eval split's metrics for the kept evaluation's weights (the saved artifact), scored once
+    (every rank loads the artifact and scores its shard)."""
     if prep.cfg.method == "lora":
         load_adapter(prep.model, out / ADAPTER_DIR, adapter_name="kept")  # and make it the active one
     else:
@@ -296,7 +319,8 @@ def test_kept(prep: Prepared, out: Path, loader: DataLoader) -> dict[str, Any]:
         for shard in sorted((out / MODEL_DIR).glob("*.safetensors")):
             state.update(load_file(shard, device=str(prep.device)))
         prep.model.load_state_dict(state, strict=False)  # tied weights are saved once
-    return evaluate(prep.model, loader, prep.task.metrics(prep.data), device=prep.device, precision=prep.precision)
+    metrics = prep.task.metrics(prep.data)
+    return evaluate(prep.model, loader, metrics, device=prep.device, precision=prep.precision, parallel=parallel)
 
 
 def loop_config(cfg: RunConfig) -> LoopConfig:
@@ -323,27 +347,54 @@ def run_training(cfg: RunConfig) -> dict[str, Any]:
 
     The run folder is locked for the whole run: a second run into it stops at once with an error.
     With ``cfg.deterministic``, torch uses deterministic algorithms only, for the run's length.
+    Under torchrun this process is one rank of a data-parallel run (``train/distributed.py``).
     """
-    cfg.validate()
-    with folder_lock(cfg.output), deterministic_algorithms(cfg.deterministic):
-        return _run(cfg)
+    cfg = restarted(cfg.validate())
+    with session(resolve_device(cfg.device), cfg.dist_timeout) as parallel:
+        lock = folder_lock(cfg.output) if parallel.is_main else contextlib.nullcontext()
+        with lock, deterministic_algorithms(cfg.deterministic):
+            return _run(cfg, parallel)
 
 
-def _run(cfg: RunConfig) -> dict[str, Any]:
+def restarted(cfg: RunConfig) -> RunConfig:
+    """``cfg``, or, in a process that torchrun restarted (``--max-restarts``), the same run continued: resumed
+    from its last checkpoint, or started over when the failed attempt wrote none (its folder holds this
+    very run's options, so nothing else is replaced)."""
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) == 0:
+        return cfg
+    out = Path(cfg.output)
+    if latest_checkpoint(out) is not None:
+        print(f"restarted by torchrun: resuming from {latest_checkpoint(out)}", flush=True)
+        return replace(cfg, resume=True, overwrite=False)
+    try:
+        same = json.loads((out / RUN_CONFIG).read_text()) == asdict(cfg)
+    except (OSError, ValueError):
+        same = False
+    return replace(cfg, overwrite=True) if same and not cfg.resume else cfg
+
+
+def _run(cfg: RunConfig, parallel: Parallel) -> dict[str, Any]:
     out = check_output_dir(cfg)  # cheap checks first
     if cfg.resume:
-        check_resume(cfg, out)
+        check_resume(cfg, out, parallel.world_size)
     if cfg.report_to == "tensorboard":
         tensorboard_writer()  # installed?
-    prep = prepare(cfg)
-    loaders = make_loaders(prep)
+    prep = prepare(cfg, parallel.device)
+    loaders = make_loaders(prep, parallel)
     # All input is valid: now the output folder may change.
-    if cfg.overwrite:
-        clear_folder(out)
-    atomic_write_json(out / RUN_CONFIG, asdict(cfg))
+    if parallel.is_main:
+        if cfg.overwrite:
+            clear_folder(out)
+        atomic_write_json(out / RUN_CONFIG, asdict(cfg))
+    if parallel.world_size > 1:
+        print(f"distributed: {parallel.world_size} processes ({parallel.backend}), global batch "
+              f"{cfg.batch_size * parallel.world_size * cfg.grad_accum} = {cfg.batch_size} per process x "
+              f"{parallel.world_size} processes x {cfg.grad_accum} accumulation step(s)", flush=True)  # fmt: skip
+    parallel.seed_rank(cfg.seed)
     reset_peak_cuda(prep.device)
     report = parameter_report(prep.model)
-    run_eval = functools.partial(evaluate, prep.model, loaders.select, device=prep.device, precision=prep.precision)
+    run_eval = functools.partial(evaluate, prep.model, loaders.select, device=prep.device, precision=prep.precision,
+                                 parallel=parallel)  # fmt: skip
     started = time.perf_counter()
     result = train(
         prep.model,
@@ -358,16 +409,57 @@ def _run(cfg: RunConfig) -> dict[str, Any]:
         loss_fn=prep.task.loss,
         resume=cfg.resume,
         show_progress=cfg.progress,
+        parallel=parallel,
     )
-    wall = time.perf_counter() - started
+    return _finish(prep, result, report, loaders, out, time.perf_counter() - started, parallel)
+
+
+def _finish(prep: Prepared, result: LoopResult, report, loaders: Loaders, out: Path, wall: float,
+            parallel: Parallel) -> dict[str, Any]:  # fmt: skip
+    """Score the test split with the kept weights, then write summary.json and curves.png (rank 0)."""
     peak_memory = peak_memory_bytes(prep.device)  # before the matmul peak allocates its matrices
-    test = test_kept(prep, out, loaders.test) if loaders.test is not None and not result.paused else None
-    peak = matmul_peak_flops(prep.device, prep.precision)
-    summary = build_summary(prep, result, report, out, wall, peak, peak_memory, test)
-    atomic_write_json(out / "summary.json", summary)
-    records = read_metrics(out / "metrics.jsonl")
-    plot_training_curves(records, out / "curves.png", title=summary["title"], best=result.best)
-    return summary
+    parallel.barrier()  # rank 0 has written the artifact
+    test = None
+    if loaders.test is not None and not result.paused:
+        test = test_kept(prep, out, loaders.test, parallel)
+    ranks = parallel.all_gather(_rank_speed(result))
+    summary = None
+    if parallel.is_main:
+        peak = matmul_peak_flops(prep.device, prep.precision)
+        summary = build_summary(prep, result, report, out, wall, peak, peak_memory, test)
+        summary.update(distributed_summary(prep, parallel, ranks))
+        atomic_write_json(out / "summary.json", summary)
+        records = read_metrics(out / "metrics.jsonl")
+        plot_training_curves(records, out / "curves.png", title=summary["title"], best=result.best)
+    return parallel.broadcast(summary)
+
+
+def _rank_speed(result: LoopResult) -> dict[str, float]:
+    return {"examples": result.examples_seen, "tokens": result.tokens_seen, "flops": result.flops,
+            "seconds": result.train_seconds}  # fmt: skip
+
+
+def distributed_summary(prep: Prepared, parallel: Parallel, ranks: list[dict[str, float]]) -> dict[str, Any]:
+    """summary.json's throughput over all ranks and, for a distributed run, its ``distributed`` record:
+    the backend, global batch, bytes all-reduced per optimizer step (against the trainable gradients'
+    bytes) and each rank's examples/s. Time is the slowest rank's; examples, tokens and FLOPs are all
+    ranks' (MFU stays rank 0's, against one device's peak)."""
+    seconds = max(r["seconds"] for r in ranks)
+    examples, flops = sum(r["examples"] for r in ranks), sum(r["flops"] for r in ranks)
+    speed = {"world_size": parallel.world_size, "train_seconds": round(seconds, 2),
+             "examples_per_s": round(examples / seconds, 2) if seconds > 0 else 0.0,
+             "tokens_seen": sum(r["tokens"] for r in ranks), "model_flops": flops,
+             "achieved_flops_per_s": flops / seconds if seconds > 0 else 0.0}  # fmt: skip
+    if parallel.world_size == 1:
+        return {**speed, "distributed": None}
+    cfg, steps = prep.cfg, parallel.step_bytes
+    return {**speed, "distributed": {
+        "backend": parallel.backend,
+        "global_batch_size": cfg.batch_size * parallel.world_size * cfg.grad_accum,
+        "allreduce_bytes_per_step": steps[0] if steps and len(set(steps)) == 1 else steps or None,
+        "trainable_grad_bytes": parallel.trainable_bytes,
+        "examples_per_s_per_rank": [round(r["examples"] / r["seconds"], 2) if r["seconds"] else 0.0 for r in ranks],
+    }}  # fmt: skip
 
 
 def _without_matrix(metrics: dict[str, Any] | None) -> dict[str, Any]:
