@@ -302,3 +302,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def make_lm_registry(reg: Path, base: Path) -> Path:
+    """A registry of two random causal-lm adapters on ``base`` (plain prompts): ``chat`` (r=4 on
+    q_proj, v_proj) and ``poet`` (r=2 on o_proj)."""
+    from loratune.artifacts import base_fingerprint
+    from loratune.lora import LoraConfig, add_lora, save_adapter
+    from loratune.models import load_tokenizer
+    from loratune.tasks import get_task
+
+    for seed, (name, r, targets) in enumerate([("chat", 4, ["q_proj", "v_proj"]), ("poet", 2, ["o_proj"])]):
+        net = get_task("causal-lm").load_model(str(base), {})
+        torch.manual_seed(seed)
+        add_lora(net, LoraConfig(r=r, target_modules=targets, init_lora_weights=False, task_type="CAUSAL_LM"))
+        folder = reg / name / "adapter"
+        save_adapter(net, folder)
+        load_tokenizer(str(base)).save_pretrained(folder)
+        info = {"task": "causal-lm", "labels": None, "base_model": str(base), "base_model_fingerprint":
+                base_fingerprint(net), "max_length": 32, "data_format": "text", "prompt_format": "plain"}  # fmt: skip
+        (folder / "loratune.json").write_text(json.dumps(info))
+    return reg

@@ -6,14 +6,12 @@ import json
 
 import httpx
 import pytest
-import torch
 
-from conftest import serving
-from loratune.artifacts import base_fingerprint, load_artifact
+from conftest import make_lm_registry, serving
+from loratune.artifacts import load_artifact
 from loratune.data.lm import encode_messages, encode_prompt
 from loratune.errors import DataError
 from loratune.generate import GenerationOptions
-from loratune.lora import LoraConfig, add_lora, save_adapter
 from loratune.models import load_tokenizer
 from loratune.serve.app import create_app
 from loratune.serve.runtime import Runtime
@@ -24,19 +22,7 @@ PROMPT = "the movie was"
 
 @pytest.fixture(scope="module")
 def lm_registry(tiny_llama_bf16_dir, tmp_path_factory):
-    reg = tmp_path_factory.mktemp("lm-registry")
-    for seed, (name, r, targets) in enumerate([("chat", 4, ["q_proj", "v_proj"]), ("poet", 2, ["o_proj"])]):
-        net = get_task("causal-lm").load_model(str(tiny_llama_bf16_dir), {})
-        torch.manual_seed(seed)
-        add_lora(net, LoraConfig(r=r, target_modules=targets, init_lora_weights=False, task_type="CAUSAL_LM"))
-        folder = reg / name / "adapter"
-        save_adapter(net, folder)
-        load_tokenizer(str(tiny_llama_bf16_dir)).save_pretrained(folder)
-        info = {"task": "causal-lm", "labels": None, "base_model": str(tiny_llama_bf16_dir),
-                "base_model_fingerprint": base_fingerprint(net), "max_length": 32, "data_format": "text",
-                "prompt_format": "plain"}  # fmt: skip
-        (folder / "loratune.json").write_text(json.dumps(info))
-    return reg
+    return make_lm_registry(tmp_path_factory.mktemp("lm-registry"), tiny_llama_bf16_dir)
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import threading
 import pytest
 import torch
 
-from conftest import ADAPTERS, TEXTS, assert_close, make_adapter
-from loratune.artifacts import base_fingerprint, load_artifact
+from conftest import ADAPTERS, TEXTS, assert_close, make_adapter, make_lm_registry
+from loratune.artifacts import load_artifact
 from loratune.errors import (
     AdapterNameError,
     AdapterShapeError,
@@ -19,7 +19,6 @@ from loratune.errors import (
     TargetModulesError,
     UnknownAdapterError,
 )
-from loratune.lora import LoraConfig, add_lora, save_adapter
 from loratune.models import load_tokenizer
 from loratune.serve.runtime import Runtime
 from loratune.tasks import get_task
@@ -256,18 +255,7 @@ def test_threads_predict_while_another_loads_and_unloads(registry, offline):
 
 
 def test_causal_lm_adapters_share_a_trunk_and_complete_as_loaded_alone(tiny_llama_bf16_dir, tmp_path):
-    reg = tmp_path / "lm-registry"
-    for seed, (name, r, targets) in enumerate([("chat", 4, ["q_proj", "v_proj"]), ("poet", 2, ["o_proj"])]):
-        net = get_task("causal-lm").load_model(str(tiny_llama_bf16_dir), {})
-        torch.manual_seed(seed)
-        add_lora(net, LoraConfig(r=r, target_modules=targets, init_lora_weights=False, task_type="CAUSAL_LM"))
-        folder = reg / name / "adapter"
-        save_adapter(net, folder)
-        load_tokenizer(str(tiny_llama_bf16_dir)).save_pretrained(folder)
-        info = {"task": "causal-lm", "labels": None, "base_model": str(tiny_llama_bf16_dir),
-                "base_model_fingerprint": base_fingerprint(net), "max_length": 32, "data_format": "text",
-                "prompt_format": "plain"}  # fmt: skip
-        (folder / "loratune.json").write_text(json.dumps(info))
+    reg = make_lm_registry(tmp_path / "lm-registry", tiny_llama_bf16_dir)
     prompts = ["the movie was", "good and bad"]
     offline = {}
     for name in ("chat", "poet"):
