@@ -141,21 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=0.0, help="0 (the default): greedy; above: sampling")
     gen.add_argument("--top-p", type=float, default=1.0, help="sample from the top-p nucleus, in (0, 1] (default 1)")
     gen.add_argument("--seed", type=int, help="seed of the sampling: the same seed gives the same text")
-    mg = sub.add_parser(
-        "merge",
-        help="merge a LoRA adapter into its base model: a plain transformers model",
-        description="Writes save_pretrained's files (safetensors), the tokenizer and loratune.json to --output: "
-        "AutoModelFor<Task>.from_pretrained(OUTPUT) loads it without loratune.",
-    )
-    mg.add_argument("--adapter", required=True, help="the adapter/ folder of a LoRA run")
-    mg.add_argument("--output", required=True, help="the folder to write (must not exist, or be empty)")
-    mg.add_argument("--dtype", choices=["fp32", "bf16", "fp16"],
-                    help="the saved weights' dtype (default: the base model's stored dtype, else fp32); "
-                         "the merge itself runs in fp32")  # fmt: skip
-    mg.add_argument("--overwrite", action="store_true", help="replace an --output folder that is not empty")
-    mg.add_argument("--model", help="base model (default: the one the adapter names)")
-    mg.add_argument("--revision", help="the base model's hub revision (default: the one it was trained at)")
-    mg.add_argument("--trust-remote-code", action="store_true")
+    _merge_options(sub)
     cmp = sub.add_parser(
         "compare",
         help="measure full fine-tuning vs LoRA, sweep ranks, pick a rank",
@@ -175,6 +161,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _nproc_option(p: argparse.ArgumentParser, help_text: str) -> None:
     p.add_argument("--nproc", type=at_least(1), metavar="N", help=help_text + " (default 1)")
+
+
+def _merge_options(sub: Any) -> None:
+    mg = sub.add_parser(
+        "merge",
+        help="merge a LoRA adapter into its base model: a plain transformers model",
+        description="Writes save_pretrained's files (safetensors), the tokenizer and loratune.json to --output: "
+        "AutoModelFor<Task>.from_pretrained(OUTPUT) loads it without loratune.",
+    )
+    mg.add_argument("--adapter", required=True, help="the adapter/ folder of a LoRA run")
+    mg.add_argument("--output", required=True, help="the folder to write (must not exist, or be empty)")
+    mg.add_argument("--dtype", choices=["fp32", "bf16", "fp16"],
+                    help="the saved weights' dtype (default: the base model's stored dtype, else fp32); "
+                         "the merge itself runs in fp32")  # fmt: skip
+    mg.add_argument("--overwrite", action="store_true", help="replace an --output folder that is not empty")
+    mg.add_argument("--model", help="base model (default: the one the adapter names)")
+    mg.add_argument("--revision", help="the base model's hub revision (default: the one it was trained at)")
+    mg.add_argument("--trust-remote-code", action="store_true")
 
 
 def _inspect_options(p: argparse.ArgumentParser) -> None:
