@@ -12,15 +12,21 @@ import torch
 from loratune.data.batching import LengthGroupedBatchSampler, RankShard
 
 
-def gather_worker(rank: int, world: int, store: str, out: str) -> None:
+def gather_worker(rank: int, world: int, port: int, out: str) -> None:
     """One rank of the sharded evaluation: score its shard, then gather (``Parallel.reduce_metrics``)."""
+    import datetime
+
     import torch.distributed as dist
 
     from loratune.tasks.causal_lm import TokenLossMetrics
     from loratune.tasks.seq_cls import ClassificationMetrics
     from loratune.train.distributed import DataParallel, Launch
 
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    # tcp:// rather than file://: torch 2.4's FileStore can hang at exit when the other rank has already left.
+    init = f"tcp://127.0.0.1:{port}"
+    dist.init_process_group(
+        "gloo", init_method=init, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60)
+    )
     parallel = DataParallel(Launch(rank, rank, world), torch.device("cpu"), "gloo")
     results = {}
     for name, metrics in (("cls", ClassificationMetrics(3)), ("lm", TokenLossMetrics())):
@@ -29,6 +35,7 @@ def gather_worker(rank: int, world: int, store: str, out: str) -> None:
                 metrics.update(outputs, batch)
         results[name] = parallel.reduce_metrics(metrics)
     Path(out, f"rank{rank}.json").write_text(json.dumps(results))
+    dist.barrier()  # rank 0 hosts the store: it must not leave while the other rank still uses it
     dist.destroy_process_group()
 
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY_BERT, save_tiny_llama
+from conftest import TINY_BERT, free_port, save_tiny_llama
 from loratune.cli import main
 from loratune.data import DistributedLengthGroupedBatchSampler, LengthGroupedBatchSampler, RankShard
 from loratune.train.config import build_config
@@ -72,7 +72,13 @@ def test_sharded_evaluation_gathers_every_example_once_on_every_rank(tmp_path):
     from loratune.tasks.causal_lm import TokenLossMetrics
     from loratune.tasks.seq_cls import ClassificationMetrics
 
-    mp.spawn(gather_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    ranks = mp.start_processes(gather_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=False)
+    deadline = time.monotonic() + LAUNCH_TIMEOUT
+    while not ranks.join(timeout=1):  # join raises if a rank failed
+        if time.monotonic() > deadline:
+            for process in ranks.processes:
+                process.kill()
+            pytest.fail(f"the two ranks did not end within {LAUNCH_TIMEOUT} s")
     got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert got[0] == got[1]  # every rank has the whole evaluation
     single = {"cls": ClassificationMetrics(3), "lm": TokenLossMetrics()}
