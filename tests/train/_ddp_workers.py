@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,8 +15,6 @@ from loratune.data.batching import LengthGroupedBatchSampler, RankShard
 
 def gather_worker(rank: int, world: int, port: int, out: str) -> None:
     """One rank of the sharded evaluation: score its shard, then gather (``Parallel.reduce_metrics``)."""
-    import datetime
-
     import torch.distributed as dist
 
     from loratune.tasks.causal_lm import TokenLossMetrics
