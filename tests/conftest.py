@@ -279,7 +279,10 @@ def serving(app):
 
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    # Keep-alive far above httpx's 5 s pool expiry (uvicorn's default is also 5 s): with client and server in
+    # one process, a busy GIL can delay the server's loop until it closes a connection the client just reused.
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", timeout_keep_alive=60)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(600):
