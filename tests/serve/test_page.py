@@ -12,10 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +20,7 @@ import httpx
 import pytest
 import torch
 
-from conftest import TEXTS, make_adapter
+from conftest import TEXTS, make_adapter, serving
 from loratune.serve.app import ServeSettings, create_app
 from loratune.serve.runtime import Runtime
 
@@ -65,30 +62,10 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
-@contextmanager
-def serving(runtime: Runtime, settings: ServeSettings | None = None) -> Iterator[str]:
-    """The app of ``runtime`` on uvicorn in a daemon thread, on a free loopback port; yields its URL."""
-    import uvicorn
-
-    config = uvicorn.Config(create_app(runtime, settings), host="127.0.0.1", port=0, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        assert thread.is_alive(), "uvicorn stopped before it started serving"
-        time.sleep(0.01)
-    host, port = server.servers[0].sockets[0].getsockname()[:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.should_exit = True
-        thread.join()
-
-
 @pytest.fixture(scope="module")
 def bert_url(browser, registry) -> Iterator[str]:
     """The serve conftest's registry (sent, topic: seq-cls; ner: token-cls on a tiny BERT), served."""
-    with serving(Runtime(registry)) as url:
+    with serving(create_app(Runtime(registry))) as url:
         yield url
 
 
@@ -99,7 +76,7 @@ def lm_url(browser, tiny_llama_bf16_dir, tmp_path_factory) -> Iterator[str]:
     make_lm_adapter(root / "chat" / "adapter", tiny_llama_bf16_dir)
     make_adapter(root / "mood" / "adapter", tiny_llama_bf16_dir, "seq-cls", ["calm", "angry"], 4, ["q_proj"], 0,
                  head="score")  # fmt: skip
-    with serving(Runtime(root)) as url:
+    with serving(create_app(Runtime(root))) as url:
         yield url
 
 
@@ -307,7 +284,7 @@ def test_an_api_error_shows_its_message_and_an_unloaded_adapter_can_be_loaded_ag
 
 
 def test_the_api_key_is_sent_as_a_bearer_token_and_kept(page, registry):
-    with serving(Runtime(registry), ServeSettings(api_key=KEY, api_key_all=True)) as url:
+    with serving(create_app(Runtime(registry), ServeSettings(api_key=KEY, api_key_all=True))) as url:
         page.goto(url + "/")
         refused = error_message(url, "/v1/predict", {"adapter": "sent", "texts": [TEXTS[0]]})
         page.locator("#error").filter(has_text=refused).wait_for()
