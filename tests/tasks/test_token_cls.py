@@ -25,6 +25,7 @@ from loratune.tasks.token_cls import (
     AUTO_CLASS,
     TASK_TYPE,
     EntityMetrics,
+    TokenClsTask,
     TokenCollator,
     align_labels,
     entity_scores,
@@ -593,3 +594,12 @@ def test_compare_infers_token_cls_and_reports_entity_f1(tiny_model_dir, tmp_path
     lora_config = json.loads((out / "lora" / "adapter" / "adapter_config.json").read_text())
     assert lora_config["task_type"] == "TOKEN_CLS" and lora_config["r"] == 16  # the task's LoRA default
     assert "| test F1 |" in (out / "comparison.md").read_text()
+
+
+def test_a_run_whose_every_f1_is_zero_says_so_in_one_line():
+    task = TokenClsTask()
+    line = task.learned_nothing([{"f1": 0.0, "loss": 0.28}, {"f1": 0.0, "loss": 0.19}])
+    assert line is not None and "\n" not in line
+    assert "entity F1 was 0.0" in line and "--lr" in line and "--epochs" in line
+    assert task.learned_nothing([{"f1": 0.0}, {"f1": 0.01}]) is None
+    assert task.learned_nothing([]) is None
