@@ -21,7 +21,7 @@ from torch import nn
 from loratune.errors import AdapterFileError, AdapterShapeError
 from loratune.fsutil import atomic_dir, follow_umask
 from loratune.lora.config import ALL_LINEAR, LoraConfig, module_matches
-from loratune.lora.layer import LoraLinear, ModulesToSaveWrapper, is_conv1d, is_linear
+from loratune.lora.layer import LoraLinear, ModulesToSaveWrapper, in_out_features, is_linear
 from loratune.lora.model import (
     _require,
     active_adapter,
@@ -340,13 +340,9 @@ def _check_fits(
                 f"adapter tensor {key_a!r} names module {module_path!r}, which {type(model).__name__} "
                 f"does not have; the adapter was trained on {base_name}"
             ) from None
-        if isinstance(module, LoraLinear):
-            in_f, out_f = module.in_features, module.out_features
-        elif is_linear(module):
-            w = module.weight
-            in_f, out_f = (w.shape[0], w.shape[1]) if is_conv1d(module) else (w.shape[1], w.shape[0])
-        else:
+        if not isinstance(module, LoraLinear) and not is_linear(module):
             raise AdapterShapeError(f"adapter layer {module_path!r} is a {type(module).__name__}, not a linear layer")
+        in_f, out_f = in_out_features(module)
         _check_shape(key_a, ab["A"].shape, (config.rank_for(module_path), in_f))
         _check_shape(f"{PREFIX}{module_path}.lora_B.weight", ab["B"].shape, (out_f, ab["A"].shape[0]))
     for head_path, state in head_tensors.items():
