@@ -261,16 +261,18 @@ def load_adapter(
     *,
     is_trainable: bool = False,
     allow_pickle: bool = False,
+    config: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Load a PEFT-format adapter from ``path`` into ``model`` and make it the active adapter.
 
     Works on a plain model (LoRA layers are added where the adapter's keys say) and on a model that
     already holds adapters (``adapter_name`` must then be new; default ``"default"``). Every tensor
     is checked against the model before the model is changed. With ``is_trainable=False`` the
-    adapter is loaded frozen, for inference.
+    adapter is loaded frozen, for inference. ``config``: the folder's ``read_adapter_config``, when
+    the caller has read it already.
     """
     name = check_adapter_name(adapter_name or "default")
-    config_dict = read_adapter_config(path)
+    config_dict = read_adapter_config(path) if config is None else config
     tensors = read_adapter_weights(path, allow_pickle=allow_pickle)
     lora, rest = _split_keys(tensors, {"default", name})
     if not lora:
@@ -280,12 +282,12 @@ def load_adapter(
     for key, value in rest.items():
         head_path = _head_of(model, key, heads)
         head_tensors.setdefault(head_path, {})[key.removeprefix(head_path + ".")] = value
-    config = _lora_config(Path(path) / CONFIG_NAME, config_dict, sorted(lora), sorted(head_tensors))
-    _check_fits(model, config, lora, head_tensors)
-    add_lora(model, config, name)
+    lora_config = _lora_config(Path(path) / CONFIG_NAME, config_dict, sorted(lora), sorted(head_tensors))
+    _check_fits(model, lora_config, lora, head_tensors)
+    add_lora(model, lora_config, name)
     # Saving it again writes the names the file was saved with, not the regex.
-    config.target_modules = config_dict.get("target_modules") or sorted({p.rsplit(".", 1)[-1] for p in lora})
-    config.modules_to_save = heads or None
+    lora_config.target_modules = config_dict.get("target_modules") or sorted({p.rsplit(".", 1)[-1] for p in lora})
+    lora_config.modules_to_save = heads or None
     with torch.no_grad():
         for module_path, ab in lora.items():
             layer = model.get_submodule(module_path)
