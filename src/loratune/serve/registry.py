@@ -2,8 +2,8 @@
 
 A registry is a folder with one adapter per sub-folder ``NAME``: the adapter files in ``NAME`` itself
 or in ``NAME/adapter`` (a training run's folder). Every path the runtime reads from it (the adapter
-folder, its files, the run's ``summary.json``) is resolved and must lie inside the registry, so no
-symlink at any level leads out of it.
+folder, each file in it, the run's ``summary.json``) is resolved and must lie inside the registry, so
+no symlink at any level leads out of it.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loratune.artifacts import TASK_FILE, artifact_task, read_task_info
+from loratune.artifacts import artifact_task, read_task_info
 from loratune.errors import AdapterFileError, AdapterNameError, LoratuneError, UnknownAdapterError
 from loratune.lora import read_adapter_config, read_adapter_shapes
-from loratune.lora.io import CONFIG_NAME, PICKLE_WEIGHTS_NAME, WEIGHTS_NAME
+from loratune.lora.io import CONFIG_NAME, WEIGHTS_NAME
 from loratune.lora.model import check_adapter_name
 from loratune.tasks import Task
 
@@ -32,7 +32,6 @@ TOKENIZER_FILES = (
     "added_tokens.json",
     "chat_template.jinja",
 )
-ADAPTER_FILES = (CONFIG_NAME, WEIGHTS_NAME, PICKLE_WEIGHTS_NAME, TASK_FILE, SUMMARY, *TOKENIZER_FILES)
 
 
 @dataclass(frozen=True)
@@ -103,7 +102,7 @@ class Registry:
             if (folder / CONFIG_NAME).is_file():
                 self._check_inside(name, folder)
                 folder = folder.resolve()
-                for inner in (folder.parent / SUMMARY, *(folder / f for f in ADAPTER_FILES)):
+                for inner in (folder.parent / SUMMARY, *folder.iterdir()):  # what the runtime and tokenizer read
                     self._check_inside(name, inner)
                 return folder
         return None
