@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from conftest import lock_held_elsewhere, toy_rows, write_csv
 from loratune.cli import main
-from loratune.train.host_memory import supported
+from loratune.host_memory import supported
 
 
 def train_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:

@@ -204,9 +204,9 @@ def train_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from loratune.host_memory import keep_freed_memory
     from loratune.tasks import get_task
     from loratune.train.config import build_config
-    from loratune.train.host_memory import keep_freed_memory
     from loratune.train.run import run_training
 
     cfg = build_config(args.config, **train_flags(args))
@@ -281,8 +281,8 @@ def format_summary(s: dict[str, Any], metrics: Sequence[str]) -> str:
 def _load(args: argparse.Namespace, task: str | None = None):
     """The artifact of --adapter; without one, the --model base model for --task (default causal-lm)."""
     from loratune.artifacts import load_artifact, load_base_model
+    from loratune.device import resolve_device
     from loratune.tasks import get_task
-    from loratune.train.precision import resolve_device
 
     device = resolve_device(args.device)
     if args.adapter is None:

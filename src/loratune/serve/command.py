@@ -89,9 +89,9 @@ def serve(args: argparse.Namespace) -> int:
         from loratune.serve.app import ServeSettings, create_app
     except ImportError as err:
         raise LoratuneError(f"loratune serve needs {err.name}: pip install 'loratune[serve]'") from None
+    from loratune.device import resolve_device
     from loratune.serve.runtime import Runtime
     from loratune.serve.schemas import Limits
-    from loratune.train.precision import resolve_device
 
     n = checked(args)
     key = args.api_key or os.environ.get(KEY_ENV) or None

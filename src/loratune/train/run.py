@@ -39,8 +39,10 @@ from torch.utils.data import DataLoader
 import loratune
 from loratune.artifacts import TASK_FILE, base_fingerprint
 from loratune.data.batching import DistributedLengthGroupedBatchSampler, LengthGroupedBatchSampler, RankShard
+from loratune.device import resolve_device
 from loratune.errors import RunError
 from loratune.fsutil import LOCK_FILE, atomic_dir, atomic_write_json, clear_folder, folder_lock, follow_umask
+from loratune.host_memory import freed_memory_kept
 from loratune.lora import ALL_LINEAR, LoraConfig, load_adapter, parameter_report, write_adapter
 from loratune.lora.model import lora_layers
 from loratune.models import (
@@ -58,12 +60,11 @@ from loratune.train.determinism import deterministic_algorithms
 from loratune.train.distributed import Parallel, session
 from loratune.train.evaluate import evaluate
 from loratune.train.flops import matmul_peak_flops
-from loratune.train.host_memory import freed_memory_kept
 from loratune.train.logging import environment_info, read_metrics, tensorboard_writer
 from loratune.train.loop import LoopConfig, LoopResult, train
 from loratune.train.memory import dir_size_bytes, peak_memory_bytes, reset_peak_cuda
 from loratune.train.plots import plot_training_curves
-from loratune.train.precision import resolve_device, resolve_precision
+from loratune.train.precision import resolve_precision
 
 ADAPTER_DIR, MODEL_DIR = "adapter", "model"
 RUN_CONFIG = "run_config.json"  # marks a folder as a loratune run (so --overwrite may replace it)
