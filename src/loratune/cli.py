@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from loratune.errors import Interrupted, LoratuneError
+from loratune.generate import DEFAULT_NEW_TOKENS
 from loratune.serve.command import add_serve_options
 from loratune.train.options import add_train_options
 
 if TYPE_CHECKING:
     from loratune.artifacts import Loaded
 
-DEFAULT_NEW_TOKENS = 128  # loratune.generate's
 DEFAULTS_NOTE = "defaults: the offline demo (--model minilm --dataset tweets)"
 ENCODING_HELP = "the text encoding of the {what}, e.g. latin-1 (default: UTF-8, bad bytes replaced with a warning)"
 

@@ -23,9 +23,10 @@ from loratune.artifacts import TASK_FILE, Loaded, load_artifact, read_task_info
 from loratune.errors import AdapterFileError, RunError
 from loratune.fsutil import atomic_dir, follow_umask
 from loratune.lora import merge_and_unload
+from loratune.lora.io import CONFIG_NAME
 from loratune.lora.model import lora_layers
+from loratune.prepare import DTYPES
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _STORED = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -35,7 +36,7 @@ def check_merge_paths(adapter: Path, output: Path, *, overwrite: bool = False) -
     if not adapter.is_dir():
         problem = "is a file" if adapter.exists() else "does not exist"
         raise AdapterFileError(f"--adapter {adapter} {problem}; pass the adapter/ folder of a LoRA run")
-    if not (adapter / "adapter_config.json").is_file():
+    if not (adapter / CONFIG_NAME).is_file():
         if (adapter / "config.json").is_file():
             raise AdapterFileError(
                 f"--adapter {adapter} is a full model (config.json, no adapter_config.json): it is already "

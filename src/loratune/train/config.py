@@ -24,12 +24,12 @@ from typing import Any
 import yaml
 
 from loratune.errors import LoratuneError
+from loratune.prepare import KERNELS
 from loratune.tasks import TASKS
 from loratune.tasks.infer import infer_task
 
 METHODS = ("lora", "full")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-KERNELS = ("lean", "torch")
 PADDINGS = ("longest", "max_length")
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
 
