@@ -19,7 +19,7 @@ from torch import nn
 from loratune.errors import AdapterFileError, AdapterShapeError, LoratuneError
 from loratune.lora import load_adapter, read_adapter_config, read_adapter_shapes
 from loratune.lora.io import CONFIG_NAME, PICKLE_WEIGHTS_NAME, WEIGHTS_NAME
-from loratune.models import load_tokenizer, use_tokenizer_pad_id
+from loratune.models import load_tokenizer, model_errors, use_tokenizer_pad_id
 from loratune.tasks import Task, get_task, task_for_peft_type
 
 TASK_FILE = "loratune.json"
@@ -171,9 +171,7 @@ def _load_full(folder: Path, task: Task, trust_remote_code: bool) -> nn.Module:
     """A fully fine-tuned model saved with ``save_pretrained``, as the task's ``auto_class``."""
     import transformers
 
-    from loratune.models import _model_errors  # the same one-line errors as for base models
-
-    with _model_errors(str(folder)):
+    with model_errors(str(folder)):  # the same one-line errors as for base models
         return getattr(transformers, task.auto_class).from_pretrained(folder, trust_remote_code=trust_remote_code)
 
 

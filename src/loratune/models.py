@@ -234,7 +234,7 @@ def load_config(name: str, trust_remote_code: bool = False, revision: str | None
     from transformers import AutoConfig
 
     path = _checked(name, revision=revision)
-    with _model_errors(name):
+    with model_errors(name):
         return AutoConfig.from_pretrained(
             path, trust_remote_code=trust_remote_code, **_at_revision(revision), **alias_load_options(name, revision)
         )
@@ -245,7 +245,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | N
     from transformers import AutoTokenizer
 
     path = _checked(name, need_config=False, revision=revision)
-    with _model_errors(name):
+    with model_errors(name):
         tokenizer = AutoTokenizer.from_pretrained(
             path, trust_remote_code=trust_remote_code, **_at_revision(revision), **alias_load_options(name, revision)
         )
@@ -355,7 +355,7 @@ def _from_pretrained(auto_class: Any, name: str, path: str, kwargs: dict[str, An
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized" report is expected for a new head
     try:
-        with _model_errors(name), _without_loading_bars():
+        with model_errors(name), _without_loading_bars():
             try:
                 return auto_class.from_pretrained(path, attn_implementation="sdpa", **kwargs)
             except (ValueError, ImportError) as err:
@@ -498,7 +498,7 @@ def _checked(name: str, *, need_config: bool = True, revision: str | None = None
 
 
 @contextlib.contextmanager
-def _model_errors(name: str) -> Iterator[None]:
+def model_errors(name: str) -> Iterator[None]:
     """Turn hub failures and transformers' loading errors into a one-line ModelNotFoundError."""
     try:
         yield
