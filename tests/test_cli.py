@@ -436,7 +436,7 @@ def test_all_linear_run_notes_the_layers_it_targeted(tiny_model_dir, toy_data, t
         "attention.output.dense, intermediate.dense, output.dense, bert.pooler.dense"
     ]  # 6 per layer and the pooler; never the classifier
     asked = []
-    monkeypatch.setattr("loratune.train.run.default_target_modules", lambda *a: asked.append(a) or "all-linear")
+    monkeypatch.setattr("loratune.train.setup.default_target_modules", lambda *a: asked.append(a) or "all-linear")
     code, stdout, err = run(train_args(tiny_model_dir, toy_data, tmp_path / "b", *small), capsys)
     assert code == 0, err
     assert asked == [("bert", "seq-cls")]

@@ -227,7 +227,7 @@ def launch_train(args: argparse.Namespace, cfg) -> int | None:
     torchrun's launcher and return its exit code; None for one process (train here)."""
     from loratune.train.config import as_flags
     from loratune.train.distributed import launch, launched
-    from loratune.train.run import check_output_dir, check_resume
+    from loratune.train.run_folder import check_output_dir, check_resume
 
     if launched() is not None:
         raise LoratuneError("--nproc starts torchrun itself; under torchrun drop it (torchrun's --nproc-per-node "

@@ -1,6 +1,6 @@
 """``prepare_model``: make a transformers model ready to fine-tune, the way ``loratune train`` does.
 
-Three steps, in this order:
+Four steps, in this order:
 
 1. the lean kernels (``fastpath.use_lean_kernels``; ``kernels="torch"`` skips them): attention whose
    backward recomputes the softmax, 1-byte dropout masks, and a first-token last layer for

@@ -18,7 +18,7 @@ from loratune.compare import scores
 from loratune.compare.runner import Runner
 from loratune.fsutil import atomic_write_json
 from loratune.tasks import Metric
-from loratune.train.run import load_data
+from loratune.train.setup import load_data
 
 ACCURACY = Metric("accuracy")
 

@@ -112,7 +112,7 @@ class Task(ABC):
     def load_data(self, dataset: str | None, *, seed: int, **options: Any) -> TaskData:
         """The train and eval splits that the data options name (subsampled and split with ``seed``).
 
-        ``options`` are ``train.run.data_options``: files, columns, sizes and ``dataset_revision``.
+        ``options`` are ``train.setup.data_options``: files, columns, sizes and ``dataset_revision``.
         """
 
     def load_eval_data(self, dataset: str | None, *, info: dict[str, Any], seed: int, **options: Any) -> TaskData:
