@@ -58,7 +58,10 @@ DATA, LORA, TRAINING, RUN = "model and data", "method and LoRA", "training", "ru
 
 @dataclass
 class RunConfig:
-    """One training run. Field names are the CLI flags with dashes turned into underscores."""
+    """One training run. Field names are the CLI flags with dashes turned into underscores.
+
+    Building one reads nothing: a ``task`` left None is inferred from the data where it is needed (``with_task``).
+    """
 
     task: str | None = _opt(
         None,
@@ -192,10 +195,6 @@ class RunConfig:
             return self.lr
         return 5e-4 if self.method == "lora" else 2e-5
 
-    def __post_init__(self) -> None:
-        if self.task is None:  # built directly, not by build_config (which also prints why)
-            self.task = infer_task(self.dataset, self.train_file).task
-
     def validate(self) -> RunConfig:
         """Raise ``LoratuneError`` naming the flag and the fix for any out-of-range value."""
         check_config(self)
@@ -234,7 +233,8 @@ def resume_conflicts(saved: dict[str, Any], cfg: RunConfig) -> list[str]:
     ``saved`` is the run's ``run_config.json``; a field it lacks (an older loratune) counts as its default.
     ``max_steps`` may be raised; the learning rate compares by its effective value.
     """
-    old = RunConfig(**{k: v for k, v in saved.items() if k in options()})
+    old = with_task(RunConfig(**{k: v for k, v in saved.items() if k in options()}))
+    cfg = with_task(cfg)
     out = []
     for name, (option, _kind, _default) in options().items():
         before, after = getattr(old, name), getattr(cfg, name)
@@ -399,6 +399,14 @@ def inferred_task(values: dict[str, Any]) -> str:
     if guess.task != "seq-cls":
         print(f"task: {guess.task} (inferred: {guess.reason}; pass --task to choose)", flush=True)
     return guess.task
+
+
+def with_task(cfg: RunConfig) -> RunConfig:
+    """``cfg``, its task inferred from the data (``tasks.infer``) when it names none: a config built directly,
+    not by ``build_config`` (which also prints why). Reads the data files, and may ask the hub."""
+    if cfg.task is not None:
+        return cfg
+    return dataclasses.replace(cfg, task=infer_task(cfg.dataset, cfg.train_file).task)
 
 
 def task_defaults(task: str, method: str) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from typing import Any
 from loratune.device import resolve_device
 from loratune.fsutil import atomic_write_json, clear_folder, folder_lock
 from loratune.lora import ParameterReport, parameter_report
-from loratune.train.config import RunConfig
+from loratune.train.config import RunConfig, with_task
 from loratune.train.determinism import deterministic_algorithms
 from loratune.train.distributed import Parallel, session
 from loratune.train.evaluate import evaluate
@@ -64,7 +64,7 @@ def run_training(cfg: RunConfig) -> dict[str, Any]:
     With ``cfg.deterministic``, torch uses deterministic algorithms only, for the run's length.
     Under torchrun this process is one rank of a data-parallel run (``train/distributed.py``).
     """
-    cfg = restarted(cfg.validate())
+    cfg = restarted(with_task(cfg).validate())
     with session(resolve_device(cfg.device), cfg.dist_timeout) as parallel:
         lock = folder_lock(cfg.output) if parallel.is_main else contextlib.nullcontext()
         with lock, deterministic_algorithms(cfg.deterministic):

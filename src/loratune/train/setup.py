@@ -26,7 +26,7 @@ from loratune.models import (
 )
 from loratune.prepare import DTYPES, Preparation, prepare_model
 from loratune.tasks import Task, TaskData, get_task
-from loratune.train.config import RunConfig
+from loratune.train.config import RunConfig, with_task
 from loratune.train.precision import resolve_precision
 
 
@@ -94,6 +94,7 @@ def data_options(cfg: RunConfig) -> dict[str, Any]:
 
 def load_data(cfg: RunConfig) -> TaskData:
     """The train and eval data that ``cfg`` names (subsampled and split with its seed)."""
+    cfg = with_task(cfg)
     return get_task(cfg.task).load_data(cfg.dataset, seed=cfg.seed, **data_options(cfg))
 
 
@@ -123,6 +124,7 @@ def prepare(cfg: RunConfig, device: torch.device | None = None) -> RunSetup:
     """Load data, tokenizer and model; add LoRA (or unfreeze all for full fine-tuning).
 
     ``device``: this process's device (a distributed run's rank device); by default ``cfg.device``'s."""
+    cfg = with_task(cfg)
     seed_everything(cfg.seed)
     device = device or resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
