@@ -135,8 +135,14 @@ class Task(ABC):
         ``compute_dtype``: the run's compute dtype; a checkpoint stored in it loads as stored, else in fp32.
         """
         labels = info.get("labels") if self.has_labels else None
-        return load_pretrained_model(self.auto_class, name, labels=labels, trust_remote_code=trust_remote_code,
-                                     compute_dtype=compute_dtype, revision=revision)  # fmt: skip
+        return load_pretrained_model(
+            self.auto_class,
+            name,
+            labels=labels,
+            trust_remote_code=trust_remote_code,
+            compute_dtype=compute_dtype,
+            revision=revision,
+        )
 
     def modules_to_save(self, model: nn.Module) -> list[str]:
         """Modules trained in full and saved with the adapter (PEFT's ``modules_to_save``): the new head."""
