@@ -89,11 +89,16 @@ def merge_to_folder(
     adapter, output = Path(adapter), Path(output)
     check_merge_paths(adapter, output, overwrite=overwrite)
     loaded = load_artifact(adapter, model=model, revision=revision, trust_remote_code=trust_remote_code)
-    target = DTYPES[dtype] if dtype else stored_dtype(loaded.info.get("base_model") if model is None else model,
-                                                      revision or loaded.info.get("base_model_revision"))  # fmt: skip
+    base = loaded.info.get("base_model") if model is None else model
+    target = DTYPES[dtype] if dtype else stored_dtype(base, revision or loaded.info.get("base_model_revision"))
     net = merged_model(loaded).to(target)
-    info = {**read_task_info(adapter), "task": loaded.info["task"], "labels": loaded.info["labels"],
-            "method": "merged", "merged_from": str(adapter)}  # fmt: skip
+    info = {
+        **read_task_info(adapter),
+        "task": loaded.info["task"],
+        "labels": loaded.info["labels"],
+        "method": "merged",
+        "merged_from": str(adapter),
+    }
     with atomic_dir(output) as tmp:
         net.save_pretrained(tmp, safe_serialization=True)
         for weights in tmp.glob("*.safetensors"):
