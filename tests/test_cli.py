@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from conftest import lock_held_elsewhere, toy_rows, write_csv
 from loratune.cli import main
-from loratune.train.host_memory import supported
+from loratune.host_memory import supported
 
 
 def train_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
@@ -436,7 +436,7 @@ def test_all_linear_run_notes_the_layers_it_targeted(tiny_model_dir, toy_data, t
         "attention.output.dense, intermediate.dense, output.dense, bert.pooler.dense"
     ]  # 6 per layer and the pooler; never the classifier
     asked = []
-    monkeypatch.setattr("loratune.train.run.default_target_modules", lambda *a: asked.append(a) or "all-linear")
+    monkeypatch.setattr("loratune.train.setup.default_target_modules", lambda *a: asked.append(a) or "all-linear")
     code, stdout, err = run(train_args(tiny_model_dir, toy_data, tmp_path / "b", *small), capsys)
     assert code == 0, err
     assert asked == [("bert", "seq-cls")]

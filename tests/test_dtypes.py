@@ -112,7 +112,7 @@ def test_loratune_train_on_a_bf16_checkpoint_saves_fp32_adapters_and_head(
 @pytest.mark.parametrize("folder", ["tiny_llama_bf16_dir", "tiny_bert_bf16_dir"])
 def test_the_run_s_model_for_fp32_is_fp32_throughout(folder, request, toy_data):
     from loratune.train.config import build_config
-    from loratune.train.run import prepare
+    from loratune.train.setup import prepare
 
     cfg = build_config(model=str(request.getfixturevalue(folder)), dataset=str(toy_data), precision="fp32")
     model = prepare(cfg).model

@@ -43,7 +43,7 @@ def test_training_and_an_artifact_classify_a_padded_row_as_the_unpadded_one(own_
 
 def test_the_training_model_pads_as_its_tokenizer(own_pad_llama, toy_data):
     from loratune.train.config import build_config
-    from loratune.train.run import prepare
+    from loratune.train.setup import prepare
 
     prep = prepare(build_config(model=str(own_pad_llama), dataset=str(toy_data), precision="fp32", max_length=32))
     padded, alone = _padded_and_alone(prep.model, prep.tokenizer)

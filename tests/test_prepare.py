@@ -63,7 +63,7 @@ def test_the_api_prepares_a_model_as_the_cli_does(tiny_model_dir, toy_data):
     from loratune import LoraConfig, preparation, prepare_model
     from loratune.models import head_module_names, load_model_for_sequence_classification
     from loratune.train.config import build_config
-    from loratune.train.run import prepare
+    from loratune.train.setup import prepare
 
     cfg = build_config(model=str(tiny_model_dir), dataset=str(toy_data), precision="fp32", max_length=32)
     cli = prepare(cfg).model

@@ -9,10 +9,10 @@ The engine's API and the training preparation are re-exported here::
 
 from loratune.errors import LoratuneError
 from loratune.fastpath import restore_torch_kernels
+from loratune.host_memory import keep_freed_memory
 from loratune.lora import *  # noqa: F403
 from loratune.lora import __all__ as _lora_all
 from loratune.prepare import Preparation, preparation, prepare_model
-from loratune.train.host_memory import keep_freed_memory
 
 __version__ = "0.1.0"
 __all__ = [

@@ -18,8 +18,8 @@ from torch import nn
 
 from loratune.errors import AdapterFileError, AdapterShapeError, LoratuneError
 from loratune.lora import load_adapter, read_adapter_config, read_adapter_shapes
-from loratune.lora.io import PICKLE_WEIGHTS_NAME, WEIGHTS_NAME
-from loratune.models import load_tokenizer, use_tokenizer_pad_id
+from loratune.lora.io import CONFIG_NAME, PICKLE_WEIGHTS_NAME, WEIGHTS_NAME
+from loratune.models import load_tokenizer, model_errors, use_tokenizer_pad_id
 from loratune.tasks import Task, get_task, task_for_peft_type
 
 TASK_FILE = "loratune.json"
@@ -90,7 +90,7 @@ def load_artifact(
         raise AdapterFileError(f"--adapter {folder} {problem}; pass the adapter/ (or model/) folder of a run")
     info = read_task_info(folder)
     task = artifact_task(folder, info)
-    if (folder / "adapter_config.json").is_file():
+    if (folder / CONFIG_NAME).is_file():
         if revision is None and model in (None, info.get("base_model")):
             revision = info.get("base_model_revision")
         net, labels, base = _load_lora(folder, info, task, model, trust_remote_code, revision)
@@ -171,9 +171,7 @@ def _load_full(folder: Path, task: Task, trust_remote_code: bool) -> nn.Module:
     """A fully fine-tuned model saved with ``save_pretrained``, as the task's ``auto_class``."""
     import transformers
 
-    from loratune.models import _model_errors  # the same one-line errors as for base models
-
-    with _model_errors(str(folder)):
+    with model_errors(str(folder)):  # the same one-line errors as for base models
         return getattr(transformers, task.auto_class).from_pretrained(folder, trust_remote_code=trust_remote_code)
 
 
@@ -198,7 +196,7 @@ def artifact_task(folder: Path, info: dict[str, Any], config: dict[str, Any] | N
             raise AdapterFileError(
                 f"{folder / TASK_FILE} names an unknown task {info['task']!r}; fix its 'task'"
             ) from None
-    if config is None and (folder / "adapter_config.json").is_file():
+    if config is None and (folder / CONFIG_NAME).is_file():
         config = read_adapter_config(folder)
     return task_for_peft_type(config.get("task_type")) if config is not None else get_task("seq-cls")
 

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from loratune.errors import Interrupted, LoratuneError
+from loratune.generate import DEFAULT_NEW_TOKENS
 from loratune.serve.command import add_serve_options
 from loratune.train.options import add_train_options
 
 if TYPE_CHECKING:
     from loratune.artifacts import Loaded
 
-DEFAULT_NEW_TOKENS = 128  # loratune.generate's
 DEFAULTS_NOTE = "defaults: the offline demo (--model minilm --dataset tweets)"
 ENCODING_HELP = "the text encoding of the {what}, e.g. latin-1 (default: UTF-8, bad bytes replaced with a warning)"
 
@@ -150,11 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_options(cmp)
     _compare_options(cmp)
     _nproc_option(cmp, "train each run in N processes (loratune train --nproc N)")
-    add_serve_options(sub.add_parser(
-        "serve",
-        help="serve a folder of adapters on one base model over HTTP (API, playground page, metrics)",
-        description="One base model in memory, the adapters of --adapters on it, swapped and mixed per request.",
-    ))  # fmt: skip
+    add_serve_options(
+        sub.add_parser(
+            "serve",
+            help="serve a folder of adapters on one base model over HTTP (API, playground page, metrics)",
+            description="One base model in memory, the adapters of --adapters on it, swapped and mixed per request.",
+        )
+    )
     _inspect_options(sub.add_parser("inspect", help="a model's linear layers and each task's default LoRA targets"))
     return parser
 
@@ -172,9 +174,12 @@ def _merge_options(sub: Any) -> None:
     )
     mg.add_argument("--adapter", required=True, help="the adapter/ folder of a LoRA run")
     mg.add_argument("--output", required=True, help="the folder to write (must not exist, or be empty)")
-    mg.add_argument("--dtype", choices=["fp32", "bf16", "fp16"],
-                    help="the saved weights' dtype (default: the base model's stored dtype, else fp32); "
-                         "the merge itself runs in fp32")  # fmt: skip
+    mg.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16", "fp16"],
+        help="the saved weights' dtype (default: the base model's stored dtype, else fp32); "
+        "the merge itself runs in fp32",
+    )
     mg.add_argument("--overwrite", action="store_true", help="replace an --output folder that is not empty")
     mg.add_argument("--model", help="base model (default: the one the adapter names)")
     mg.add_argument("--revision", help="the base model's hub revision (default: the one it was trained at)")
@@ -204,9 +209,9 @@ def train_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from loratune.host_memory import keep_freed_memory
     from loratune.tasks import get_task
     from loratune.train.config import build_config
-    from loratune.train.host_memory import keep_freed_memory
     from loratune.train.run import run_training
 
     cfg = build_config(args.config, **train_flags(args))
@@ -227,11 +232,12 @@ def launch_train(args: argparse.Namespace, cfg) -> int | None:
     torchrun's launcher and return its exit code; None for one process (train here)."""
     from loratune.train.config import as_flags
     from loratune.train.distributed import launch, launched
-    from loratune.train.run import check_output_dir, check_resume
+    from loratune.train.run_folder import check_output_dir, check_resume
 
     if launched() is not None:
-        raise LoratuneError("--nproc starts torchrun itself; under torchrun drop it (torchrun's --nproc-per-node "
-                            "sets the processes)")  # fmt: skip
+        raise LoratuneError(
+            "--nproc starts torchrun itself; under torchrun drop it (torchrun's --nproc-per-node sets the processes)"
+        )
     if args.nproc == 1:
         return None
     out = check_output_dir(cfg)
@@ -281,20 +287,22 @@ def format_summary(s: dict[str, Any], metrics: Sequence[str]) -> str:
 def _load(args: argparse.Namespace, task: str | None = None):
     """The artifact of --adapter; without one, the --model base model for --task (default causal-lm)."""
     from loratune.artifacts import load_artifact, load_base_model
+    from loratune.device import resolve_device
     from loratune.tasks import get_task
-    from loratune.train.precision import resolve_device
 
     device = resolve_device(args.device)
     if args.adapter is None:
         if not args.model:
             raise LoratuneError("no model given; pass --adapter DIR (a run's adapter/ folder) or --model NAME")
         base_task = get_task(task or getattr(args, "task", None) or "causal-lm")
-        return load_base_model(args.model, base_task, device=device, trust_remote_code=args.trust_remote_code,
-                               revision=args.revision)  # fmt: skip
+        return load_base_model(
+            args.model, base_task, device=device, trust_remote_code=args.trust_remote_code, revision=args.revision
+        )
     if getattr(args, "task", None):
         raise LoratuneError("--task is for a base model (--model without --adapter); an adapter knows its task")
-    return load_artifact(args.adapter, model=args.model, device=device, trust_remote_code=args.trust_remote_code,
-                         revision=args.revision)  # fmt: skip
+    return load_artifact(
+        args.adapter, model=args.model, device=device, trust_remote_code=args.trust_remote_code, revision=args.revision
+    )
 
 
 def _max_length(args: argparse.Namespace, loaded: Loaded) -> int:
@@ -319,12 +327,20 @@ def _eval_data(args: argparse.Namespace, task, info: dict[str, Any]):
     if args.eval_file and args.dataset is not None:
         raise DataError("both --dataset and --eval-file were given; pass one of them")
     if args.eval_file:
-        return task.load_eval_data(None, info=info, seed=42, train_file=args.eval_file, eval_file=args.eval_file,
-                                   eval_size=args.eval_size, **options)  # fmt: skip
+        return task.load_eval_data(
+            None,
+            info=info,
+            seed=42,
+            train_file=args.eval_file,
+            eval_file=args.eval_file,
+            eval_size=args.eval_size,
+            **options,
+        )
     recorded = dict(info.get("data") or {})
     if args.dataset is not None:  # another dataset: only the column, encoding and size options carry over
-        return task.load_eval_data(args.dataset, info=info, seed=42, eval_size=args.eval_size,
-                                   train_size=args.train_size, **options)  # fmt: skip
+        return task.load_eval_data(
+            args.dataset, info=info, seed=42, eval_size=args.eval_size, train_size=args.train_size, **options
+        )
     if recorded.get("dataset") is None and not recorded.get("train_file"):
         raise DataError("no data to evaluate on; pass --dataset NAME or --eval-file PATH")
     dataset, seed = recorded.pop("dataset", None), recorded.pop("seed", 42)
@@ -351,8 +367,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = next(loaded.model.parameters()).device
     metrics = evaluate(loaded.model, loader, task.metrics(data), device=device, precision="fp32")
     if args.json:
-        record = {"adapter": str(args.adapter) if args.adapter else None, "model": loaded.info.get("base_model"),
-                  "data": data.source, "labels": loaded.info.get("labels"), **metrics}  # fmt: skip
+        record = {
+            "adapter": str(args.adapter) if args.adapter else None,
+            "model": loaded.info.get("base_model"),
+            "data": data.source,
+            "labels": loaded.info.get("labels"),
+            **metrics,
+        }
         print(json.dumps(record))
     else:
         shown = f"adapter   {args.adapter}" if args.adapter else f"model     {args.model} (no adapter)"
@@ -400,8 +421,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if not text.strip():
             print(f"warning: {where} is empty; its prediction is for an empty text", file=sys.stderr)
     texts = [text for _, _, text in numbered]
-    records = task.predict(loaded.model, loaded.tokenizer, texts, loaded.info, max_length=max_length,
-                           batch_size=args.batch_size)  # fmt: skip
+    records = task.predict(
+        loaded.model, loaded.tokenizer, texts, loaded.info, max_length=max_length, batch_size=args.batch_size
+    )
     for (_, line, _), record in zip(numbered, records, strict=True):
         print(json.dumps({"line": line, **record}) if args.json else task.format_prediction(record))
     return 0
@@ -435,8 +457,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     max_prompt = context if args.max_length else context - options.max_new_tokens
     if args.chat:
         mark = sys.stderr if sys.stdin.isatty() else None
-        chat(loaded.model, loaded.tokenizer, fmt, options, sys.stdin, max_prompt=max_prompt, out=sys.stdout,
-             prompt_mark=mark)  # fmt: skip
+        chat(
+            loaded.model,
+            loaded.tokenizer,
+            fmt,
+            options,
+            sys.stdin,
+            max_prompt=max_prompt,
+            out=sys.stdout,
+            prompt_mark=mark,
+        )
     else:
         complete(loaded.model, loaded.tokenizer, args.prompt, fmt, options, max_prompt=max_prompt, stream=sys.stdout)
     return 0
@@ -445,9 +475,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from loratune.merge import merge_to_folder
 
-    output, dtype = merge_to_folder(args.adapter, args.output, dtype=args.dtype, overwrite=args.overwrite,
-                                    model=args.model, revision=args.revision,
-                                    trust_remote_code=args.trust_remote_code)  # fmt: skip
+    output, dtype = merge_to_folder(
+        args.adapter,
+        args.output,
+        dtype=args.dtype,
+        overwrite=args.overwrite,
+        model=args.model,
+        revision=args.revision,
+        trust_remote_code=args.trust_remote_code,
+    )
     print(f"merged {args.adapter} into {output} ({str(dtype).removeprefix('torch.')} weights)")
     return 0
 
@@ -458,8 +494,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(args)
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "generate": cmd_generate,
-            "merge": cmd_merge, "compare": cmd_compare, "serve": cmd_serve, "inspect": cmd_inspect}  # fmt: skip
+COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "predict": cmd_predict,
+    "generate": cmd_generate,
+    "merge": cmd_merge,
+    "compare": cmd_compare,
+    "serve": cmd_serve,
+    "inspect": cmd_inspect,
+}
 
 
 class _WarningLines(logging.Handler):

@@ -220,8 +220,9 @@ def _use_lean_attention(model: nn.Module, notes: list[str]) -> bool:
         _register()
         model.set_attn_implementation(LEAN_ATTENTION)
     except (ImportError, AttributeError, TypeError, ValueError) as err:
-        notes.append(f"the lean attention cannot be plugged into this transformers ({type(err).__name__}); "
-                     f"{name} keeps its own")  # fmt: skip
+        notes.append(
+            f"the lean attention cannot be plugged into this transformers ({type(err).__name__}); {name} keeps its own"
+        )
         return False
     if config._attn_implementation != LEAN_ATTENTION:
         notes.append(f"{name} did not accept the lean attention; it keeps its own")
@@ -245,8 +246,10 @@ def _use_first_token_layer(model: nn.Module, notes: list[str]) -> bool:
         reason = "its logits changed"
     if not same:
         vars(target).pop("forward", None)
-        notes.append(f"{type(model).__name__}'s last layer keeps computing every position (a check of the "
-                     f"first-token layer failed: {reason})")  # fmt: skip  # fmt: skip
+        notes.append(
+            f"{type(model).__name__}'s last layer keeps computing every position (a check of the "
+            f"first-token layer failed: {reason})"
+        )
     return same
 
 

@@ -70,8 +70,12 @@ def keep_last(ids: list[int], limit: int, what: str = "the prompt") -> list[int]
     limit = max(1, limit)
     if len(ids) <= limit:
         return ids
-    print(f"warning: {what} has {len(ids)} tokens, more than the context's {limit}; its first "
-          f"{len(ids) - limit} are dropped", file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"warning: {what} has {len(ids)} tokens, more than the context's {limit}; its first "
+        f"{len(ids) - limit} are dropped",
+        file=sys.stderr,
+        flush=True,
+    )
     return ids[-limit:]
 
 
@@ -132,8 +136,9 @@ def generate_ids(
     try:
         if sample and options.seed is not None:
             torch.manual_seed(options.seed)
-        out = model.generate(inputs, attention_mask=torch.ones_like(inputs), generation_config=config,
-                             streamer=streamer)  # fmt: skip
+        out = model.generate(
+            inputs, attention_mask=torch.ones_like(inputs), generation_config=config, streamer=streamer
+        )
     finally:
         model.train(was_training)
     return out[0, len(ids) :].tolist()

@@ -115,9 +115,12 @@ def as_json(report: Inspection) -> str:
 
 def format_inspection(report: Inspection) -> str:
     """The report as aligned text."""
-    lines = [f"model        {report.model}", f"model type   {report.model_type}",
-             f"parameters   {report.parameters:,} (the bare model, no task head)",
-             "linear layers (in x out, count):"]  # fmt: skip
+    lines = [
+        f"model        {report.model}",
+        f"model type   {report.model_type}",
+        f"parameters   {report.parameters:,} (the bare model, no task head)",
+        "linear layers (in x out, count):",
+    ]
     shapes = [f"{g.in_features}x{g.out_features}" for g in report.linear_layers]
     width = max((len(g.pattern) for g in report.linear_layers), default=0)
     shape_width = max(map(len, shapes), default=0)

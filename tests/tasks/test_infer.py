@@ -7,7 +7,7 @@ import json
 import pytest
 
 from loratune.tasks.infer import infer_task
-from loratune.train.config import RunConfig, build_config
+from loratune.train.config import RunConfig, build_config, with_task
 
 CONLL = "-DOCSTART- -X- O O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\nGerman JJ B-NP B-MISC\n\nPeter NNP B-NP B-PER\n"
 
@@ -67,4 +67,4 @@ def test_build_config_infers_and_says_so_unless_the_task_is_given(tmp_path, caps
     table = tmp_path / "reviews.csv"
     table.write_text("text,label\ngreat,1\n")
     assert build_config(train_file=str(table)).task == "seq-cls" and capsys.readouterr().out == ""
-    assert RunConfig(train_file=str(path)).task == "token-cls"
+    assert with_task(RunConfig(train_file=str(path))).task == "token-cls"

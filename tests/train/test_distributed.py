@@ -24,7 +24,7 @@ from conftest import TINY_BERT, free_port, save_tiny_llama
 from loratune.cli import main
 from loratune.data import DistributedLengthGroupedBatchSampler, LengthGroupedBatchSampler, RankShard
 from loratune.train.config import build_config
-from loratune.train.run import RUN_CONFIG, restarted
+from loratune.train.run_folder import RUN_CONFIG, restarted
 from tasks.test_causal_lm import records
 from tasks.test_token_cls import toy_conll
 from train._ddp_workers import gather_worker, shard_batches

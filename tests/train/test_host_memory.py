@@ -1,4 +1,4 @@
-"""train.host_memory: after keep_freed_memory, a large temporary reuses freed pages (no faults).
+"""host_memory: after keep_freed_memory, a large temporary reuses freed pages (no faults).
 
 Each check runs in a fresh interpreter: the malloc setting is process-wide.
 """
@@ -11,11 +11,11 @@ import sys
 
 import pytest
 
-from loratune.train.host_memory import supported
+from loratune.host_memory import supported
 
 CHILD = """
 import json, resource, sys, torch
-from loratune.train.host_memory import keep_freed_memory
+from loratune.host_memory import keep_freed_memory
 kept = keep_freed_memory() if sys.argv[1] == "keep" else None
 x = torch.randn(4096, 3072)  # 50 MB: above the 32 MiB that glibc raises its mmap threshold to
 for _ in range(3):

@@ -3,12 +3,12 @@ import contextlib
 import pytest
 import torch
 
+from loratune.device import resolve_device
 from loratune.errors import RunError
 from loratune.train import precision
 from loratune.train.precision import (
     autocast_context,
     grad_scaler,
-    resolve_device,
     resolve_precision,
 )
 

@@ -111,6 +111,12 @@ def _run_jobs(args, cfg, out: Path, methods, ranks, sweep: bool, *, resume: bool
             sweep_ranks(runner, cfg, ranks)
         if args.auto_rank:
             candidates = ranks or list(DEFAULT_RANKS)
-            auto_rank(runner, candidates, budget, tolerance_pt=args.tolerance, first_budget=args.first_budget,
-                      metric=get_task(cfg.task).metric)  # fmt: skip
+            auto_rank(
+                runner,
+                candidates,
+                budget,
+                tolerance_pt=args.tolerance,
+                first_budget=args.first_budget,
+                metric=get_task(cfg.task).metric,
+            )
     return 0

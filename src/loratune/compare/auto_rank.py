@@ -18,7 +18,7 @@ from loratune.compare import scores
 from loratune.compare.runner import Runner
 from loratune.fsutil import atomic_write_json
 from loratune.tasks import Metric
-from loratune.train.run import load_data
+from loratune.train.setup import load_data
 
 ACCURACY = Metric("accuracy")
 
@@ -146,9 +146,15 @@ class _PrefixRuns:
     def __call__(self, r: int, steps: int, index: int) -> dict[str, Any]:
         """Continue rank ``r``'s run to ``steps`` (a prefix of the full run); its measures there."""
         pause = steps if steps < self.full_steps else None
-        m = self.runner.run(f"round{index}-r{r}", self.runner.out / "rounds" / f"r{r}",
-                            f"[round {index}, {steps} steps] r={r}", continue_run=r in self.reached, method="lora",
-                            r=r, pause_at_step=pause)  # fmt: skip
+        m = self.runner.run(
+            f"round{index}-r{r}",
+            self.runner.out / "rounds" / f"r{r}",
+            f"[round {index}, {steps} steps] r={r}",
+            continue_run=r in self.reached,
+            method="lora",
+            r=r,
+            pause_at_step=pause,
+        )
         m["round_steps"] = steps
         m["new_steps"] = steps - self.reached.get(r, 0)
         self.reached[r] = steps
@@ -229,15 +235,17 @@ def auto_rank(
     """
     full_steps, per_epoch = budget
     first_steps = max(1, math.ceil(first_budget * full_steps))
-    print(f"auto-rank: candidates r={','.join(map(str, candidates))}; full budget {full_steps} steps "
-          f"({full_steps / per_epoch:.2f} epochs of {per_epoch}); first round {first_steps} steps, doubling; "
-          f"tolerance {tolerance_pt:g} {scores.unit(metric.name)} of {scores.label(metric.name)}",
-          flush=True)  # fmt: skip
+    _print_plan(candidates, budget, first_steps, tolerance_pt, metric)
     runs = _PrefixRuns(runner, full_steps)
     choice, rounds = successive_halving(
-        candidates, runs, full_steps=full_steps, first_steps=first_steps, tolerance_pt=tolerance_pt,
-        metric=metric.name, higher_is_better=metric.higher_is_better,
-    )  # fmt: skip
+        candidates,
+        runs,
+        full_steps=full_steps,
+        first_steps=first_steps,
+        tolerance_pt=tolerance_pt,
+        metric=metric.name,
+        higher_is_better=metric.higher_is_better,
+    )
     table, reason = _evidence_table(rounds, per_epoch), _reason(choice, rounds, tolerance_pt)
     if rounds:
         print("\n" + table + "\n")
@@ -262,9 +270,29 @@ def auto_rank(
         "cost": cost,
     }
     atomic_write_json(runner.out / "auto_rank.json", result)
-    shown = ", ".join(f"{scores.label(n)} {scores.text(n, final.get(n))}" for n in final["metrics"])
-    print(f"auto-rank: r={choice} trained with the full budget: {shown}; adapter in {adapter}\n"
-          f"auto-rank: cost {cost['round_steps']} steps in rounds + {cost['final_steps']} final = "
-          f"{cost['total_steps']} steps, vs {cost['full_sweep_steps']} for the full sweep "
-          f"({cost['fraction_of_full_sweep']:.2f}x); wrote {runner.out / 'auto_rank.json'}", flush=True)  # fmt: skip
+    _print_outcome(result, runner.out / "auto_rank.json")
     return result
+
+
+def _print_plan(
+    candidates: Sequence[int], budget: tuple[int, int], first_steps: int, tolerance_pt: float, metric: Metric
+) -> None:
+    full_steps, per_epoch = budget
+    print(
+        f"auto-rank: candidates r={','.join(map(str, candidates))}; full budget {full_steps} steps "
+        f"({full_steps / per_epoch:.2f} epochs of {per_epoch}); first round {first_steps} steps, doubling; "
+        f"tolerance {tolerance_pt:g} {scores.unit(metric.name)} of {scores.label(metric.name)}",
+        flush=True,
+    )
+
+
+def _print_outcome(result: dict[str, Any], path: Path) -> None:
+    choice, final, cost = result["choice"], result["final"], result["cost"]
+    shown = ", ".join(f"{scores.label(n)} {scores.text(n, final.get(n))}" for n in final["metrics"])
+    print(
+        f"auto-rank: r={choice} trained with the full budget: {shown}; adapter in {result['adapter']}\n"
+        f"auto-rank: cost {cost['round_steps']} steps in rounds + {cost['final_steps']} final = "
+        f"{cost['total_steps']} steps, vs {cost['full_sweep_steps']} for the full sweep "
+        f"({cost['fraction_of_full_sweep']:.2f}x); wrote {path}",
+        flush=True,
+    )

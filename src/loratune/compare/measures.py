@@ -27,8 +27,11 @@ def task_scores(task: str, best: Mapping[str, Any], final: Mapping[str, Any], te
     split's (``test_accuracy``, None without a validation split)."""
     spec = get_task(task)
     names = list(dict.fromkeys([spec.metric.name, *spec.summary_metrics]))
-    out: dict[str, Any] = {"metric": spec.metric.name, "higher_is_better": spec.metric.higher_is_better,
-                           "metrics": names}  # fmt: skip
+    out: dict[str, Any] = {
+        "metric": spec.metric.name,
+        "higher_is_better": spec.metric.higher_is_better,
+        "metrics": names,
+    }
     for name in names:
         out |= {name: best.get(name), f"final_{name}": final.get(name), f"test_{name}": test.get(name)}
     return out

@@ -121,15 +121,13 @@ class Runner:
         until = overrides.get("pause_at_step")
         mode = child_mode(run_dir, resume=self.resume or continue_run, overwrite=self.overwrite, until_step=until)
         if mode == "reuse":
-            m = run_measures(
-                json.loads((run_dir / "summary.json").read_text()), run_dir=run_dir, pid=None, elapsed=None
-            )
+            m = _finished(run_dir, pid=None, elapsed=None)
             if until is not None:
                 m = measures_at_step(m, until)
             print(f"{label}: reusing the finished run in {run_dir}: {describe(m)}", flush=True)
             return m
-        argv = child_argv(self.cfg, self.nproc, output=str(run_dir), resume=mode == "resume",
-                          overwrite=mode == "overwrite", **overrides)  # fmt: skip
+        modes = {"resume": mode == "resume", "overwrite": mode == "overwrite"}
+        argv = child_argv(self.cfg, self.nproc, output=str(run_dir), **modes, **overrides)
         log = self.out / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
@@ -151,9 +149,7 @@ class Runner:
         elapsed = time.perf_counter() - started
         if rc != 0 or self.interrupted:
             raise self._failure(name, rc, log)
-        m = run_measures(
-            json.loads((run_dir / "summary.json").read_text()), run_dir=run_dir, pid=proc.pid, elapsed=elapsed
-        )
+        m = _finished(run_dir, pid=proc.pid, elapsed=elapsed)
         print(f"{label}: done in {elapsed:.1f} s: {describe(m)}", flush=True)
         return m
 
@@ -171,3 +167,9 @@ class Runner:
             return ChildRunError(f"{name} run: {error}", rc if rc > 0 else 1)
         tail = next((x for x in reversed(lines) if x.strip()), "")
         return ChildRunError(f"the {name} run failed with exit code {rc} ({tail.strip()[:200]}); see {log}", 1)
+
+
+def _finished(run_dir: Path, *, pid: int | None, elapsed: float | None) -> dict[str, Any]:
+    """The measures of the finished run in ``run_dir`` (its ``summary.json``)."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return run_measures(summary, run_dir=run_dir, pid=pid, elapsed=elapsed)

@@ -35,8 +35,10 @@ def rank_table(rows: Sequence[dict[str, Any]]) -> str:
     ]
     for m in rows:
         values = " | ".join(scores.text(n, m.get(n)) for n in names)
-        lines.append(f"| {m['r']} | {m['trainable_params']:,} ({m['trainable_percent']:.2f} %) | {values} "
-                     f"| {m['train_seconds']:.1f} s |")  # fmt: skip
+        lines.append(
+            f"| {m['r']} | {m['trainable_params']:,} ({m['trainable_percent']:.2f} %) | {values} "
+            f"| {m['train_seconds']:.1f} s |"
+        )
     return "\n".join(lines)
 
 

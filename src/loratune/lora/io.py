@@ -23,13 +23,13 @@ from loratune.fsutil import atomic_dir, follow_umask
 from loratune.lora.config import ALL_LINEAR, LoraConfig, module_matches
 from loratune.lora.layer import LoraLinear, ModulesToSaveWrapper, in_out_features, is_linear
 from loratune.lora.model import (
-    _require,
     active_adapter,
     adapter_configs,
     add_lora,
     check_adapter_name,
     head_wrappers,
     lora_layers,
+    require_adapter,
 )
 
 CONFIG_NAME = "adapter_config.json"
@@ -63,7 +63,7 @@ def _base_model_name(model: nn.Module, config: LoraConfig) -> str | None:
 
 def adapter_state_dict(model: nn.Module, adapter_name: str | None = None) -> dict[str, torch.Tensor]:
     """The adapter's tensors under PEFT's key names (contiguous CPU copies)."""
-    name = _require(model, adapter_name or active_adapter(model) or "")
+    name = require_adapter(model, adapter_name or active_adapter(model) or "")
     tensors: dict[str, torch.Tensor] = {}
     for path, layer in lora_layers(model):
         if name in layer.lora_A:
@@ -78,7 +78,7 @@ def adapter_state_dict(model: nn.Module, adapter_name: str | None = None) -> dic
 
 def peft_config_dict(model: nn.Module, adapter_name: str | None = None) -> dict[str, Any]:
     """``adapter_config.json`` contents for an adapter, with PEFT's field names."""
-    name = _require(model, adapter_name or active_adapter(model) or "")
+    name = require_adapter(model, adapter_name or active_adapter(model) or "")
     config = adapter_configs(model)[name]
     layers = [(p, m) for p, m in lora_layers(model) if name in m.lora_A]
     targets = config.target_modules

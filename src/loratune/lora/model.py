@@ -65,7 +65,8 @@ def _wrapped(model: nn.Module) -> Iterator[LoraLinear | ModulesToSaveWrapper]:
             yield module
 
 
-def _require(model: nn.Module, name: str) -> str:
+def require_adapter(model: nn.Module, name: str) -> str:
+    """``name``, if ``model`` holds an adapter of that name; else an ``UnknownAdapterError`` listing those it holds."""
     known = list_adapters(model)
     if name not in known:
         listing = ", ".join(repr(k) for k in known) or "none (add one with add_lora or load_adapter)"
@@ -196,7 +197,7 @@ def set_adapter(model: nn.Module, adapter_name: str) -> None:
 
     A merged adapter is unmerged first.
     """
-    _require(model, adapter_name)
+    require_adapter(model, adapter_name)
     unmerge_adapter(model)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -212,7 +213,7 @@ def set_adapter(model: nn.Module, adapter_name: str) -> None:
 
 def delete_adapter(model: nn.Module, adapter_name: str) -> None:
     """Remove ``adapter_name``. If it was active, the most recent remaining adapter becomes active."""
-    _require(model, adapter_name)
+    require_adapter(model, adapter_name)
     for module in _wrapped(model):
         if module.has_adapter(adapter_name):
             module.delete_adapter(adapter_name)
@@ -229,7 +230,7 @@ def merge_adapter(model: nn.Module, adapter_name: str | None = None) -> None:
 
     Its head copy keeps serving, as it does unmerged. ``unmerge_adapter`` undoes it.
     """
-    name = _require(model, adapter_name or active_adapter(model) or "")
+    name = require_adapter(model, adapter_name or active_adapter(model) or "")
     if name != active_adapter(model):
         set_adapter(model, name)
     for _, layer in lora_layers(model):
@@ -248,7 +249,7 @@ def merge_and_unload(model: nn.Module, adapter_name: str | None = None) -> nn.Mo
 
     Its head copy replaces the original head. The other adapters are dropped.
     """
-    name = _require(model, adapter_name or active_adapter(model) or "")
+    name = require_adapter(model, adapter_name or active_adapter(model) or "")
     merge_adapter(model, name)
     for path, layer in list(lora_layers(model)):
         layer.merged_adapters.clear()
@@ -288,7 +289,7 @@ def mixed_adapters(model: nn.Module, names: list[str]) -> Iterator[None]:
         raise ValueError("mixed_adapters is for inference: call model.eval() first")
     for n in set(names):
         if n != BASE:
-            _require(model, n)
+            require_adapter(model, n)
     unmerge_adapter(model)
     order = list(dict.fromkeys(n for n in names if n != BASE))
     index = {n: i for i, n in enumerate(order)}

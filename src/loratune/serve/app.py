@@ -88,13 +88,21 @@ def create_app(runtime: Runtime, settings: ServeSettings | None = None) -> FastA
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.batcher = MicroBatcher(runtime.predict_mixed, window_ms=settings.batch_window_ms,
-                                         max_batch=settings.max_batch, on_batch=metrics.batch.observe)  # fmt: skip
+        app.state.batcher = MicroBatcher(
+            runtime.predict_mixed,
+            window_ms=settings.batch_window_ms,
+            max_batch=settings.max_batch,
+            on_batch=metrics.batch.observe,
+        )
         yield
         app.state.batcher.close()  # uvicorn has drained the requests in flight by now
 
-    app = FastAPI(title="loratune", version=__version__, lifespan=lifespan,
-                  description="Many LoRA adapters served on one base model.")  # fmt: skip
+    app = FastAPI(
+        title="loratune",
+        version=__version__,
+        lifespan=lifespan,
+        description="Many LoRA adapters served on one base model.",
+    )
     app.state.runtime, app.state.settings, app.state.metrics = runtime, settings, metrics
     _error_handlers(app)
     _middleware(app, settings, metrics)
@@ -175,8 +183,11 @@ def _require_key(key: str | None):
     ) -> None:
         given = bearer.credentials if bearer is not None else header
         if key and (given is None or not secrets.compare_digest(given.encode(), key.encode())):
-            raise RequestError(401, "missing or wrong API key; send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
-                               "authentication_error")  # fmt: skip
+            raise RequestError(
+                401,
+                "missing or wrong API key; send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+                "authentication_error",
+            )
 
     return check
 
@@ -188,8 +199,11 @@ def _middleware(app: FastAPI, settings: ServeSettings, metrics: ServerMetrics) -
     async def measure(request: Request, call_next):
         size = request.headers.get("content-length", "")
         if size.isdigit() and int(size) > limit:
-            return _error(413, f"the request body has {size} bytes, more than the limit of {limit}; send less "
-                               "per request (the server's --max-body-bytes)")  # fmt: skip
+            return _error(
+                413,
+                f"the request body has {size} bytes, more than the limit of {limit}; send less "
+                "per request (the server's --max-body-bytes)",
+            )
         start = time.perf_counter()
         response = await call_next(request)
         route = request.scope.get("route")
@@ -260,8 +274,11 @@ def _completion_routes(runtime: Runtime, settings: ServeSettings) -> APIRouter:
             if not m["content"].strip() and m["role"] == "user":
                 raise RequestError(422, f"messages[{i}] is empty; pass a non-blank message")
         if sum(len(m["content"]) for m in messages) > settings.limits.max_text_chars:
-            raise RequestError(413, f"the messages exceed {settings.limits.max_text_chars} characters "
-                                    "(the server's --max-text-chars); send a shorter conversation")  # fmt: skip
+            raise RequestError(
+                413,
+                f"the messages exceed {settings.limits.max_text_chars} characters "
+                "(the server's --max-text-chars); send a shorter conversation",
+            )
         call = functools.partial(runtime.complete, body.model, messages=messages)
         return await _answer(runtime, settings, body, request, openai.CHAT, call)
 
@@ -273,13 +290,15 @@ async def _answer(runtime: Runtime, settings: ServeSettings, body: Any, request:
     request.state.adapters = [body.model]
     task = await run_in_threadpool(runtime.check, body.model)
     if task != "causal-lm":
-        raise RequestError(400, f"adapter {body.model!r} is a {task} adapter; completions need a causal-lm one "
-                                "(use /v1/predict)")  # fmt: skip
+        raise RequestError(
+            400, f"adapter {body.model!r} is a {task} adapter; completions need a causal-lm one (use /v1/predict)"
+        )
     limit = settings.limits.max_new_tokens
     if body.max_tokens is not None and body.max_tokens > limit:
         raise RequestError(413, f"max_tokens {body.max_tokens} is over the limit of {limit} (--max-new-tokens)")
-    options = GenerationOptions(body.max_tokens or min(DEFAULT_NEW_TOKENS, limit), body.temperature, body.top_p,
-                                body.seed)  # fmt: skip
+    options = GenerationOptions(
+        body.max_tokens or min(DEFAULT_NEW_TOKENS, limit), body.temperature, body.top_p, body.seed
+    )
     call = functools.partial(call, options=options)
     if body.stream:
         events = openai.stream(kind, body.model, call, _stream_error)

@@ -46,17 +46,30 @@ HELP = {
 
 def add_serve_options(p: argparse.ArgumentParser) -> None:
     """The flags of ``loratune serve``."""
-    p.add_argument("--adapters", required=True, metavar="DIR",
-                   help="the registry: a folder with one trained run (or adapter/ folder) per sub-folder")  # fmt: skip
+    p.add_argument(
+        "--adapters",
+        required=True,
+        metavar="DIR",
+        help="the registry: a folder with one trained run (or adapter/ folder) per sub-folder",
+    )
     p.add_argument("--model", help="the base model (default: the one the adapters name)")
     p.add_argument("--host", default="127.0.0.1", help="the address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--preload", metavar="all|NAMES",
-                   help="load these adapters at start (comma-separated) and make only them available; 'all': "
-                        "load every adapter (default: every adapter available, loaded on first use)")  # fmt: skip
+    p.add_argument(
+        "--preload",
+        metavar="all|NAMES",
+        help="load these adapters at start (comma-separated) and make only them available; 'all': "
+        "load every adapter (default: every adapter available, loaded on first use)",
+    )
     for dest in POSITIVE:
-        p.add_argument("--" + dest.replace("_", "-"), dest=dest, type=str, default=None,
-                       metavar="MB" if dest.endswith("mb") else "N", help=HELP[dest])  # fmt: skip
+        p.add_argument(
+            "--" + dest.replace("_", "-"),
+            dest=dest,
+            type=str,
+            default=None,
+            metavar="MB" if dest.endswith("mb") else "N",
+            help=HELP[dest],
+        )
     p.add_argument("--api-key", help=f"a key that loading and unloading need (better: set {KEY_ENV})")
     p.add_argument("--api-key-all", action="store_true", help="every route but /health, / and /docs needs the key")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -89,28 +102,44 @@ def serve(args: argparse.Namespace) -> int:
         from loratune.serve.app import ServeSettings, create_app
     except ImportError as err:
         raise LoratuneError(f"loratune serve needs {err.name}: pip install 'loratune[serve]'") from None
+    from loratune.device import resolve_device
     from loratune.serve.runtime import Runtime
     from loratune.serve.schemas import Limits
-    from loratune.train.precision import resolve_device
 
     n = checked(args)
     key = args.api_key or os.environ.get(KEY_ENV) or None
     if args.api_key_all and not key:
         raise LoratuneError(f"--api-key-all needs a key: pass --api-key or set {KEY_ENV}")
-    runtime = Runtime(args.adapters, args.model, max_adapters=n["max_adapters"],
-                      adapter_memory_mb=n["adapter_memory_mb"], device=resolve_device(args.device),
-                      batch_size=n["max_batch"])  # fmt: skip
+    runtime = Runtime(
+        args.adapters,
+        args.model,
+        max_adapters=n["max_adapters"],
+        adapter_memory_mb=n["adapter_memory_mb"],
+        device=resolve_device(args.device),
+        batch_size=n["max_batch"],
+    )
     preload(runtime, args.preload)
     limits = Limits(n["max_texts"], n["max_text_chars"], n["max_new_tokens"], n["max_body_bytes"])
     settings = ServeSettings(n["batch_window_ms"], n["max_batch"], limits, key, args.api_key_all)
     if not key and not _loopback(args.host):
-        print(f"warning: serving on {args.host} with no API key: anyone who reaches it can load and unload "
-              f"adapters; set {KEY_ENV}", file=sys.stderr)  # fmt: skip
+        print(
+            f"warning: serving on {args.host} with no API key: anyone who reaches it can load and unload "
+            f"adapters; set {KEY_ENV}",
+            file=sys.stderr,
+        )
     names = runtime.names()
-    print(f"serving {len(names)} adapters of {args.adapters} ({', '.join(names) or 'none yet'}) on "
-          f"http://{args.host}:{n['port']}  (playground: /, API docs: /docs)", flush=True)  # fmt: skip
-    uvicorn.run(create_app(runtime, settings), host=args.host, port=n["port"], log_level=args.log_level,
-                timeout_graceful_shutdown=n["drain_timeout"])  # fmt: skip
+    print(
+        f"serving {len(names)} adapters of {args.adapters} ({', '.join(names) or 'none yet'}) on "
+        f"http://{args.host}:{n['port']}  (playground: /, API docs: /docs)",
+        flush=True,
+    )
+    uvicorn.run(
+        create_app(runtime, settings),
+        host=args.host,
+        port=n["port"],
+        log_level=args.log_level,
+        timeout_graceful_shutdown=n["drain_timeout"],
+    )
     return 0
 
 

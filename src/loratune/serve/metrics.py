@@ -41,12 +41,22 @@ class ServerMetrics:
     def __init__(self, runtime: Runtime) -> None:
         disable_created_metrics()  # no *_created series: they double the output and nothing here reads them
         self.registry = CollectorRegistry()
-        self.requests = Counter("loratune_requests", "Requests per route, adapter and status code",
-                                ["route", "adapter", "status"], registry=self.registry)  # fmt: skip
-        self.latency = Histogram("loratune_request_seconds", "Request latency per route and adapter",
-                                 ["route", "adapter"], buckets=LATENCY_BUCKETS, registry=self.registry)  # fmt: skip
-        self.batch = Histogram("loratune_batch_items", "Items per micro-batch", buckets=BATCH_BUCKETS,
-                               registry=self.registry)  # fmt: skip
+        self.requests = Counter(
+            "loratune_requests",
+            "Requests per route, adapter and status code",
+            ["route", "adapter", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "loratune_request_seconds",
+            "Request latency per route and adapter",
+            ["route", "adapter"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch = Histogram(
+            "loratune_batch_items", "Items per micro-batch", buckets=BATCH_BUCKETS, registry=self.registry
+        )
         self.registry.register(_RuntimeCollector(runtime))
 
     def observe(self, route: str, adapters: Iterable[str], status: int, seconds: float) -> None:

@@ -97,8 +97,9 @@ async def stream(
         except Exception as err:  # the status is sent: report it in the stream
             yield _event(on_error(err))
         else:
-            yield _event({**head, "choices": [_choice(kind, None, done.finish_reason, delta=True)],
-                          "usage": _usage(done)})  # fmt: skip
+            yield _event(
+                {**head, "choices": [_choice(kind, None, done.finish_reason, delta=True)], "usage": _usage(done)}
+            )
         yield "data: [DONE]\n\n"
     finally:
         writer.cancelled = True

@@ -70,14 +70,20 @@ def check_texts(texts: list[str], limits: Limits, where: str) -> None:
     if not texts:
         raise RequestError(422, f"{where} is empty; pass at least one text")
     if len(texts) > limits.max_texts:
-        raise RequestError(413, f"{len(texts)} texts in one request, more than the limit of {limits.max_texts}; "
-                                "split the request (the server's --max-texts sets the limit)")  # fmt: skip
+        raise RequestError(
+            413,
+            f"{len(texts)} texts in one request, more than the limit of {limits.max_texts}; "
+            "split the request (the server's --max-texts sets the limit)",
+        )
     for i, text in enumerate(texts):
         if not text.strip():
             raise RequestError(422, f"{where}[{i}] is empty; pass a non-blank text")
         if len(text) > limits.max_text_chars:
-            raise RequestError(413, f"{where}[{i}] has {len(text)} characters, more than the limit of "
-                                    f"{limits.max_text_chars}; shorten it (the server's --max-text-chars)")  # fmt: skip
+            raise RequestError(
+                413,
+                f"{where}[{i}] has {len(text)} characters, more than the limit of "
+                f"{limits.max_text_chars}; shorten it (the server's --max-text-chars)",
+            )
 
 
 class _Generation(BaseModel):

@@ -112,7 +112,7 @@ class Task(ABC):
     def load_data(self, dataset: str | None, *, seed: int, **options: Any) -> TaskData:
         """The train and eval splits that the data options name (subsampled and split with ``seed``).
 
-        ``options`` are ``train.run.data_options``: files, columns, sizes and ``dataset_revision``.
+        ``options`` are ``train.setup.data_options``: files, columns, sizes and ``dataset_revision``.
         """
 
     def load_eval_data(self, dataset: str | None, *, info: dict[str, Any], seed: int, **options: Any) -> TaskData:
@@ -135,8 +135,14 @@ class Task(ABC):
         ``compute_dtype``: the run's compute dtype; a checkpoint stored in it loads as stored, else in fp32.
         """
         labels = info.get("labels") if self.has_labels else None
-        return load_pretrained_model(self.auto_class, name, labels=labels, trust_remote_code=trust_remote_code,
-                                     compute_dtype=compute_dtype, revision=revision)  # fmt: skip
+        return load_pretrained_model(
+            self.auto_class,
+            name,
+            labels=labels,
+            trust_remote_code=trust_remote_code,
+            compute_dtype=compute_dtype,
+            revision=revision,
+        )
 
     def modules_to_save(self, model: nn.Module) -> list[str]:
         """Modules trained in full and saved with the adapter (PEFT's ``modules_to_save``): the new head."""

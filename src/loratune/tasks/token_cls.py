@@ -22,7 +22,7 @@ from seqeval.metrics.sequence_labeling import get_entities
 from torch import nn
 from transformers import DataCollatorForTokenClassification
 
-from loratune.data.batching import MODEL_INPUTS, _fingerprint
+from loratune.data.batching import MODEL_INPUTS, map_fingerprint
 from loratune.data.tagging import UNTRAINED, TaggingData, is_iob, load_tagging
 from loratune.errors import DataError, LoratuneError
 from loratune.tasks.base import Encoded, Metric, Task, forward_rows
@@ -117,7 +117,7 @@ def tokenize_words(ds: Any, tokenizer: Any, max_length: int, *, batch_size: int 
         remove_columns=ds.column_names,
         keep_in_memory=True,
         load_from_cache_file=False,
-        new_fingerprint=_fingerprint(ds, tokenizer, max_length, "tokens/tags"),
+        new_fingerprint=map_fingerprint(ds, tokenizer, max_length, "tokens/tags"),
         desc="Tokenising",
     )
     if lost["words"]:

@@ -24,12 +24,12 @@ from typing import Any
 import yaml
 
 from loratune.errors import LoratuneError
+from loratune.prepare import KERNELS
 from loratune.tasks import TASKS
 from loratune.tasks.infer import infer_task
 
 METHODS = ("lora", "full")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-KERNELS = ("lean", "torch")
 PADDINGS = ("longest", "max_length")
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
 
@@ -58,7 +58,10 @@ DATA, LORA, TRAINING, RUN = "model and data", "method and LoRA", "training", "ru
 
 @dataclass
 class RunConfig:
-    """One training run. Field names are the CLI flags with dashes turned into underscores."""
+    """One training run. Field names are the CLI flags with dashes turned into underscores.
+
+    Building one reads nothing: a ``task`` left None is inferred from the data where it is needed (``with_task``).
+    """
 
     task: str | None = _opt(
         None,
@@ -90,23 +93,32 @@ class RunConfig:
         None, "subsample the train split to N examples (seeded); causal-lm: the first N records", DATA, low=1
     )
     eval_size: int | None = _opt(
-        None, "subsample the eval split to N examples (seeded); causal-lm: the N records after the train ones",
-        DATA, low=1,
-    )  # fmt: skip
+        None,
+        "subsample the eval split to N examples (seeded); causal-lm: the N records after the train ones",
+        DATA,
+        low=1,
+    )
     val_size: int | None = _opt(
-        None, "hold N train examples out to choose the best checkpoint and stop early, the eval split then scored "
+        None,
+        "hold N train examples out to choose the best checkpoint and stop early, the eval split then scored "
         "once at the end (0: none; default: the dataset's validation split, or 10 %% of train when the eval split "
-        "is a separate test split)", DATA, low=0,
-    )  # fmt: skip
+        "is a separate test split)",
+        DATA,
+        low=0,
+    )
     label_all_tokens: bool = _opt(
-        False, "token-cls: train every sub-token of a word (its later pieces learn the inside tag, B-PER -> I-PER), "
-        "not only its first; scoring stays at each word's first sub-token", DATA,
-    )  # fmt: skip
+        False,
+        "token-cls: train every sub-token of a word (its later pieces learn the inside tag, B-PER -> I-PER), "
+        "not only its first; scoring stays at each word's first sub-token",
+        DATA,
+    )
     max_length: int = _opt(256, "truncate to N tokens", DATA, low=8)
     padding: str = _opt(
-        "longest", "longest: pad each batch to its longest text; max_length: pad all to --max-length", DATA,
+        "longest",
+        "longest: pad each batch to its longest text; max_length: pad all to --max-length",
+        DATA,
         choices=PADDINGS,
-    )  # fmt: skip
+    )
     group_by_length: bool = _opt(
         True, "random batches instead of batches of similar lengths", DATA, flag="--no-group-by-length"
     )
@@ -122,10 +134,13 @@ class RunConfig:
     )
     rslora: bool = _opt(False, "scale by alpha / sqrt(r) (rank-stabilised LoRA)", LORA)
     loraplus_ratio: float | None = _opt(
-        None, "LoRA+: train the B matrices at X times the learning rate, A and the head at --lr (Hayou et al. "
-        "2024 suggest about 16; default: off, one rate for all; no effect with --method full)", LORA, low=0,
+        None,
+        "LoRA+: train the B matrices at X times the learning rate, A and the head at --lr (Hayou et al. "
+        "2024 suggest about 16; default: off, one rate for all; no effect with --method full)",
+        LORA,
+        low=0,
         low_open=True,
-    )  # fmt: skip
+    )
     epochs: int = _opt(3, "passes over the train split", TRAINING, low=1)
     max_steps: int | None = _opt(
         None, "stop after N optimizer steps (may be raised on --resume: the schedule then stretches)", TRAINING, low=1
@@ -134,8 +149,10 @@ class RunConfig:
         None,
         "stop at optimizer step N with a checkpoint and an evaluation, the schedule unchanged; "
         "continue with --resume (and a later or no --pause-at-step)",
-        TRAINING, low=1, resumable=True,
-    )  # fmt: skip
+        TRAINING,
+        low=1,
+        resumable=True,
+    )
     batch_size: int = _opt(16, "examples per batch", TRAINING, low=1)
     grad_accum: int = _opt(1, "gradient accumulation steps", TRAINING, low=1)
     lr: float | None = _opt(
@@ -153,18 +170,25 @@ class RunConfig:
         False, "recompute activations in the backward pass: less memory, more time", TRAINING, resumable=True
     )
     deterministic: bool = _opt(
-        False, "deterministic algorithms only (torch.use_deterministic_algorithms, with cuBLAS and cuDNN set to "
+        False,
+        "deterministic algorithms only (torch.use_deterministic_algorithms, with cuBLAS and cuDNN set to "
         "match): without it a CUDA run's attention backward (SDPA) varies from run to run, so a resumed or "
-        "repeated CUDA run ends slightly apart; slower. CPU runs repeat bit for bit either way", TRAINING,
-    )  # fmt: skip
+        "repeated CUDA run ends slightly apart; slower. CPU runs repeat bit for bit either way",
+        TRAINING,
+    )
     kernels: str = _opt(
-        "lean", "lean: loratune's attention and dropout kernels (same maths, less memory and time); torch: the "
-        "model's own", TRAINING, choices=KERNELS,
-    )  # fmt: skip
+        "lean",
+        "lean: loratune's attention and dropout kernels (same maths, less memory and time); torch: the model's own",
+        TRAINING,
+        choices=KERNELS,
+    )
     malloc_tuning: bool = _opt(
-        True, "leave glibc's malloc as it is (by default it keeps freed memory for reuse on CPU)", TRAINING,
-        flag="--no-malloc-tuning", resumable=True,
-    )  # fmt: skip
+        True,
+        "leave glibc's malloc as it is (by default it keeps freed memory for reuse on CPU)",
+        TRAINING,
+        flag="--no-malloc-tuning",
+        resumable=True,
+    )
     trust_remote_code: bool = _opt(False, "run the model's own code from the hub", TRAINING, resumable=True)
     output: str = _opt("runs/demo", "run folder", RUN, resumable=True)
     resume: bool = _opt(False, "continue from the last checkpoint", RUN, resumable=True)
@@ -174,27 +198,33 @@ class RunConfig:
     early_stopping_patience: int | None = _opt(None, "stop after N evaluations without gain", RUN, low=1)
     log_every: int = _opt(10, "log the training loss every N steps", RUN, low=1, resumable=True)
     report_to: str = _opt(
-        "none", "also write the metrics for tensorboard (pip install 'loratune[tensorboard]'), or none", RUN,
-        choices=("none", "tensorboard"), resumable=True,
-    )  # fmt: skip
-    dist_timeout: int = _opt(
-        1800, "distributed runs: seconds a process waits for the others at a collective (all-reduce, gather) "
-        "before the run fails", RUN, low=1, resumable=True,
-    )  # fmt: skip
-    progress: bool | None = _opt(
-        None, "plain progress lines instead of a bar (the default off a terminal)", RUN, flag="--no-progress",
+        "none",
+        "also write the metrics for tensorboard (pip install 'loratune[tensorboard]'), or none",
+        RUN,
+        choices=("none", "tensorboard"),
         resumable=True,
-    )  # fmt: skip
+    )
+    dist_timeout: int = _opt(
+        1800,
+        "distributed runs: seconds a process waits for the others at a collective (all-reduce, gather) "
+        "before the run fails",
+        RUN,
+        low=1,
+        resumable=True,
+    )
+    progress: bool | None = _opt(
+        None,
+        "plain progress lines instead of a bar (the default off a terminal)",
+        RUN,
+        flag="--no-progress",
+        resumable=True,
+    )
 
     @property
     def learning_rate(self) -> float:
         if self.lr is not None:
             return self.lr
         return 5e-4 if self.method == "lora" else 2e-5
-
-    def __post_init__(self) -> None:
-        if self.task is None:  # built directly, not by build_config (which also prints why)
-            self.task = infer_task(self.dataset, self.train_file).task
 
     def validate(self) -> RunConfig:
         """Raise ``LoratuneError`` naming the flag and the fix for any out-of-range value."""
@@ -234,7 +264,8 @@ def resume_conflicts(saved: dict[str, Any], cfg: RunConfig) -> list[str]:
     ``saved`` is the run's ``run_config.json``; a field it lacks (an older loratune) counts as its default.
     ``max_steps`` may be raised; the learning rate compares by its effective value.
     """
-    old = RunConfig(**{k: v for k, v in saved.items() if k in options()})
+    old = with_task(RunConfig(**{k: v for k, v in saved.items() if k in options()}))
+    cfg = with_task(cfg)
     out = []
     for name, (option, _kind, _default) in options().items():
         before, after = getattr(old, name), getattr(cfg, name)
@@ -399,6 +430,14 @@ def inferred_task(values: dict[str, Any]) -> str:
     if guess.task != "seq-cls":
         print(f"task: {guess.task} (inferred: {guess.reason}; pass --task to choose)", flush=True)
     return guess.task
+
+
+def with_task(cfg: RunConfig) -> RunConfig:
+    """``cfg``, its task inferred from the data (``tasks.infer``) when it names none: a config built directly,
+    not by ``build_config`` (which also prints why). Reads the data files, and may ask the hub."""
+    if cfg.task is not None:
+        return cfg
+    return dataclasses.replace(cfg, task=infer_task(cfg.dataset, cfg.train_file).task)
 
 
 def task_defaults(task: str, method: str) -> dict[str, Any]:

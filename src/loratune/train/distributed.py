@@ -252,8 +252,9 @@ def session(device: torch.device, timeout_s: float) -> Iterator[Parallel]:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend, rank=launch.rank, world_size=launch.world_size,
-                            timeout=timedelta(seconds=timeout_s))  # fmt: skip
+    dist.init_process_group(
+        backend, rank=launch.rank, world_size=launch.world_size, timeout=timedelta(seconds=timeout_s)
+    )
     try:
         with _quiet_unless_main(launch.rank):
             yield DataParallel(launch, device, backend)
@@ -270,8 +271,14 @@ def session(device: torch.device, timeout_s: float) -> Iterator[Parallel]:
 
 def _lost_peer(err: BaseException) -> bool:
     """Whether ``err`` is a collective's failure: a peer's connection closed, or the timeout passed."""
-    marks = ("gloo/transport", "Connection reset by peer", "Connection closed by peer", "Timed out waiting",
-             "pair closure", "NCCL")  # fmt: skip
+    marks = (
+        "gloo/transport",
+        "Connection reset by peer",
+        "Connection closed by peer",
+        "Timed out waiting",
+        "pair closure",
+        "NCCL",
+    )
     return isinstance(err, dist.DistError) or any(mark in str(err) for mark in marks)
 
 
@@ -304,8 +311,9 @@ def launch(nproc: int, argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
-    args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0", "-m",
-                                         "loratune"])  # fmt: skip
+    args = get_args_parser().parse_args(
+        ["--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0", "-m", "loratune"]
+    )
     args.training_script_args = argv  # not parsed by torchrun's parser, which takes --r for one of its own
     try:
         run(args)
@@ -324,6 +332,9 @@ def _failed_rank(rank: int, failure: Any) -> int:
     if code in (2, 130):
         return code
     how = f"was killed by {failure.signal_name()}" if code < 0 else f"failed with exit code {code}"
-    print(f"error: rank {rank} (pid {failure.pid}) {how}, so the run stopped; its messages are above, and "
-          "--resume continues from the last checkpoint", file=sys.stderr)  # fmt: skip
+    print(
+        f"error: rank {rank} (pid {failure.pid}) {how}, so the run stopped; its messages are above, and "
+        "--resume continues from the last checkpoint",
+        file=sys.stderr,
+    )
     return 1

@@ -77,8 +77,15 @@ def _mark_best(ax: Any, evals: list[dict[str, Any]], best: dict[str, Any] | None
         if x is None or y is None:
             return
     ax.plot([x], [y], "*", color="tab:red", ms=14, zorder=3)
-    ax.annotate(f"kept: {label} {y:.3f}", (x, y), textcoords="offset points", xytext=(0, 9), ha="center",
-                fontsize=8, color="tab:red")  # fmt: skip
+    ax.annotate(
+        f"kept: {label} {y:.3f}",
+        (x, y),
+        textcoords="offset points",
+        xytext=(0, 9),
+        ha="center",
+        fontsize=8,
+        color="tab:red",
+    )
 
 
 def plot_training_curves(
@@ -140,8 +147,15 @@ def _loss_panel(ax: Any, train: list[dict[str, Any]]) -> None:
         mean = sum(v for _, v in pts) / len(pts)
         ax.hlines(mean, lo, hi, colors="tab:orange", lw=2.5, label="epoch mean" if n == 0 else None)
         ax.plot([(lo + hi) / 2], [mean], "o", color="tab:orange", ms=5)
-        ax.annotate(f"{mean:.3f}", ((lo + hi) / 2, mean), textcoords="offset points", xytext=(0, 7), ha="center",
-                    fontsize=8, color="tab:orange")  # fmt: skip
+        ax.annotate(
+            f"{mean:.3f}",
+            ((lo + hi) / 2, mean),
+            textcoords="offset points",
+            xytext=(0, 7),
+            ha="center",
+            fontsize=8,
+            color="tab:orange",
+        )
     ax.legend(loc="upper right", fontsize=8)
 
 

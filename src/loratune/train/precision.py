@@ -1,4 +1,4 @@
-"""Device and numeric precision: pick them, check them, and build the autocast context.
+"""Numeric precision: pick it, check it, and build the autocast context (the device: ``loratune.device``).
 
 Precisions are named ``fp32``, ``bf16`` and ``fp16``. bf16 and fp16 run the forward pass under
 ``torch.autocast``; fp16 (CUDA only) also scales the loss (``grad_scaler``). Trainable weights are
@@ -26,7 +26,6 @@ __all__ = [
     "cpu_has_native_bf16",
     "cuda_has_native_bf16",
     "grad_scaler",
-    "resolve_device",
     "resolve_precision",
 ]
 
@@ -43,30 +42,6 @@ _ALIASES = {
     "half": "fp16",
     "16": "fp16",
 }
-
-
-def resolve_device(requested: str | torch.device | None = None) -> torch.device:
-    """``None``/``"auto"`` -> CUDA when available, else CPU; otherwise check the named device."""
-    if requested is None or str(requested).strip().lower() in ("", "auto"):
-        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(str(requested).strip().lower())
-    except (RuntimeError, ValueError):
-        raise RunError(f"unknown device {requested!r}; use --device cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RunError(f"device {requested!r} asked for but CUDA is not available; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise RunError(
-                f"device {requested!r} does not exist (this machine has {torch.cuda.device_count()} "
-                "CUDA devices); use --device cuda:0"
-            )
-    elif device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise RunError(f"device {requested!r} asked for but MPS is not available; use --device cpu")
-    elif device.type != "cpu":
-        raise RunError(f"unsupported device {requested!r}; use --device cpu, cuda or cuda:N")
-    return device
 
 
 @cache
