@@ -2,7 +2,7 @@
 # The token-cls and causal-lm runs of benchmarks/README.md, as run there (needs ../shared/data).
 #   benchmarks/tasks.sh ner     # MiniLM on CoNLL-2003: compare full vs LoRA, then the LoRA settings sweep
 #   benchmarks/tasks.sh lm      # SmolLM2 on instruction-data.json: perplexity before and after LoRA, generations
-#   NER_SETS=DIR benchmarks/tasks.sh ner-sets [EPOCHS] [SETTINGS...]
+#   NER_SETS=DIR [NER_SET_NAMES="a b"] benchmarks/tasks.sh ner-sets [EPOCHS] [SETTINGS...]
 #                               # token-cls settings on several NER sets (DIR/<set>/ folders, benchmarks/README.md),
 #                               # each LoRA setting through the CLI and PEFT's at the tutorial's through ner_parity.py
 # Outputs go to runs/bench-*. Each command is the CLI a user runs; nothing here is a special code path.
@@ -43,7 +43,7 @@ ner_sets() {
     local epochs="${1:-1}" root="${NER_SETS:?set NER_SETS to the folder of NER sets}" out=runs/bench-ner-sets
     shift || true
     local settings=("${@:-${NER_SETTINGS[@]}}")
-    for set in conll2003 ncbi-disease mit-restaurant wnut17; do
+    for set in ${NER_SET_NAMES:-conll2003 ncbi-disease mit-restaurant wnut17}; do
         local data="$root/$set" val=()
         [ "$set" = conll2003 ] && data="$DATA/conll2003"
         case "$set" in conll2003 | mit-restaurant) val=(--val-size 500) ;; esac
