@@ -25,7 +25,7 @@ import yaml
 
 from loratune.errors import LoratuneError
 from loratune.tasks import TASKS
-from loratune.tasks.infer import infer_task
+from loratune.tasks.detect import guess_task
 
 METHODS = ("lora", "full")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -194,7 +194,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if self.task is None:  # built directly, not by build_config (which also prints why)
-            self.task = infer_task(self.dataset, self.train_file).task
+            self.task = guess_task(self.dataset, self.train_file).task
 
     def validate(self) -> RunConfig:
         """Raise ``LoratuneError`` naming the flag and the fix for any out-of-range value."""
@@ -393,9 +393,9 @@ DEMO = {"dataset": "tweets", "train_size": 4000, "eval_size": 1000, "max_length"
 
 
 def inferred_task(values: dict[str, Any]) -> str:
-    """The task the data of ``values`` is for (``tasks.infer``), printed with the reason unless it is seq-cls
+    """The task the data of ``values`` is for (``tasks.detect``), printed with the reason unless it is seq-cls
     (the task of a labelled table, and of the demo)."""
-    guess = infer_task(values.get("dataset"), values.get("train_file"))
+    guess = guess_task(values.get("dataset"), values.get("train_file"))
     if guess.task != "seq-cls":
         print(f"task: {guess.task} (inferred: {guess.reason}; pass --task to choose)", flush=True)
     return guess.task
