@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader
 import loratune
 from loratune.artifacts import TASK_FILE, base_fingerprint
 from loratune.data.batching import DistributedLengthGroupedBatchSampler, LengthGroupedBatchSampler, RankShard
+from loratune.data.options import RECORDED, DataOptions
 from loratune.errors import RunError
 from loratune.fsutil import LOCK_FILE, atomic_dir, atomic_write_json, clear_folder, folder_lock, follow_umask
 from loratune.lora import ALL_LINEAR, LoraConfig, load_adapter, parameter_report, write_adapter
@@ -155,26 +156,14 @@ class Prepared:
     max_length: int  # --max-length, or the model's positions if fewer
 
 
-def data_options(cfg: RunConfig) -> dict[str, Any]:
+def data_options(cfg: RunConfig) -> DataOptions:
     """The data options of ``cfg``, as ``Task.load_data`` takes them."""
-    names = (
-        "dataset_revision",
-        "train_file",
-        "eval_file",
-        "text_column",
-        "label_column",
-        "encoding",
-        "train_size",
-        "eval_size",
-        "val_size",
-        "label_all_tokens",
-    )
-    return {name: getattr(cfg, name) for name in names}
+    return DataOptions(**{name: getattr(cfg, name) for name in RECORDED})
 
 
 def load_data(cfg: RunConfig) -> TaskData:
     """The train and eval data that ``cfg`` names (subsampled and split with its seed)."""
-    return get_task(cfg.task).load_data(cfg.dataset, seed=cfg.seed, **data_options(cfg))
+    return get_task(cfg.task).load_data(data_options(cfg))
 
 
 def lora_config(cfg: RunConfig, task: Task, model: nn.Module) -> LoraConfig:
@@ -244,7 +233,7 @@ def task_info(prep: Prepared) -> dict[str, Any]:
         "base_model_revision": cfg.revision,
         "base_model_fingerprint": prep.fingerprint,
         "max_length": prep.max_length,
-        "data": {"dataset": cfg.dataset, **data_options(cfg), "seed": cfg.seed},
+        "data": data_options(cfg).record(),
         "loratune_version": loratune.__version__,
     }
 
