@@ -14,7 +14,7 @@ Two kinds of data, told apart by their fields:
   tokens get label -100: the loss is on the response (and the chat template's end-of-turn tokens,
   or the EOS that ends an Alpaca response) only.
 
-Records are never shuffled: the sizes take records in file order (see :func:`load_lm_data`), so that
+Records are never shuffled: the sizes take records in file order (``data.splits.in_file_order``), so that
 ``--train-size 935 --eval-size 110`` trains on records 0-934 and evaluates on records 935-1044.
 """
 
@@ -102,7 +102,8 @@ def load_lm_records(options: DataOptions) -> LMData:
     """
     read = read_source(options, LMRecords())
     train, ev = read.train, read.eval
-    plan = in_file_order(len(train), len(ev) if ev else None, train.path, ev.path if ev else None, options)
+    eval_file = ev.path if ev is not None else None
+    plan = in_file_order(len(train), len(ev) if ev is not None else None, train.path, eval_file, options)
     evaluated = train if ev is None else ev
     kind = train.data_kind
     val = _dataset(kind, take(train.records, plan.val)) if plan.val is not None else None
