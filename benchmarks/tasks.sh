@@ -2,6 +2,9 @@
 # The token-cls and causal-lm runs of benchmarks/README.md, as run there (needs ../shared/data).
 #   benchmarks/tasks.sh ner     # MiniLM on CoNLL-2003: compare full vs LoRA, then the LoRA settings sweep
 #   benchmarks/tasks.sh lm      # SmolLM2 on instruction-data.json: perplexity before and after LoRA, generations
+#   NER_SETS=DIR benchmarks/tasks.sh ner-sets [EPOCHS] [SETTINGS...]
+#                               # token-cls settings on several NER sets (DIR/<set>/ folders, benchmarks/README.md),
+#                               # each LoRA setting through the CLI and PEFT's at the tutorial's through ner_parity.py
 # Outputs go to runs/bench-*. Each command is the CLI a user runs; nothing here is a special code path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +30,34 @@ ner() {
     done
 }
 
+# name:flags of the token-cls settings compared on several sets (the tutorial's is also run through PEFT)
+NER_SETTINGS=(
+    "tutorial:--target-modules query,key,value --r 8 --lr 5e-4"
+    "all-r16-lr2e-3:--target-modules all-linear --r 16 --lr 2e-3"
+    "all-r16-lr1e-3:--target-modules all-linear --r 16 --lr 1e-3"
+    "all-r16-lr5e-4:--target-modules all-linear --r 16 --lr 5e-4"
+    "full:--method full --lr 1e-4"
+)
+
+ner_sets() {
+    local epochs="${1:-1}" root="${NER_SETS:?set NER_SETS to the folder of NER sets}" out=runs/bench-ner-sets
+    shift || true
+    local settings=("${@:-${NER_SETTINGS[@]}}")
+    for set in conll2003 ncbi-disease mit-restaurant wnut17; do
+        local data="$root/$set" val=()
+        [ "$set" = conll2003 ] && data="$DATA/conll2003"
+        case "$set" in conll2003 | mit-restaurant) val=(--val-size 500) ;; esac
+        for item in "${settings[@]}"; do
+            # shellcheck disable=SC2086  # the flags are meant to split
+            "$LT" train --task token-cls --dataset "$data" "${val[@]}" --max-length 128 --epochs "$epochs" --no-progress \
+                --output "$out/$set/${item%%:*}-${epochs}ep" --overwrite ${item#*:} > /dev/null
+        done
+        .venv/bin/python benchmarks/ner_parity.py --engine peft --data "$data" "${val[@]}" --epochs "$epochs" \
+            --precision auto --out "$out/$set/peft-tutorial-${epochs}ep.json" > /dev/null
+    done
+    .venv/bin/python benchmarks/ner_table.py "$out"
+}
+
 lm() {
     local file="$DATA/lm/instruction-data.json" split=(--train-size 935 --eval-size 110)
     "$LT" eval --model smollm2 --dataset "$file" "${split[@]}" --batch-size 16 --json
@@ -45,6 +76,7 @@ The car is very fast." "What type of cloud is typically associated with thunders
 
 case "${1:-}" in
     ner) ner ;;
+    ner-sets) shift; ner_sets "$@" ;;
     lm) lm ;;
-    *) echo "usage: benchmarks/tasks.sh ner|lm" >&2; exit 2 ;;
+    *) echo "usage: benchmarks/tasks.sh ner|ner-sets|lm" >&2; exit 2 ;;
 esac

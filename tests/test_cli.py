@@ -469,3 +469,30 @@ def test_loraplus_ratio_survives_pause_and_resume(tiny_model_dir, toy_data, tmp_
     assert summary["loraplus_ratio"] == 16 and summary["config"]["loraplus_ratio"] == 16 and summary["steps"] == 9
     rates = _group_rates(out)  # decaying: step 9 of 12
     assert rates[0][0] == pytest.approx(5e-3 * 3 / 9) and rates[2][0] == pytest.approx(16 * 5e-3 * 3 / 9)
+
+
+def test_the_summary_ends_with_the_runs_warning_when_it_learned_nothing():
+    from loratune.cli import format_summary
+
+    summary = {
+        "title": "t",
+        "metric": "f1",
+        "train_examples": 8,
+        "eval_examples": 2,
+        "best": {"f1": 0.0, "epoch": 1.0},
+        "final": {"f1": 0.0},
+        "trainable_params": 1,
+        "total_params": 2,
+        "trainable_percent": 50.0,
+        "train_seconds": 1.0,
+        "examples_per_s": 8.0,
+        "wall_seconds": 2.0,
+        "peak_memory_bytes": 1 << 20,
+        "precision": "fp32",
+        "device": "cpu",
+        "artifact": "a",
+        "weights_bytes": 10,
+    }
+    assert "warning" not in format_summary(summary, ["f1"])
+    lines = format_summary({**summary, "warning": "every evaluation's entity F1 was 0.0"}, ["f1"]).splitlines()
+    assert lines[-1] == "warning: every evaluation's entity F1 was 0.0"

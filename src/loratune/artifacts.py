@@ -188,8 +188,9 @@ def _full_model_labels(folder: Path, info: dict[str, Any], net: nn.Module) -> li
     return labels
 
 
-def artifact_task(folder: Path, info: dict[str, Any]) -> Task:
-    """The artifact's task: ``loratune.json``'s, else the one of its PEFT ``task_type`` (seq-cls if none)."""
+def artifact_task(folder: Path, info: dict[str, Any], config: dict[str, Any] | None = None) -> Task:
+    """The artifact's task: ``loratune.json``'s, else the one of its PEFT ``task_type`` (seq-cls if none).
+    ``config``: the folder's ``read_adapter_config``, when read already."""
     if info.get("task"):
         try:
             return get_task(info["task"])
@@ -197,9 +198,9 @@ def artifact_task(folder: Path, info: dict[str, Any]) -> Task:
             raise AdapterFileError(
                 f"{folder / TASK_FILE} names an unknown task {info['task']!r}; fix its 'task'"
             ) from None
-    if (folder / "adapter_config.json").is_file():
-        return task_for_peft_type(read_adapter_config(folder).get("task_type"))
-    return get_task("seq-cls")
+    if config is None and (folder / "adapter_config.json").is_file():
+        config = read_adapter_config(folder)
+    return task_for_peft_type(config.get("task_type")) if config is not None else get_task("seq-cls")
 
 
 def _artifact_tokenizer(folder: Path, base: str, trust_remote_code: bool, revision: str | None = None) -> Any:
@@ -217,9 +218,10 @@ def _artifact_tokenizer(folder: Path, base: str, trust_remote_code: bool, revisi
         ) from None
 
 
-def labels_from_weights(folder: Path) -> list[str]:
-    """Label names for an adapter without ``loratune.json`` (e.g. saved by PEFT): from the head size."""
-    for key, shape in read_adapter_shapes(folder).items():
+def labels_from_weights(folder: Path, shapes: dict[str, tuple[int, ...]] | None = None) -> list[str]:
+    """Label names for an adapter without ``loratune.json`` (e.g. saved by PEFT): from the head size.
+    ``shapes``: the folder's ``read_adapter_shapes``, when read already."""
+    for key, shape in (read_adapter_shapes(folder) if shapes is None else shapes).items():
         if key.endswith(("classifier.weight", "score.weight", "out_proj.weight")):
             return [str(i) for i in range(shape[0])]
     raise AdapterFileError(

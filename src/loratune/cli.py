@@ -274,7 +274,8 @@ def format_summary(s: dict[str, Any], metrics: Sequence[str]) -> str:
         ("artifact", f"{s['artifact']} ({format_bytes(s['weights_bytes'])} of weights)"),
     ]
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+    warning = [f"warning: {s['warning']}"] if s.get("warning") else []
+    return "\n".join([*(f"{k.ljust(width)}  {v}" for k, v in rows), *warning])
 
 
 def _load(args: argparse.Namespace, task: str | None = None):

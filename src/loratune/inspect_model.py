@@ -16,7 +16,7 @@ from torch import nn
 
 from loratune.errors import ModelNotFoundError
 from loratune.lora import LoraConfig
-from loratune.lora.layer import is_conv1d, is_linear
+from loratune.lora.layer import in_out_features, is_linear
 from loratune.lora.model import find_target_modules
 from loratune.models import default_target_modules, layer_pattern, load_config
 from loratune.tasks import TASKS, get_task
@@ -56,18 +56,12 @@ class Inspection:
     head_counted: bool = False  # lora_params count the A and B matrices only, never the head
 
 
-def linear_shape(module: nn.Module) -> tuple[int, int]:
-    """``(in, out)`` of an ``nn.Linear`` or a transformers ``Conv1D`` (whose weight is stored ``in x out``)."""
-    rows, cols = module.weight.shape
-    return (rows, cols) if is_conv1d(module) else (cols, rows)
-
-
 def linear_groups(model: nn.Module) -> list[LinearGroup]:
     """The model's linear layers grouped by ``layer_pattern`` and shape, in model order."""
     groups: dict[tuple[str, int, int], LinearGroup] = {}
     for path, module in model.named_modules():
         if is_linear(module):
-            key = (layer_pattern(path), *linear_shape(module))
+            key = (layer_pattern(path), *in_out_features(module))
             groups.setdefault(key, LinearGroup(*key, count=0)).count += 1
     return list(groups.values())
 
@@ -98,7 +92,7 @@ def task_targets(task: str, config: Any, r: int, trust_remote_code: bool = False
     note = "the task's default" if own else "no default for this type" if isinstance(targets, str) else None
     lora = LoraConfig(r=r, target_modules=targets, modules_to_save=spec.modules_to_save(model) or None)
     paths = find_target_modules(model, lora)
-    shapes = [linear_shape(model.get_submodule(path)) for path in paths]
+    shapes = [in_out_features(model.get_submodule(path)) for path in paths]
     return TaskTargets(task, targets, len(paths), sum(r * (i + o) for i, o in shapes), note=note)
 
 

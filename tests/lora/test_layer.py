@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from loratune.kernels import dropout_mask
-from loratune.lora.layer import LoraLinear, MixedRouting
+from loratune.lora.layer import LoraLinear, MixedRouting, in_out_features
 
 
 def _layer(p: float = 0.0, r: int = 4, seed: int = 0) -> LoraLinear:
@@ -108,6 +108,14 @@ def test_conv1d_fan_in_fan_out():
     before = layer(x)
     layer.merge("a")
     torch.testing.assert_close(conv(x), before, rtol=1e-4, atol=1e-5)
+
+
+def test_in_out_features_of_a_linear_a_conv1d_and_a_lora_layer():
+    from transformers.pytorch_utils import Conv1D
+
+    linear, conv = nn.Linear(16, 24), Conv1D(24, 16)
+    assert in_out_features(linear) == in_out_features(conv) == (16, 24)
+    assert in_out_features(LoraLinear(linear)) == in_out_features(LoraLinear(conv)) == (16, 24)
 
 
 def test_mixed_batch_with_different_ranks_equals_per_example():

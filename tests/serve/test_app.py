@@ -73,6 +73,18 @@ def test_adapters_are_listed_loaded_pinned_and_unloaded(registry, offline):
                      {"adapter": "ner", **offline["ner"][2]})  # fmt: skip
 
 
+def test_delete_then_post_serves_an_adapter_retrained_in_place(registry, offline, tmp_path):
+    shutil.copytree(registry / "topic", tmp_path / "reg" / "model")
+    with serving(create_app(Runtime(tmp_path / "reg"))) as base:
+        predictions(post(base, "/v1/predict", {"adapter": "model", "texts": TEXTS[:1]}))
+        shutil.rmtree(tmp_path / "reg" / "model")
+        shutil.copytree(registry / "sent", tmp_path / "reg" / "model")  # retrained: two labels instead of three
+        assert httpx.delete(base + "/v1/adapters/model").status_code == 200
+        assert post(base, "/v1/adapters/model").json()["labels"] == ["negative", "positive"]
+        got = predictions(post(base, "/v1/predict", {"adapter": "model", "texts": TEXTS[:1]}))[0]
+        assert_close(got, {"adapter": "model", **offline["sent"][0]})
+
+
 LONG = "x" * 201
 BAD = [  # (method, path, body, status, words of the message)
     ("post", "/v1/predict", {"adapter": "nope", "texts": ["a"]}, 404, "unknown adapter 'nope'; the registry"),

@@ -158,6 +158,38 @@ def test_symlink_outside_the_registry_is_refused(registry, tmp_path):
         os.unlink(registry / "escape")
 
 
+@pytest.mark.parametrize("link", ["adapter", "adapter/adapter_model.safetensors", "adapter/tokenizer.json"])
+def test_a_symlink_below_the_adapter_name_is_refused(registry, tmp_path, link):
+    import shutil
+
+    reg, outside = tmp_path / "reg", tmp_path / "outside"
+    shutil.copytree(registry / "sent", reg / "escape")
+    shutil.copytree(registry / "sent" / "adapter", outside)
+    target = reg / "escape" / link
+    if target.is_dir():
+        shutil.rmtree(target)
+    else:
+        target.unlink()
+    target.symlink_to(outside / link.removeprefix("adapter").lstrip("/"))
+    with pytest.raises(AdapterNameError, match="outside the registry"):
+        Runtime(reg).load("escape")
+    assert Runtime(reg).names() == []
+
+
+def test_an_adapter_retrained_in_place_serves_its_new_labels_once_reloaded(registry, offline, tmp_path):
+    import shutil
+
+    shutil.copytree(registry / "topic", tmp_path / "reg" / "model")
+    rt = Runtime(tmp_path / "reg")
+    assert_close(rt.predict("model", TEXTS[:1])[0], offline["topic"][0])
+    shutil.rmtree(tmp_path / "reg" / "model")
+    shutil.copytree(registry / "sent", tmp_path / "reg" / "model")  # retrained: two labels instead of three
+    rt.unload("model")
+    rt.load("model")
+    assert rt.describe("model")["labels"] == ["negative", "positive"]
+    assert_close(rt.predict("model", TEXTS[:1])[0], offline["sent"][0])
+
+
 def test_adapter_of_another_base_is_refused(registry, tiny_model_dir, tmp_path):
     from transformers import BertConfig, BertModel
 

@@ -16,7 +16,7 @@ from loratune.tasks import (
     predict_proba,
     prediction_dict,
 )
-from loratune.tasks.seq_cls import AUTO_CLASS, TASK_TYPE
+from loratune.tasks.seq_cls import AUTO_CLASS, TASK_TYPE, SeqClsTask
 
 
 def test_metrics_by_hand() -> None:
@@ -98,3 +98,15 @@ def test_predict_proba_on_a_tiny_model(tmp_path) -> None:
     assert np.allclose(probs, one_by_one, atol=1e-5)  # padding does not change the answer
     assert predict_proba(model, tokenizer, []).shape == (0, 3)
     assert (TASK_TYPE, AUTO_CLASS) == ("SEQ_CLS", "AutoModelForSequenceClassification")
+
+
+def test_a_run_that_predicts_one_label_everywhere_says_so_in_one_line():
+    task = SeqClsTask()
+    one = {"accuracy": 0.6, "confusion_matrix": [[6, 0], [4, 0]]}
+    both = {"accuracy": 0.7, "confusion_matrix": [[5, 1], [2, 2]]}
+    line = task.learned_nothing([one, one])
+    assert line is not None and "\n" not in line and "id 0" in line
+    assert task.learned_nothing([one, both]) is None
+    other = {"accuracy": 0.4, "confusion_matrix": [[0, 6], [0, 4]]}
+    assert task.learned_nothing([one, other]) is None  # it changed its mind: something was learned
+    assert task.learned_nothing([]) is None

@@ -25,6 +25,7 @@ from loratune.tasks.token_cls import (
     AUTO_CLASS,
     TASK_TYPE,
     EntityMetrics,
+    TokenClsTask,
     TokenCollator,
     align_labels,
     entity_scores,
@@ -305,6 +306,75 @@ def test_peft_token_adapter_through_load_artifact(tmp_path, tiny_model_dir, toke
     loaded = load_artifact(tmp_path / "peft", model=str(tiny_model_dir))
     assert loaded.info["task"] == "token-cls" and loaded.labels == ["0", "1", "2"]
     assert (loaded.model(**enc).logits - expected).abs().max() <= 1e-5
+
+
+def _sparse_tag_batches(n: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """Batches like sparse-entity NER: padded rows, -100 at special tokens and padding, ~8 % entity tags."""
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(n):
+        ids = torch.randint(3, 120, (4, 12), generator=g)
+        mask = torch.ones_like(ids)
+        mask[1, 9:], mask[3, 5:] = 0, 0
+        labels = torch.where(torch.rand(ids.shape, generator=g) < 0.08, torch.randint(1, 5, ids.shape, generator=g), 0)
+        labels[:, 0] = -100
+        labels[mask == 0] = -100
+        batches.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
+    return batches
+
+
+@pytest.mark.parametrize("kernels", ["lean", "torch"])
+def test_loratune_trains_a_token_classifier_step_for_step_like_peft(kernels) -> None:
+    """The same start, batches, AdamW groups and schedule give PEFT's loss at every step and its weights after:
+    the engine (lean kernels or not) is not why a token-cls run learns less than PEFT's."""
+    from transformers import BertConfig, BertForTokenClassification
+
+    from loratune.prepare import prepare_model
+    from loratune.train.loop import build_optimizer, linear_schedule_with_warmup
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=120,
+        **TINY_BERT,
+        max_position_embeddings=64,
+        num_labels=5,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    base = BertForTokenClassification(config)
+    targets = ["query", "key", "value", "dense"]
+    pm = peft.get_peft_model(
+        copy.deepcopy(base),
+        peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets, task_type="TOKEN_CLS"),
+    )
+    lt = prepare_model(
+        copy.deepcopy(base),
+        LoraConfig(r=4, alpha=8, target_modules=targets, modules_to_save=["classifier"], task_type="TOKEN_CLS"),
+        kernels=kernels,
+    )
+    theirs = {n.removeprefix("base_model.model."): p for n, p in pm.named_parameters() if p.requires_grad}
+    ours = {n: p for n, p in lt.named_parameters() if p.requires_grad}
+    assert sorted(ours) == sorted(theirs)
+    with torch.no_grad():
+        for name, p in ours.items():
+            p.copy_(theirs[name] if ".lora_B." not in name else torch.randn_like(p) * 0.02)
+            theirs[name].copy_(p)  # B non-zero too, so every gradient path is compared from step 1
+    losses = {}
+    for key, model in (("peft", pm), ("loratune", lt)):
+        model.train()
+        opt = build_optimizer(model, 2e-3, 0.01)
+        sched = linear_schedule_with_warmup(opt, 2, 12)
+        losses[key] = []
+        for batch in _sparse_tag_batches(12):
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+            opt.step(), sched.step(), opt.zero_grad()
+            losses[key].append(float(loss.detach()))
+    assert losses["loratune"] == pytest.approx(losses["peft"], abs=1e-5)
+    assert losses["peft"][-1] < losses["peft"][0]  # it learned: the comparison is of a moving model
+    for name, p in ours.items():
+        assert torch.allclose(p, theirs[name], atol=1e-5), name
 
 
 def test_fastpath_leaves_a_token_classifier_whole() -> None:
@@ -593,3 +663,12 @@ def test_compare_infers_token_cls_and_reports_entity_f1(tiny_model_dir, tmp_path
     lora_config = json.loads((out / "lora" / "adapter" / "adapter_config.json").read_text())
     assert lora_config["task_type"] == "TOKEN_CLS" and lora_config["r"] == 16  # the task's LoRA default
     assert "| test F1 |" in (out / "comparison.md").read_text()
+
+
+def test_a_run_whose_every_f1_is_zero_says_so_in_one_line():
+    task = TokenClsTask()
+    line = task.learned_nothing([{"f1": 0.0, "loss": 0.28}, {"f1": 0.0, "loss": 0.19}])
+    assert line is not None and "\n" not in line
+    assert "entity F1 was 0.0" in line and "--lr" in line and "--epochs" in line
+    assert task.learned_nothing([{"f1": 0.0}, {"f1": 0.01}]) is None
+    assert task.learned_nothing([]) is None

@@ -21,7 +21,7 @@ from torch import nn
 from loratune.errors import AdapterFileError, AdapterShapeError
 from loratune.fsutil import atomic_dir, follow_umask
 from loratune.lora.config import ALL_LINEAR, LoraConfig, module_matches
-from loratune.lora.layer import LoraLinear, ModulesToSaveWrapper, is_conv1d, is_linear
+from loratune.lora.layer import LoraLinear, ModulesToSaveWrapper, in_out_features, is_linear
 from loratune.lora.model import (
     _require,
     active_adapter,
@@ -261,16 +261,18 @@ def load_adapter(
     *,
     is_trainable: bool = False,
     allow_pickle: bool = False,
+    config: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Load a PEFT-format adapter from ``path`` into ``model`` and make it the active adapter.
 
     Works on a plain model (LoRA layers are added where the adapter's keys say) and on a model that
     already holds adapters (``adapter_name`` must then be new; default ``"default"``). Every tensor
     is checked against the model before the model is changed. With ``is_trainable=False`` the
-    adapter is loaded frozen, for inference.
+    adapter is loaded frozen, for inference. ``config``: the folder's ``read_adapter_config``, when
+    the caller has read it already.
     """
     name = check_adapter_name(adapter_name or "default")
-    config_dict = read_adapter_config(path)
+    config_dict = read_adapter_config(path) if config is None else config
     tensors = read_adapter_weights(path, allow_pickle=allow_pickle)
     lora, rest = _split_keys(tensors, {"default", name})
     if not lora:
@@ -280,12 +282,12 @@ def load_adapter(
     for key, value in rest.items():
         head_path = _head_of(model, key, heads)
         head_tensors.setdefault(head_path, {})[key.removeprefix(head_path + ".")] = value
-    config = _lora_config(Path(path) / CONFIG_NAME, config_dict, sorted(lora), sorted(head_tensors))
-    _check_fits(model, config, lora, head_tensors)
-    add_lora(model, config, name)
+    lora_config = _lora_config(Path(path) / CONFIG_NAME, config_dict, sorted(lora), sorted(head_tensors))
+    _check_fits(model, lora_config, lora, head_tensors)
+    add_lora(model, lora_config, name)
     # Saving it again writes the names the file was saved with, not the regex.
-    config.target_modules = config_dict.get("target_modules") or sorted({p.rsplit(".", 1)[-1] for p in lora})
-    config.modules_to_save = heads or None
+    lora_config.target_modules = config_dict.get("target_modules") or sorted({p.rsplit(".", 1)[-1] for p in lora})
+    lora_config.modules_to_save = heads or None
     with torch.no_grad():
         for module_path, ab in lora.items():
             layer = model.get_submodule(module_path)
@@ -340,13 +342,9 @@ def _check_fits(
                 f"adapter tensor {key_a!r} names module {module_path!r}, which {type(model).__name__} "
                 f"does not have; the adapter was trained on {base_name}"
             ) from None
-        if isinstance(module, LoraLinear):
-            in_f, out_f = module.in_features, module.out_features
-        elif is_linear(module):
-            w = module.weight
-            in_f, out_f = (w.shape[0], w.shape[1]) if is_conv1d(module) else (w.shape[1], w.shape[0])
-        else:
+        if not isinstance(module, LoraLinear) and not is_linear(module):
             raise AdapterShapeError(f"adapter layer {module_path!r} is a {type(module).__name__}, not a linear layer")
+        in_f, out_f = in_out_features(module)
         _check_shape(key_a, ab["A"].shape, (config.rank_for(module_path), in_f))
         _check_shape(f"{PREFIX}{module_path}.lora_B.weight", ab["B"].shape, (out_f, ab["A"].shape[0]))
     for head_path, state in head_tensors.items():

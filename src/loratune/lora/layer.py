@@ -38,6 +38,14 @@ def is_linear(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or is_conv1d(module)
 
 
+def in_out_features(module: nn.Module) -> tuple[int, int]:
+    """(in, out) features of a ``LoraLinear``, an ``nn.Linear`` or a ``Conv1D`` (whose weight is transposed)."""
+    if isinstance(module, LoraLinear):
+        return module.in_features, module.out_features
+    rows, cols = module.weight.shape
+    return (rows, cols) if is_conv1d(module) else (cols, rows)
+
+
 @dataclass
 class MixedRouting:
     """Per-example adapter routing of one batch: ``ids[i]`` indexes ``names``; -1 is the base model."""
@@ -176,10 +184,7 @@ class LoraLinear(nn.Module):
             raise TypeError(f"LoraLinear wraps nn.Linear or Conv1D, not {type(base_layer).__name__}")
         self.base_layer = base_layer
         self.fan_in_fan_out = is_conv1d(base_layer)
-        w = base_layer.weight
-        self.in_features, self.out_features = (
-            (w.shape[0], w.shape[1]) if self.fan_in_fan_out else (w.shape[1], w.shape[0])
-        )
+        self.in_features, self.out_features = in_out_features(base_layer)
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
         self.scaling: dict[str, float] = {}

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from loratune.serve.runtime import Completion
+from loratune.serve.predictions import Completion
 
 CHAT = "chat.completion"
 TEXT = "text_completion"

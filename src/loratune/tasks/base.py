@@ -42,12 +42,20 @@ class Metric:
     higher_is_better: bool = True
 
     def improves(self, record: dict[str, Any], best: dict[str, Any] | None) -> bool:
-        """True for the first record, then for each one strictly better than ``best``."""
+        """True for the first record, then for each one better than ``best``: a strictly better metric, or
+        the same metric with a lower eval ``loss`` (a tie keeps the model that fits the data better, not the
+        first one: a run whose F1 stays 0.0 still keeps its best-fitting weights)."""
         if best is None:
             return True
-        if self.higher_is_better:
-            return record[self.name] > best[self.name]
-        return record[self.name] < best[self.name]
+        new, old = record[self.name], best[self.name]
+        if new == old:
+            return _lower(record.get("loss"), best.get("loss"))
+        return new > old if self.higher_is_better else new < old
+
+
+def _lower(new: float | None, old: float | None) -> bool:
+    """``new`` is a number below ``old`` (False where either is missing or NaN)."""
+    return new is not None and old is not None and new < old
 
 
 class Metrics(Protocol):
@@ -171,6 +179,11 @@ class Task(ABC):
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The training loss of one batch: the model's own."""
         return model(**batch).loss
+
+    def learned_nothing(self, evals: Sequence[dict[str, Any]]) -> str | None:
+        """One line saying that the run's evaluations show nothing learned, with what to try; None when they
+        show learning (by default a task never says so)."""
+        return None
 
 
 @torch.no_grad()

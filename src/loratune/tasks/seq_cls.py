@@ -158,6 +158,14 @@ class ClassificationMetrics:
         return metrics
 
 
+def _only_column(matrix: Sequence[Sequence[int]] | None) -> int | None:
+    """The one predicted class of a confusion matrix whose predictions all fall in one column, else None."""
+    if not matrix:
+        return None
+    used = [j for j in range(len(matrix[0])) if any(row[j] for row in matrix)]
+    return used[0] if len(used) == 1 else None
+
+
 class SeqClsTask(Task):
     """Sequence classification (``AutoModelForSequenceClassification``); the best run has the top accuracy."""
 
@@ -166,6 +174,17 @@ class SeqClsTask(Task):
     auto_class = AUTO_CLASS
     metric = Metric("accuracy")
     summary_metrics = ("accuracy", "macro_f1")
+
+    def learned_nothing(self, evals: Sequence[dict[str, Any]]) -> str | None:
+        """Every evaluation predicted one and the same label for every example (its confusion matrix has one
+        non-empty column): the classifier learned the majority label only."""
+        columns = {_only_column(e.get("confusion_matrix")) for e in evals}
+        if not evals or None in columns or len(columns) != 1:
+            return None
+        return (
+            f"every evaluation predicted one label (id {columns.pop()}) for every example: the model learned no "
+            "more than the most common label; try more epochs or another --lr, and check the labels match the texts"
+        )
 
     def load_data(self, options: DataOptions) -> TextClassificationData:
         """The labelled texts; data with no text or label column is an error that names what each task reads.

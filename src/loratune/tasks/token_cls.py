@@ -377,6 +377,15 @@ class TokenClsTask(Task):
         "full": {"lr": 1e-4},
     }
 
+    def learned_nothing(self, evals: Sequence[dict[str, Any]]) -> str | None:
+        """Every evaluation's entity F1 was 0.0: the model tagged no entity correctly."""
+        if not evals or any(e.get("f1", 0.0) > 0.0 for e in evals):
+            return None
+        return (
+            f"every evaluation's entity F1 was 0.0 ({len(evals)} evaluations): the model found no entity; "
+            "train longer (--epochs), try --lr 5e-4 or 1e-3, and check that the tags mark entities (B-X/I-X)"
+        )
+
     def load_data(self, options: DataOptions) -> TaggingData:
         return load_tagged_words(options)
 

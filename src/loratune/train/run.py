@@ -501,6 +501,7 @@ def build_summary(
         "best": _without_matrix(result.best),
         "confusion_matrix": (result.best or {}).get("confusion_matrix"),
         "test": test,
+        "warning": prep.task.learned_nothing(result.evals),
         "steps": result.steps,
         "epochs": round(result.epochs_done, 4),
         "stopped_early": result.stopped_early,
