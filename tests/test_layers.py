@@ -97,12 +97,9 @@ def test_core_is_torch_only():
 
 
 def test_no_private_name_is_imported_from_another_module():
-    """``from loratune.x import _name`` reaches into another module's internals: make the name public or move it.
-    data/ is left out: its loaders share private helpers (issue 22 puts them in one data layer)."""
+    """``from loratune.x import _name`` reaches into another module's internals: make the name public or move it."""
     bad = []
     for path in PACKAGE.rglob("*.py"):
-        if _unit(path) == "data":
-            continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("loratune"):
                 bad += [f"{path.relative_to(PACKAGE)}: {node.module}.{a.name}" for a in node.names if _private(a.name)]

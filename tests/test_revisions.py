@@ -115,7 +115,7 @@ def test_a_whole_model_has_no_base_revision(tmp_path, capsys):
 
 
 def test_the_dataset_revision_reaches_the_hub_loader_and_local_data_refuses_one(hub, toy_data):
-    from loratune.data.sources import load_text_classification
+    from loratune.data.labelled_texts import load_text_classification
 
     data = load_text_classification(HUB_DATA, dataset_revision="r1")
     assert len(data.eval) == 16 and hub == [("data", HUB_DATA, "r1")]

@@ -321,32 +321,23 @@ def _max_length(args: argparse.Namespace, loaded: Loaded) -> int:
 
 def _eval_data(args: argparse.Namespace, task, info: dict[str, Any]):
     """The data ``eval`` scores: --eval-file, --dataset, or the data the artifact was trained on."""
+    from loratune.data.options import DataOptions
     from loratune.errors import DataError
 
-    options = {"text_column": args.text_column, "label_column": args.label_column, "encoding": args.encoding}
+    given = {"text_column": args.text_column, "label_column": args.label_column, "encoding": args.encoding}
     if args.eval_file and args.dataset is not None:
         raise DataError("both --dataset and --eval-file were given; pass one of them")
     if args.eval_file:
-        return task.load_eval_data(
-            None,
-            info=info,
-            seed=42,
-            train_file=args.eval_file,
-            eval_file=args.eval_file,
-            eval_size=args.eval_size,
-            **options,
-        )
-    recorded = dict(info.get("data") or {})
-    if args.dataset is not None:  # another dataset: only the column, encoding and size options carry over
-        return task.load_eval_data(
-            args.dataset, info=info, seed=42, eval_size=args.eval_size, train_size=args.train_size, **options
-        )
-    if recorded.get("dataset") is None and not recorded.get("train_file"):
-        raise DataError("no data to evaluate on; pass --dataset NAME or --eval-file PATH")
-    dataset, seed = recorded.pop("dataset", None), recorded.pop("seed", 42)
-    given = {**options, "eval_size": args.eval_size, "train_size": args.train_size}
-    recorded.update({k: v for k, v in given.items() if v is not None})
-    return task.load_eval_data(dataset, info=info, seed=seed, **recorded)
+        options = DataOptions(train_file=args.eval_file, eval_file=args.eval_file, eval_size=args.eval_size, **given)
+    elif args.dataset is not None:  # another dataset: only the column, encoding and size options carry over
+        options = DataOptions(args.dataset, eval_size=args.eval_size, train_size=args.train_size, **given)
+    else:
+        recorded = dict(info.get("data") or {})
+        if recorded.get("dataset") is None and not recorded.get("train_file"):
+            raise DataError("no data to evaluate on; pass --dataset NAME or --eval-file PATH")
+        given.update(eval_size=args.eval_size, train_size=args.train_size)
+        options = DataOptions.from_record(recorded, **{k: v for k, v in given.items() if v is not None})
+    return task.load_eval_data(options.replace(val_size=0, for_eval=True), info)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -384,7 +375,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _file_lines(name: str, encoding: str | None) -> list[str]:
     """The lines of --file (``-``: stdin) decoded as ``encoding``, blank ones too, without their line ends."""
-    from loratune.data.sources import text_errors
+    from loratune.data.readers import text_errors
     from loratune.errors import DataError
 
     try:

@@ -8,7 +8,7 @@ import logging
 import datasets
 import pytest
 
-from loratune.data import tagging
+from loratune.data import load, tagging
 from loratune.data.tagging import inside_tag, load_tagging, ordered_labels, read_conll, sentences_from_dataset
 from loratune.errors import DataError
 
@@ -125,7 +125,7 @@ def test_classlabel_tag_ids_map_through_the_feature_names() -> None:
 
 def test_hub_dataset_goes_through_the_same_reader(monkeypatch) -> None:
     dsd = datasets.DatasetDict(train=conll2003_like(20), validation=conll2003_like(4, 100), test=conll2003_like(5))
-    monkeypatch.setattr(tagging, "_hub_load", lambda name, revision=None: dsd)
+    monkeypatch.setattr(load, "load_hub", lambda name, revision=None: dsd)
     data = load_tagging("conll2003", seed=0)
     assert data.labels == ["O", "B-LOC", "B-PER", "I-PER"]  # the tags train has, O first
     assert (len(data.train), len(data.val), len(data.eval)) == (20, 4, 5)

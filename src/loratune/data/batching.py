@@ -60,12 +60,12 @@ def tokenize_dataset(
         remove_columns=ds.column_names,
         keep_in_memory=True,
         load_from_cache_file=False,
-        new_fingerprint=map_fingerprint(ds, tokenizer, max_length, text_column),
+        new_fingerprint=dataset_fingerprint(ds, tokenizer, max_length, text_column),
         desc="Tokenising",
     )
 
 
-def map_fingerprint(ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int, column: str) -> str:
+def dataset_fingerprint(ds: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int, column: str) -> str:
     """A cheap fingerprint for the map (hashing a tokenizer object with dill can be slow)."""
     name = getattr(tokenizer, "name_or_path", "")
     tag = f"{ds._fingerprint}|{type(tokenizer).__name__}|{name}|{len(tokenizer)}|{max_length}|{column}"

@@ -14,15 +14,13 @@ Two kinds of data, told apart by their fields:
   tokens get label -100: the loss is on the response (and the chat template's end-of-turn tokens,
   or the EOS that ends an Alpaca response) only.
 
-Records are never shuffled: the sizes take records in file order (see :func:`load_lm_data`), so that
+Records are never shuffled: the sizes take records in file order (``data.splits.in_file_order``), so that
 ``--train-size 935 --eval-size 110`` trains on records 0-934 and evaluates on records 935-1044.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +29,12 @@ from typing import Any
 import datasets
 import torch
 
-from loratune.data.sources import TEXT_COLUMN_CANDIDATES, _read_dataset, check_encoding, text_errors
+from loratune.data.labelled_texts import TEXT_COLUMN_CANDIDATES
+from loratune.data.load import read_source
+from loratune.data.options import DataOptions
+from loratune.data.readers import JSON_SUFFIXES, json_records, paragraphs, read_table, read_text
+from loratune.data.resolve import Layout
+from loratune.data.splits import in_file_order, take
 from loratune.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -56,7 +59,15 @@ EXPECTS = (
     "a text column and a label column"
 )
 LM_SUFFIXES = (".txt", ".json", ".jsonl", ".csv", ".tsv", ".parquet")
-AUTO_EVAL_FRACTION = 0.1
+LAYOUT = Layout(
+    needs="causal-lm reads local files: pass --train-file PATH (a .txt, .json or .jsonl file) or --dataset PATH.",
+    data="text or instruction records",
+    examples="train.txt, train.jsonl",
+    suffixes=LM_SUFFIXES,
+    test_names=("test", "eval", "validation", "valid", "val", "dev"),
+    validation_names=(),
+    hub=False,
+)
 
 
 @dataclass
@@ -75,128 +86,63 @@ class LMData:
 
 
 # ------------------------------------------------------------------------------------------ reading
-def load_lm_data(
-    dataset: str | None = None,
-    *,
-    train_file: str | Path | None = None,
-    eval_file: str | Path | None = None,
-    text_column: str | None = None,
-    label_column: str | None = None,
-    encoding: str | None = None,
-    train_size: int | None = None,
-    eval_size: int | None = None,
-    val_size: int | None = None,
-    dataset_revision: str | None = None,
-    seed: int = 42,
-    for_eval: bool = False,
-) -> LMData:
-    """Local files of text or instruction records, split in file order (nothing is shuffled; ``seed`` is unused).
+def load_lm_data(dataset: str | None = None, **options: Any) -> LMData:
+    """Local files of text or instruction records: ``dataset`` and ``options`` are :class:`DataOptions`' fields
+    (see :func:`load_lm_records`)."""
+    return load_lm_records(DataOptions(dataset=dataset, **options))
 
-    ``dataset`` is a file (the train file) or a folder with a ``train.*`` file and optionally a
-    ``test.*``/``eval.*``/``validation.*``/``val.*``/``dev.*`` one; or pass ``train_file`` (and ``eval_file``).
 
-    Without an eval file: ``--train-size N`` trains on records ``0..N-1`` and evaluates on the
-    ``--eval-size`` records after them (default: all the rest); without ``--train-size``, the last
-    ``--eval-size`` records (default 10 %) are the eval split and the ones before them train.
-    With an eval file: the first ``--train-size``/``--eval-size`` records of each file.
-    ``--val-size N``: the last N train records choose the best checkpoint instead of the eval split.
-    ``for_eval``: only the eval split matters (``loratune eval``): no checks on the train split.
+def load_lm_records(options: DataOptions) -> LMData:
+    """Local files of text or instruction records, split in file order (``data.splits.in_file_order``;
+    nothing is shuffled, the seed is unused).
+
+    ``options.dataset`` is a file (the train file) or a folder with a ``train.*`` file and optionally a
+    ``test.*``/``eval.*``/``validation.*``/``val.*``/``dev.*`` one; or ``train_file`` (and ``eval_file``).
+    ``options.for_eval``: only the eval split matters (``loratune eval``): no checks on the train split.
     """
-    del seed, label_column  # records keep their order; there are no labels
-    _check_options(train_size, eval_size, val_size, dataset_revision, encoding)
-    train_path, eval_path = _paths(dataset, train_file, eval_file)
-    kind, train = read_lm_file(train_path, text_column, encoding)
-    source = str(train_path)
-    if eval_path is None:
-        evaluated, train, where = _carve(train, train_size, eval_size, train_path, for_eval)
-    else:
-        same = eval_path.resolve() == train_path.resolve()
-        source = str(train_path) if same else f"train: {train_path}, eval: {eval_path}"
-        eval_kind, evaluated = read_lm_file(eval_path, text_column, encoding)
-        if eval_kind != kind:
-            raise DataError(f"{train_path} holds {kind} data and {eval_path} {eval_kind} data; pass files of one kind")
-        train, evaluated = train[:train_size], evaluated[:eval_size]
-        where = f"records 0-{len(evaluated) - 1} of {eval_path}"
-    train, val, selection = _hold_out(train, val_size if not for_eval else None, where)
-    if not for_eval and not train:
-        raise DataError(f"no train records are left in {train_path}; pass a smaller --eval-size or an --eval-file")
-    return LMData(_dataset(kind, train), _dataset(kind, evaluated), source, kind,
-                  _dataset(kind, val) if val is not None else None, selection)  # fmt: skip
+    read = read_source(options, LMRecords())
+    train, ev = read.train, read.eval
+    eval_file = ev.path if ev is not None else None
+    plan = in_file_order(len(train), len(ev) if ev is not None else None, train.path, eval_file, options)
+    evaluated = train if ev is None else ev
+    kind = train.data_kind
+    val = _dataset(kind, take(train.records, plan.val)) if plan.val is not None else None
+    splits = [
+        _dataset(kind, take(split.records, rows)) for split, rows in ((train, plan.train), (evaluated, plan.eval))
+    ]
+    return LMData(*splits, read.source, kind, val, plan.selection)
 
 
-def _check_options(
-    train_size: int | None, eval_size: int | None, val_size: int | None, revision: str | None, encoding: str | None
-) -> None:
-    """One-line errors for sizes that are not counts of records, a hub revision, or an unknown encoding."""
-    for flag, value in (("--train-size", train_size), ("--eval-size", eval_size)):
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise DataError(f"{flag} must be a positive integer, got {value!r}; pass a number of records >= 1.")
-    if val_size is not None and (not isinstance(val_size, int) or val_size < 0):
-        raise DataError(f"--val-size must be an integer >= 0, got {val_size!r}; pass a number of records.")
-    if revision is not None:
-        raise DataError("--dataset-revision pins a hub dataset, and causal-lm reads local files; drop it")
-    check_encoding(encoding)
+@dataclass
+class Records:
+    """One file's records: instruction dicts or texts (``data_kind``), and its path."""
+
+    data_kind: str  # INSTRUCTION or TEXT
+    records: list[Any]
+    path: Path
+    kind: str = "test"  # what the data calls this split
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
 
 
-def _hold_out(train: list, val_size: int | None, where: str) -> tuple[list, list | None, str]:
-    """``(train, val, selection)``: the last ``val_size`` train records choose the best checkpoint, else the
-    eval split (``where``) does."""
-    if not val_size:
-        return train, None, f"the eval split ({where}), which is also the one reported"
-    if val_size >= len(train):
-        raise DataError(f"--val-size {val_size} leaves none of the {len(train)} train records; pass a smaller one")
-    return train[:-val_size], train[-val_size:], f"the last {val_size} train records (--val-size)"
+class LMRecords:
+    """The causal-lm schema: instruction records, records with a text column, or plain text."""
 
+    layout = LAYOUT
+    unit = "records"
 
-def _paths(dataset: str | None, train_file: Any, eval_file: Any) -> tuple[Path, Path | None]:
-    if dataset is not None and (train_file is not None or eval_file is not None):
-        raise DataError(f"both a dataset ('{dataset}') and --train-file/--eval-file were given; pass one of them.")
-    if dataset is None:
-        if train_file is None:
-            raise DataError("no data given; pass --train-file PATH (a .txt, .json or .jsonl file) or --dataset PATH")
-        return _existing(Path(train_file)), (_existing(Path(eval_file)) if eval_file is not None else None)
-    path = Path(dataset).expanduser()
-    if path.is_file():
-        return path, None
-    if not path.is_dir():
-        raise DataError(
-            f"'{dataset}' is not a local file or folder; causal-lm reads local files (.txt, .json, .jsonl, "
-            ".csv, .parquet): pass --train-file PATH"
-        )
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in LM_SUFFIXES)
-    named = {re.split(r"[_\-.\s]", p.name.lower(), maxsplit=1)[0]: p for p in reversed(files)}
-    if "train" not in named:
-        raise DataError(f"folder {path} has no train file (.txt, .json, .jsonl, ...); pass --train-file PATH")
-    ev = next((named[n] for n in ("test", "eval", "validation", "valid", "val", "dev") if n in named), None)
-    return named["train"], ev
-
-
-def _existing(path: Path) -> Path:
-    path = path.expanduser()
-    if not path.is_file():
-        raise DataError(f"file {path} does not exist{' (it is a folder)' if path.is_dir() else ''}; check the path.")
-    return path
-
-
-def _carve(
-    records: list[Any], train_size: int | None, eval_size: int | None, path: Path, for_eval: bool
-) -> tuple[list[Any], list[Any], str]:
-    """The eval records, the train records and where the eval records are, from one file, in order."""
-    n = len(records)
-    if train_size is not None:
-        if train_size >= n:
-            raise DataError(f"--train-size {train_size} leaves none of the {n} records of {path} for eval; "
-                            "pass a smaller --train-size or an --eval-file")  # fmt: skip
-        end = n if eval_size is None else min(n, train_size + eval_size)
-        if eval_size is not None and train_size + eval_size > n:
-            log.warning("%s has %d records: the eval split is records %d-%d, fewer than --eval-size %d",
-                        path, n, train_size, n - 1, eval_size)  # fmt: skip
-        return records[train_size:end], records[:train_size], f"records {train_size}-{end - 1} of {path.name}"
-    n_eval = eval_size if eval_size is not None else max(1, round(n * AUTO_EVAL_FRACTION))
-    if n_eval > n or (n_eval == n and not for_eval):
-        raise DataError(f"{path} has {n} records, too few to hold {n_eval} out for eval; "
-                        "pass a larger file, a smaller --eval-size, or an --eval-file")  # fmt: skip
-    return records[n - n_eval :], records[: n - n_eval], f"records {n - n_eval}-{n - 1} of {path.name}"
+    def read_file(self, path: Path, options: DataOptions, train: Records | None = None) -> Records:
+        split = Records(*read_lm_file(path, options.text_column, options.encoding), path)
+        if train is not None and split.data_kind != train.data_kind:
+            raise DataError(
+                f"{train.path} holds {train.data_kind} data and {path} {split.data_kind} data; pass files of one kind"
+            )
+        return split
 
 
 def _dataset(kind: str, records: Sequence[Any]) -> datasets.Dataset:
@@ -216,41 +162,18 @@ def read_lm_file(path: Path, text_column: str | None = None, encoding: str | Non
     if suffix not in LM_SUFFIXES:
         raise DataError(f"cannot read {path}: unsupported file type '{suffix or '(none)'}'; "
                         f"use one of {', '.join(LM_SUFFIXES)}")  # fmt: skip
-    if suffix in (".txt", ".json", ".jsonl"):
-        data = path.read_bytes()
-        text = data.decode(encoding or "utf-8", errors=text_errors(str(path), [data], encoding))
-        if suffix == ".txt":
-            docs = [d.strip("\n") for d in re.split(r"\n\s*\n", text.replace("\r\n", "\n")) if d.strip()]
-            if not docs:
-                raise DataError(f"{path} has no text; fill it or pass another file.")
-            return TEXT, docs
-        records = _json_records(path, text, suffix)
+    if suffix == ".txt":
+        docs = paragraphs(read_text(path, encoding))
+        if not docs:
+            raise DataError(f"{path} has no text; fill it or pass another file.")
+        return TEXT, docs
+    if suffix in JSON_SUFFIXES:
+        records = [record for _, record in json_records(read_text(path, encoding), path.name, lines=suffix == ".jsonl")]
     else:
-        records = _read_dataset(path, encoding).to_list()
+        records = read_table(path, encoding).to_list()
     if not records:
         raise DataError(f"{path} has no records; fill it or pass another file.")
     return records_kind(records, path.name, text_column)
-
-
-def _json_records(path: Path, text: str, suffix: str) -> list[Any]:
-    if suffix == ".jsonl":
-        out = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except ValueError as err:
-                    raise DataError(f"line {n} of {path} is not valid JSON ({err}); fix that line") from None
-        return out
-    try:
-        data = json.loads(text)
-    except ValueError as err:
-        raise DataError(f"{path} is not valid JSON ({err}); fix it, or write one record a line as .jsonl") from None
-    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
-        data = next(iter(data.values()))  # {"data": [...]}
-    if not isinstance(data, list):
-        raise DataError(f"{path} holds a JSON {type(data).__name__}, not a list of records; pass a list of objects")
-    return data
 
 
 def records_kind(records: Sequence[Any], name: str, text_column: str | None = None) -> tuple[str, list[Any]]:

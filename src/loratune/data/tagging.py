@@ -17,7 +17,6 @@ A malformed line or record is a :class:`~loratune.errors.DataError` naming the f
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections import Counter
@@ -27,31 +26,29 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import numpy as np
 
-from loratune.data.sources import (
-    AUTO_VAL_FRACTION,
-    AUTO_VAL_MAX,
-    TWEETS_ALIAS,
-    _check_sizes,
-    _existing_file,
-    _hub_load,
-    _looks_like_path,
-    _read_dataset,
-    check_encoding,
-    text_errors,
-)
+from loratune.data.load import pick_column, read_source
+from loratune.data.options import DataOptions
+from loratune.data.readers import JSON_SUFFIXES, conll_sentences, json_records, read_table, read_text
+from loratune.data.resolve import Layout
+from loratune.data.splits import drawn, take
 from loratune.errors import DataError
 
 log = logging.getLogger(__name__)
 
 TOKENS_COLUMN_CANDIDATES: tuple[str, ...] = ("tokens", "words")
 TAGS_COLUMN_CANDIDATES: tuple[str, ...] = ("tags", "ner_tags", "labels", "label")
-JSON_SUFFIXES = (".json", ".jsonl")
 # file-name parts that name a split: CoNLL-2003 calls its dev set testa and its test set testb
-_TRAIN_NAMES = ("train",)
-_TEST_NAMES = ("test", "testb")
-_VALIDATION_NAMES = ("validation", "valid", "dev", "val", "testa", "eval")
+LAYOUT = Layout(
+    needs="token-cls needs tagged data: pass --train-file PATH (CoNLL or JSONL), a folder, or a hub dataset "
+    "such as conll2003.",
+    data="tagged words",
+    examples="train.conll, eng.train",
+    suffixes=None,
+    test_names=("test", "testb"),
+    validation_names=("validation", "valid", "dev", "val", "testa", "eval"),
+    any_part=True,
+)
 _IOB = re.compile(r"^[BI]-.+$")
 UNTRAINED = -100  # the label id that the loss and the metrics ignore
 
@@ -91,58 +88,69 @@ class Sentences:
     tokens_column: str = "tokens"
     tags_column: str = "tags"
 
+    def __len__(self) -> int:
+        return len(self.tokens)
+
 
 # ---------------------------------------------------------------------------------------------------
 # public entry point
 
 
-def load_tagging(
-    dataset: str | None = None,
-    *,
-    train_file: str | Path | None = None,
-    eval_file: str | Path | None = None,
-    text_column: str | None = None,
-    label_column: str | None = None,
-    train_size: int | None = None,
-    eval_size: int | None = None,
-    val_size: int | None = None,
-    seed: int = 42,
-    eval_fraction: float = 0.1,
-    encoding: str | None = None,
-    dataset_revision: str | None = None,
-    label_all_tokens: bool = False,
-    labels: Sequence[str] | None = None,
-) -> TaggingData:
-    """Load tagging data from a local file or folder (CoNLL, JSON/JSONL, parquet) or a hub dataset.
+def load_tagging(dataset: str | None = None, *, labels: Sequence[str] | None = None, **options: Any) -> TaggingData:
+    """Load tagging data: ``dataset`` and ``options`` are :class:`DataOptions`' fields (see
+    :func:`load_tagged_words`); ``labels``: the tag list to use (an adapter's)."""
+    return load_tagged_words(DataOptions(dataset=dataset, **options), labels)
 
-    The data options mean what they mean for text classification (``load_text_classification``):
-    the validation split is the data's own dev split (a folder's ``dev``/``testa`` file, a hub
-    ``validation`` split) when it has a separate test split, else ``val_size`` sentences held out of
-    train, else by default 10 % of train (at most 2000) when the eval split is a separate test split.
-    ``labels``: the tag list to use (an adapter's); eval tags outside it are an error. Without it, the
-    tags of the train split, sorted, ``O`` first.
+
+def load_tagged_words(options: DataOptions, labels: Sequence[str] | None = None) -> TaggingData:
+    """Tagging data from a local file or folder (CoNLL, JSON/JSONL, parquet) or a hub dataset.
+
+    The splits are every task's (``data.splits.drawn``): the validation split is the data's own dev
+    split (a folder's ``dev``/``testa`` file, a hub ``validation`` split) when it has a separate test
+    split. ``labels``: the tag list to use (an adapter's); eval tags outside it are an error. Without it,
+    the tags of the train split, sorted, ``O`` first.
     """
-    _check_sizes(train_size, eval_size, eval_fraction)
-    if val_size is not None and (not isinstance(val_size, int) or val_size < 0):
-        raise DataError(f"--val-size must be an integer >= 0, got {val_size!r}; pass a number of sentences.")
-    check_encoding(encoding)
-    columns = (text_column, label_column)
-    train, ev, val, source = _load_splits(dataset, train_file, eval_file, columns, encoding, dataset_revision)
-    if val is not None and val_size is not None:  # --val-size holds validation out of train instead
-        source, val = source.replace(f" + {val.name}", ""), None
-    return _finish(
-        train,
-        ev,
-        val,
-        source,
-        train_size=train_size,
-        eval_size=eval_size,
-        val_size=val_size,
-        seed=seed,
-        eval_fraction=eval_fraction,
-        label_all_tokens=label_all_tokens,
-        labels=labels,
+    read = read_source(options, TaggedWords())
+    train, ev, val = read.train, read.eval, read.val
+    plan = drawn(train, ev, val, options, "sentences", keep_order=True)
+    rows: Rows = _take((train.tokens, train.tags), plan.train)
+    evaluated = ev if ev is not None else train
+    eval_rows = _take((evaluated.tokens, evaluated.tags), plan.eval)
+    val_rows = (val.tokens, val.tags) if plan.own_val else None
+    if plan.val is not None:
+        val_rows = _take((train.tokens, train.tags), plan.val)
+    names = _tag_names(labels, rows)
+    _check_known(
+        names, labels, train.name, [(ev.name if ev else train.name, eval_rows), (val.name if val else "", val_rows)]
     )
+    _warn_not_iob(names)
+    return TaggingData(
+        train=_dataset(rows, names, options.label_all_tokens),
+        eval=_dataset(eval_rows, names),
+        labels=names,
+        source=read.source,
+        val=_dataset(val_rows, names) if val_rows is not None else None,
+        selection=plan.selection,
+        label_all_tokens=options.label_all_tokens,
+        tokens_column=train.tokens_column,
+        tags_column=train.tags_column,
+    )
+
+
+class TaggedWords:
+    """The token-cls schema: a list of words and a list of tags per sentence."""
+
+    layout = LAYOUT
+    unit = "sentences"
+
+    def read_file(self, path: Path, options: DataOptions, train: Sentences | None = None) -> Sentences:
+        return read_tagged_file(path, options.text_column, options.label_column, encoding=options.encoding)
+
+    def read_dataset(self, ds: datasets.Dataset, name: str, options: DataOptions) -> Sentences:
+        return sentences_from_dataset(ds, name, options.text_column, options.label_column)
+
+    def is_labelled(self, split: Sentences) -> bool:
+        return True
 
 
 def is_iob(tag: str) -> bool:
@@ -161,115 +169,6 @@ def ordered_labels(tags: set[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# sources
-
-
-def _load_splits(
-    dataset: str | None,
-    train_file: str | Path | None,
-    eval_file: str | Path | None,
-    columns: tuple[str | None, str | None],
-    encoding: str | None,
-    revision: str | None,
-) -> tuple[Sentences, Sentences | None, Sentences | None, str]:
-    if dataset is not None and (train_file is not None or eval_file is not None):
-        raise DataError(f"both a dataset ('{dataset}') and --train-file/--eval-file were given; pass one of them.")
-    if dataset is None and train_file is None:
-        if eval_file is not None:
-            raise DataError("--eval-file was given without --train-file; pass --train-file PATH as well.")
-        raise DataError(
-            "no dataset given; token-cls needs tagged data: pass --train-file PATH (CoNLL or JSONL), "
-            "a folder, or a hub dataset such as conll2003."
-        )
-    if dataset is not None and dataset.strip().lower() == TWEETS_ALIAS:
-        raise DataError(
-            "tweets is text-classification data (a label per text), not tagged words; for "
-            "--task token-cls pass --train-file PATH (CoNLL or JSONL), a folder, or conll2003."
-        )
-    if revision is not None and (dataset is None or Path(dataset).expanduser().exists()):
-        raise DataError(
-            f"--dataset-revision {revision} pins a dataset on the Hugging Face hub, and this data is "
-            "local; drop --dataset-revision"
-        )
-    if dataset is None:
-        train_path = _existing_file(Path(train_file))
-        train = read_tagged_file(train_path, *columns, encoding=encoding)
-        if eval_file is None:
-            return train, None, None, str(train_path)
-        eval_path = _existing_file(Path(eval_file))
-        if eval_path.resolve() == train_path.resolve():
-            return train, train, None, str(eval_path)
-        ev = read_tagged_file(eval_path, *columns, encoding=encoding)
-        return train, ev, None, f"train: {train_path}, eval: {eval_path}"
-    path = Path(dataset).expanduser()
-    if path.is_dir():
-        return _load_folder(path, columns, encoding)
-    if path.is_file():
-        return read_tagged_file(path, *columns, encoding=encoding), None, None, str(path)
-    if _looks_like_path(dataset):
-        raise DataError(f"'{dataset}' does not exist; pass an existing file or folder, or a hub dataset name.")
-    return _load_hub(dataset, columns, revision)
-
-
-def _split_role(path: Path) -> str | None:
-    """``train``, ``test`` or ``validation`` as the file name says (``eng.testa`` -> validation), else None."""
-    parts = [p for p in re.split(r"[_\-.\s]", path.name.lower()) if p]
-    for role, names in (("train", _TRAIN_NAMES), ("test", _TEST_NAMES), ("validation", _VALIDATION_NAMES)):
-        if any(part in names for part in parts):
-            return role
-    return None
-
-
-def _load_folder(
-    folder: Path, columns: tuple[str | None, str | None], encoding: str | None
-) -> tuple[Sentences, Sentences | None, Sentences | None, str]:
-    """A folder with a train file and optionally a test and a dev file (``eng.train``/``eng.testb``/``eng.testa``)."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    by_role: dict[str, list[Path]] = {}
-    for p in files:
-        role = _split_role(p)
-        if role is not None:
-            by_role.setdefault(role, []).append(p)
-    for role, found in by_role.items():
-        if len(found) > 1:
-            raise DataError(
-                f"folder {folder} has several {role} files ({', '.join(p.name for p in found)}); "
-                "pass --train-file and --eval-file to pick them."
-            )
-    if "train" not in by_role:
-        names = ", ".join(p.name for p in files) or "no files"
-        raise DataError(
-            f"folder {folder} has no train file (found: {names}); add one whose name says train "
-            "(train.conll, eng.train) or pass --train-file PATH."
-        )
-    train = read_tagged_file(by_role["train"][0], *columns, encoding=encoding)
-    test = read_tagged_file(by_role["test"][0], *columns, encoding=encoding) if "test" in by_role else None
-    val = read_tagged_file(by_role["validation"][0], *columns, encoding=encoding) if "validation" in by_role else None
-    if val is not None:
-        val.kind = "validation"
-    ev, val = (test, val) if test is not None else (val, None)
-    named = " + ".join(s.name for s in (ev, val) if s is not None)
-    return train, ev, val, f"{folder} ({train.name}" + (f" + {named})" if named else ")")
-
-
-def _load_hub(
-    name: str, columns: tuple[str | None, str | None], revision: str | None
-) -> tuple[Sentences, Sentences | None, Sentences | None, str]:
-    """A hub dataset (``conll2003``): train, its test split as eval and its validation split as val."""
-    dsd = _hub_load(name, revision)
-    if "train" not in dsd:
-        raise DataError(f"hub dataset '{name}' has no train split (splits: {', '.join(dsd)}); pass local files.")
-    train = sentences_from_dataset(dsd["train"], f"{name} [train]", *columns)
-    test = sentences_from_dataset(dsd["test"], f"{name} [test]", *columns) if "test" in dsd else None
-    val = sentences_from_dataset(dsd["validation"], f"{name} [validation]", *columns) if "validation" in dsd else None
-    if val is not None:
-        val.kind = "validation"
-    ev, val = (test, val) if test is not None else (val, None)
-    names = " + ".join(s.name.split("[")[-1].rstrip("]") for s in (ev, val) if s is not None)
-    return train, ev, val, f"hub dataset '{name}' (train" + (f" + {names})" if names else ")")
-
-
-# ---------------------------------------------------------------------------------------------------
 # readers
 
 
@@ -279,8 +178,8 @@ def read_tagged_file(
     """One file: JSON/JSONL records, a parquet table, or else CoNLL columns."""
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        return sentences_from_dataset(_read_dataset(path), path.name, text_column, label_column)
-    text = _read_text(path, encoding)
+        return sentences_from_dataset(read_table(path), path.name, text_column, label_column)
+    text = read_text(path, encoding)
     if suffix in JSON_SUFFIXES:
         return read_json_records(text, path.name, text_column, label_column, lines=suffix == ".jsonl")
     if text_column is not None or label_column is not None:
@@ -292,48 +191,13 @@ def read_tagged_file(
     return read_conll(text, path.name)
 
 
-def _read_text(path: Path, encoding: str | None) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise DataError(f"cannot read {path} ({err.strerror}); check the file.") from None
-    errors = text_errors(str(path), [data], encoding)
-    return data.decode(encoding or "utf-8", errors=errors).lstrip("\ufeff")
-
-
 def read_conll(text: str, name: str) -> Sentences:
-    """Sentences of CoNLL text: a word per line, its tag in the last column, blank lines between sentences."""
+    """Sentences of CoNLL text (``data.readers.conll_sentences``)."""
     out = Sentences([], [], name)
-    words: list[str] = []
-    tags: list[str] = []
-    start = 0
-
-    def close() -> None:
-        if words:
-            out.tokens.append(list(words))
-            out.tags.append(list(tags))
-            out.where.append(f"line {start}")
-            words.clear()
-            tags.clear()
-
-    for number, line in enumerate(text.splitlines(), 1):
-        columns = line.split()
-        if not columns:
-            close()
-            continue
-        if columns[0] == "-DOCSTART-":
-            close()
-            continue
-        if len(columns) < 2:
-            raise DataError(
-                f"{name}:{number}: a word line needs the word and its tag (whitespace-separated, the tag "
-                f"last), got {line.strip()!r}; fix the line, or separate sentences with an empty line."
-            )
-        if not words:
-            start = number
-        words.append(columns[0])
-        tags.append(columns[-1])
-    close()
+    for where, words, tags in conll_sentences(text, name):
+        out.tokens.append(words)
+        out.tags.append(tags)
+        out.where.append(where)
     if not out.tokens:
         raise DataError(f"{name} has no sentences; fill it with CoNLL lines (word ... tag) or pass another file.")
     return out
@@ -342,29 +206,8 @@ def read_conll(text: str, name: str) -> Sentences:
 def read_json_records(
     text: str, name: str, text_column: str | None, label_column: str | None, *, lines: bool = False
 ) -> Sentences:
-    """Sentences of JSON (a list of records) or JSON lines (a record per line; ``lines``, or a .json file
-    that is not one JSON value): each a words list and a tags list."""
-    records: list[tuple[str, Any]]
-    stripped = text.strip()
-    if not stripped:
-        raise DataError(f'{name} has no records; fill it with {{"tokens": [...], "tags": [...]}} records.')
-    whole = None
-    if not lines:
-        try:
-            whole = json.loads(stripped)
-        except ValueError:
-            whole = None
-    if isinstance(whole, list):
-        records = [(f"record {i}", r) for i, r in enumerate(whole)]
-    else:
-        records = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append((f"line {number}", json.loads(line)))
-            except ValueError as err:
-                raise DataError(f"{name}:{number}: not valid JSON ({err}); fix the line.") from None
+    """Sentences of JSON records (``data.readers.json_records``): each a words list and a tags list."""
+    records = json_records(text, name, lines=lines)
     if not records:
         raise DataError(f'{name} has no records; fill it with {{"tokens": [...], "tags": [...]}} records.')
     first = records[0][1]
@@ -373,8 +216,8 @@ def read_json_records(
             f"{name} {records[0][0]}: expected an object with a words list and a tags list, "
             f"got {type(first).__name__}; fix the file."
         )
-    tokens_col = _pick(list(first), text_column, TOKENS_COLUMN_CANDIDATES, "text", name)
-    tags_col = _pick(list(first), label_column, TAGS_COLUMN_CANDIDATES, "label", name)
+    tokens_col = pick_column(list(first), text_column, TOKENS_COLUMN_CANDIDATES, "text", name, "words")
+    tags_col = pick_column(list(first), label_column, TAGS_COLUMN_CANDIDATES, "label", name, "tags")
     out = Sentences([], [], name, tokens_column=tokens_col, tags_column=tags_col)
     for where, record in records:
         words, tags = _checked_record(record, tokens_col, tags_col, f"{name} {where}")
@@ -424,8 +267,8 @@ def sentences_from_dataset(
     if len(ds) == 0:
         raise DataError(f"{name} has no rows; fill it with data or pass another split.")
     columns = list(ds.column_names)
-    tokens_col = _pick(columns, text_column, TOKENS_COLUMN_CANDIDATES, "text", name)
-    tags_col = _pick(columns, label_column, TAGS_COLUMN_CANDIDATES, "label", name)
+    tokens_col = pick_column(columns, text_column, TOKENS_COLUMN_CANDIDATES, "text", name, "words")
+    tags_col = pick_column(columns, label_column, TAGS_COLUMN_CANDIDATES, "label", name, "tags")
     feature = ds.features.get(tags_col)
     inner = getattr(feature, "feature", None)  # Sequence(ClassLabel) in datasets 2/3
     if inner is None and isinstance(feature, list) and feature:  # a List feature in datasets 4
@@ -450,79 +293,19 @@ def sentences_from_dataset(
     return out
 
 
-def _pick(columns: list[str], given: str | None, candidates: Sequence[str], kind: str, name: str) -> str:
-    flag = f"--{kind}-column"
-    if given is not None:
-        if given in columns:
-            return given
-        raise DataError(
-            f"column '{given}' not found in {name}; the columns are: {', '.join(columns)}. Pass {flag} NAME."
-        )
-    lowered = {c.lower(): c for c in columns}
-    for cand in candidates:
-        if cand in lowered:
-            return lowered[cand]
-    raise DataError(
-        f"no {'words' if kind == 'text' else 'tags'} column found in {name} (looked for "
-        f"{', '.join(candidates)}); the columns are: {', '.join(columns)}. Pass {flag} NAME."
-    )
-
-
 # ---------------------------------------------------------------------------------------------------
 # labels, sizes, splitting
 
 Rows = tuple[list[list[str]], list[list[str]]]  # words and tag names per sentence
 
 
-def _finish(
-    train: Sentences,
-    ev: Sentences | None,
-    val: Sentences | None,
-    source: str,
-    *,
-    train_size: int | None,
-    eval_size: int | None,
-    val_size: int | None,
-    seed: int,
-    eval_fraction: float,
-    label_all_tokens: bool,
-    labels: Sequence[str] | None,
-) -> TaggingData:
-    rows: Rows = (train.tokens, train.tags)
-    if ev is None:
-        n = len(rows[0])
-        n_eval = eval_size if eval_size is not None else max(1, round(n * eval_fraction))
-        if n < 2 or n_eval >= n:
-            raise DataError(
-                f"{train.name} has {n} sentences, too few to split off {n_eval} for eval; pass a "
-                "larger file, a smaller --eval-size, or an --eval-file."
-            )
-        eval_rows, rows = _carve(rows, n_eval, np.random.default_rng(seed))
-        eval_size = None
-    else:
-        eval_rows = (ev.tokens, ev.tags)
-    val_rows, rows, selection = _validation(train, ev, val, rows, val_size, seed)
-    rows = _subsample(rows, train_size, seed, train.name)
-    eval_rows = _subsample(eval_rows, eval_size, seed, ev.name if ev else train.name)
-    if labels is None:
-        names = ordered_labels({t for tags in rows[1] for t in tags})
-        known = f"the train data ({train.name}) has"
-    else:
-        names = list(labels)
-        known = "the adapter knows"
-    _check_known(names, known, [(ev.name if ev else train.name, eval_rows), (val.name if val else "", val_rows)])
-    _warn_not_iob(names)
-    return TaggingData(
-        train=_dataset(rows, names, label_all_tokens),
-        eval=_dataset(eval_rows, names),
-        labels=names,
-        source=source,
-        val=_dataset(val_rows, names) if val_rows is not None else None,
-        selection=selection,
-        label_all_tokens=label_all_tokens,
-        tokens_column=train.tokens_column,
-        tags_column=train.tags_column,
-    )
+def _tag_names(labels: Sequence[str] | None, rows: Rows) -> list[str]:
+    """``labels`` (an adapter's), else the tags of the train ``rows``, sorted, ``O`` first."""
+    return list(labels) if labels is not None else ordered_labels({t for tags in rows[1] for t in tags})
+
+
+def _take(rows: Rows, indices: list[int]) -> Rows:
+    return take(rows[0], indices), take(rows[1], indices)
 
 
 def _warn_not_iob(names: list[str]) -> None:
@@ -536,7 +319,11 @@ def _warn_not_iob(names: list[str]) -> None:
         )
 
 
-def _check_known(names: list[str], known: str, splits: list[tuple[str, Rows | None]]) -> None:
+def _check_known(
+    names: list[str], labels: Sequence[str] | None, train: str, splits: list[tuple[str, Rows | None]]
+) -> None:
+    """An error naming the first tags of ``splits`` outside ``names`` (the adapter's ``labels``, or the train's)."""
+    known = "the adapter knows" if labels is not None else f"the train data ({train}) has"
     known_set = set(names)
     for split_name, split_rows in splits:
         if split_rows is None:
@@ -559,45 +346,3 @@ def _dataset(rows: Rows, names: list[str], label_all_tokens: bool = False) -> da
         columns["inner_tags"] = [[inner[t] for t in tags] for tags in columns["tags"]]
         features["inner_tags"] = datasets.List(datasets.Value("int64"))
     return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
-
-
-def _carve(rows: Rows, n: int, rng: np.random.Generator) -> tuple[Rows, Rows]:
-    """``n`` sentences drawn with ``rng``, and the sentences left (in their order)."""
-    perm = rng.permutation(len(rows[0]))
-    held, kept = perm[:n], np.sort(perm[n:])
-    return ([rows[0][i] for i in held], [rows[1][i] for i in held]), (
-        [rows[0][i] for i in kept],
-        [rows[1][i] for i in kept],
-    )
-
-
-def _subsample(rows: Rows, size: int | None, seed: int, name: str) -> Rows:
-    if size is None:
-        return rows
-    if size > len(rows[0]):
-        log.warning("%s has %d sentences, fewer than the %d asked for; using all of them", name, len(rows[0]), size)
-        size = len(rows[0])
-    idx = np.random.default_rng(seed).permutation(len(rows[0]))[:size]
-    return [rows[0][i] for i in idx], [rows[1][i] for i in idx]
-
-
-def _validation(
-    train: Sentences, ev: Sentences | None, val: Sentences | None, rows: Rows, val_size: int | None, seed: int
-) -> tuple[Rows | None, Rows, str]:
-    """As ``sources._validation``: the validation rows (or None), the train rows left, and the selection in words."""
-    evaluated = ev.name if ev is not None else f"{train.name}, held out"
-    shared = f"the eval split ({evaluated}), which is also the one reported"
-    if val_size == 0:
-        return None, rows, f"{shared}: --val-size 0"
-    if val is not None and val_size is None:
-        return (val.tokens, val.tags), rows, f"the dataset's validation split ({val.name})"
-    if val_size is None and (ev is None or ev.kind != "test"):
-        return None, rows, f"{shared}: there is no separate test split (--val-size N holds a validation split out)"
-    n = val_size if val_size is not None else min(AUTO_VAL_MAX, max(1, round(AUTO_VAL_FRACTION * len(rows[0]))))
-    if n >= len(rows[0]):
-        raise DataError(
-            f"--val-size {n} leaves none of the {len(rows[0])} train sentences to train on; pass a smaller one."
-        )
-    held, left = _carve(rows, n, np.random.default_rng([seed, 1]))
-    why = "--val-size" if val_size is not None else "10 % by default, as the eval split is a separate test split"
-    return held, left, f"{n} sentences held out of the train split ({why})"

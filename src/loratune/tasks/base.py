@@ -3,7 +3,8 @@
 The training loop, the evaluation loop and the commands know nothing of any one task. Each task
 (``tasks/seq_cls.py`` ...) is one ``Task`` subclass; ``tasks.get_task(name)`` finds it. A task:
 
-* loads its data (``load_data``) and its model as ``auto_class``, a classifier with a fresh head (``load_model``);
+* loads its data (``load_data``: its records' schema, read by ``data.load``) and its model as
+  ``auto_class``, a classifier with a fresh head (``load_model``);
 * turns examples into token ids (``tokenize``) and padded batches (``collator``);
 * gives the training loss of a batch (``loss``; by default the model's own ``outputs.loss``);
 * scores predictions (``metrics()`` returns a fresh ``Metrics`` accumulator) and names the value
@@ -22,16 +23,15 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
+from loratune.data.options import DataOptions
 from loratune.errors import LoratuneError
 from loratune.models import head_module_names, load_pretrained_model
 
 
-def without_tagging_options(options: dict[str, Any], task: str) -> dict[str, Any]:
-    """``options`` without token-cls's own data option; an error naming it when it is set for ``task``."""
-    options = dict(options)
-    if options.pop("label_all_tokens", False):
+def refuse_tagging_options(options: DataOptions, task: str) -> None:
+    """An error naming token-cls's own data option when it is set for ``task``."""
+    if options.label_all_tokens:
         raise LoratuneError(f"--label-all-tokens is for --task token-cls (a tag per word); drop it for {task}")
-    return options
 
 
 @dataclass(frozen=True)
@@ -109,15 +109,13 @@ class Task(ABC):
     defaults: ClassVar[dict[str, dict[str, Any]]] = {}
 
     @abstractmethod
-    def load_data(self, dataset: str | None, *, seed: int, **options: Any) -> TaskData:
-        """The train and eval splits that the data options name (subsampled and split with ``seed``).
+    def load_data(self, options: DataOptions) -> TaskData:
+        """The train and eval splits that ``options`` name (subsampled and split with ``options.seed``)."""
 
-        ``options`` are ``train.setup.data_options``: files, columns, sizes and ``dataset_revision``.
-        """
-
-    def load_eval_data(self, dataset: str | None, *, info: dict[str, Any], seed: int, **options: Any) -> TaskData:
-        """Data to evaluate a saved artifact on (``info``: its ``loratune.json``); by default ``load_data``."""
-        return self.load_data(dataset, seed=seed, **options)
+    def load_eval_data(self, options: DataOptions, info: dict[str, Any]) -> TaskData:
+        """Data to evaluate a saved artifact on (``info``: its ``loratune.json``; ``options.for_eval`` is set and
+        ``options.val_size`` is 0); by default ``load_data``."""
+        return self.load_data(options)
 
     def load_model(
         self,

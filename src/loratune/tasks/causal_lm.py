@@ -20,13 +20,14 @@ from loratune.data.lm import (
     TEXT,
     LMCollator,
     LMData,
-    load_lm_data,
+    load_lm_records,
     pack_texts,
     prompt_format_of,
     tokenize_instructions,
 )
+from loratune.data.options import DataOptions
 from loratune.generate import DEFAULT_NEW_TOKENS, GenerationOptions, complete, positions, prompt_format
-from loratune.tasks.base import Metric, Task, without_tagging_options
+from loratune.tasks.base import Metric, Task, refuse_tagging_options
 
 TASK_TYPE = "CAUSAL_LM"
 AUTO_CLASS = "AutoModelForCausalLM"
@@ -66,12 +67,9 @@ class CausalLMTask(Task):
     def __init__(self) -> None:
         self.prompt_format: str | None = None  # set by tokenize: how the instructions were shown
 
-    def load_data(self, dataset: str | None, *, seed: int, **options: Any) -> LMData:
-        return load_lm_data(dataset, seed=seed, **without_tagging_options(options, self.name))
-
-    def load_eval_data(self, dataset: str | None, *, info: dict[str, Any], seed: int, **options: Any) -> LMData:
-        options = without_tagging_options(options, self.name)
-        return load_lm_data(dataset, seed=seed, **{**options, "val_size": 0, "for_eval": True})
+    def load_data(self, options: DataOptions) -> LMData:
+        refuse_tagging_options(options, self.name)
+        return load_lm_records(options)
 
     def modules_to_save(self, model: nn.Module) -> list[str]:
         return []

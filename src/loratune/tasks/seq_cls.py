@@ -14,9 +14,10 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from torch import nn
 
 from loratune.data.batching import DynamicPaddingCollator, tokenize_dataset
-from loratune.data.sources import TextClassificationData, load_text_classification
+from loratune.data.labelled_texts import TextClassificationData, load_labelled_texts
+from loratune.data.options import DataOptions
 from loratune.errors import DataError
-from loratune.tasks.base import Encoded, Metric, Task, forward_rows, without_tagging_options
+from loratune.tasks.base import Encoded, Metric, Task, forward_rows, refuse_tagging_options
 
 TASK_TYPE = "SEQ_CLS"  # PEFT's task_type in adapter_config.json
 AUTO_CLASS = "AutoModelForSequenceClassification"
@@ -185,21 +186,20 @@ class SeqClsTask(Task):
             "more than the most common label; try more epochs or another --lr, and check the labels match the texts"
         )
 
-    def load_data(self, dataset: str | None, *, seed: int, **options: Any) -> TextClassificationData:
-        """The labelled texts; data with no text or label column is an error that names what each task reads."""
+    def load_data(self, options: DataOptions) -> TextClassificationData:
+        """The labelled texts; data with no text or label column is an error that names what each task reads.
+        With ``options.for_eval``, a single class is enough (only a classifier's training data needs two)."""
+        refuse_tagging_options(options, self.name)
         try:
-            return load_text_classification(dataset, seed=seed, **without_tagging_options(options, self.name))
+            return load_labelled_texts(options, min_train_classes=1 if options.for_eval else 2)
         except DataError as err:
             if " column found in " not in str(err):
                 raise
             raise DataError(f"{str(err).rstrip('.')}, or pick the task this data is for: {OTHER_TASKS}") from None
 
-    def load_eval_data(
-        self, dataset: str | None, *, info: dict[str, Any], seed: int, **options: Any
-    ) -> TextClassificationData:
-        """Data to evaluate an artifact on, with the artifact's label ids (``info["labels"]``); no validation
-        split, and a single class is enough (only a classifier's training data needs two)."""
-        data = self.load_data(dataset, seed=seed, **{**options, "val_size": 0, "min_train_classes": 1})
+    def load_eval_data(self, options: DataOptions, info: dict[str, Any]) -> TextClassificationData:
+        """Data to evaluate an artifact on, with the artifact's label ids (``info["labels"]``)."""
+        data = self.load_data(options)
         labels = list(info["labels"])
         unknown = sorted(set(data.labels) - set(labels))
         if unknown:

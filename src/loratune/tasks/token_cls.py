@@ -22,8 +22,9 @@ from seqeval.metrics.sequence_labeling import get_entities
 from torch import nn
 from transformers import DataCollatorForTokenClassification
 
-from loratune.data.batching import MODEL_INPUTS, map_fingerprint
-from loratune.data.tagging import UNTRAINED, TaggingData, is_iob, load_tagging
+from loratune.data.batching import MODEL_INPUTS, dataset_fingerprint
+from loratune.data.options import DataOptions
+from loratune.data.tagging import UNTRAINED, TaggingData, is_iob, load_tagged_words
 from loratune.errors import DataError, LoratuneError
 from loratune.tasks.base import Encoded, Metric, Task, forward_rows
 
@@ -117,7 +118,7 @@ def tokenize_words(ds: Any, tokenizer: Any, max_length: int, *, batch_size: int 
         remove_columns=ds.column_names,
         keep_in_memory=True,
         load_from_cache_file=False,
-        new_fingerprint=map_fingerprint(ds, tokenizer, max_length, "tokens/tags"),
+        new_fingerprint=dataset_fingerprint(ds, tokenizer, max_length, "tokens/tags"),
         desc="Tokenising",
     )
     if lost["words"]:
@@ -385,16 +386,16 @@ class TokenClsTask(Task):
             "train longer (--epochs), try --lr 5e-4 or 1e-3, and check that the tags mark entities (B-X/I-X)"
         )
 
-    def load_data(self, dataset: str | None, *, seed: int, **options: Any) -> TaggingData:
-        return load_tagging(dataset, seed=seed, **options)
+    def load_data(self, options: DataOptions) -> TaggingData:
+        return load_tagged_words(options)
 
-    def load_eval_data(self, dataset: str | None, *, info: dict[str, Any], seed: int, **options: Any) -> TaggingData:
-        """Data to evaluate an artifact on, with its tag list (``info["labels"]``); no validation split.
+    def load_eval_data(self, options: DataOptions, info: dict[str, Any]) -> TaggingData:
+        """Data to evaluate an artifact on, with its tag list (``info["labels"]``).
         Scoring is at each word's first sub-token, whatever ``label_all_tokens`` the artifact trained with."""
-        options = {**options, "val_size": 0, "label_all_tokens": False}
-        if options.get("eval_file"):  # the eval file alone: no need to read the train file
-            options["train_file"] = options["eval_file"]
-        return load_tagging(dataset, seed=seed, labels=list(info["labels"]), **options)
+        options = options.replace(label_all_tokens=False)
+        if options.eval_file:  # the eval file alone: no need to read the train file
+            options = options.replace(train_file=options.eval_file)
+        return load_tagged_words(options, list(info["labels"]))
 
     def tokenize(self, split: Any, tokenizer: Any, max_length: int) -> Any:
         return tokenize_words(split, tokenizer, max_length)

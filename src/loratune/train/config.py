@@ -26,7 +26,7 @@ import yaml
 from loratune.errors import LoratuneError
 from loratune.prepare import KERNELS
 from loratune.tasks import TASKS
-from loratune.tasks.infer import infer_task
+from loratune.tasks.detect import guess_task
 
 METHODS = ("lora", "full")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -424,20 +424,20 @@ DEMO = {"dataset": "tweets", "train_size": 4000, "eval_size": 1000, "max_length"
 
 
 def inferred_task(values: dict[str, Any]) -> str:
-    """The task the data of ``values`` is for (``tasks.infer``), printed with the reason unless it is seq-cls
+    """The task the data of ``values`` is for (``tasks.detect``), printed with the reason unless it is seq-cls
     (the task of a labelled table, and of the demo)."""
-    guess = infer_task(values.get("dataset"), values.get("train_file"))
+    guess = guess_task(values.get("dataset"), values.get("train_file"))
     if guess.task != "seq-cls":
         print(f"task: {guess.task} (inferred: {guess.reason}; pass --task to choose)", flush=True)
     return guess.task
 
 
 def with_task(cfg: RunConfig) -> RunConfig:
-    """``cfg``, its task inferred from the data (``tasks.infer``) when it names none: a config built directly,
+    """``cfg``, its task inferred from the data (``tasks.detect``) when it names none: a config built directly,
     not by ``build_config`` (which also prints why). Reads the data files, and may ask the hub."""
     if cfg.task is not None:
         return cfg
-    return dataclasses.replace(cfg, task=infer_task(cfg.dataset, cfg.train_file).task)
+    return dataclasses.replace(cfg, task=guess_task(cfg.dataset, cfg.train_file).task)
 
 
 def task_defaults(task: str, method: str) -> dict[str, Any]:

@@ -45,7 +45,7 @@ def task_info(setup: RunSetup) -> dict[str, Any]:
         "base_model_revision": cfg.revision,
         "base_model_fingerprint": setup.fingerprint,
         "max_length": setup.max_length,
-        "data": {"dataset": cfg.dataset, **data_options(cfg), "seed": cfg.seed},
+        "data": data_options(cfg).record(),
         "loratune_version": loratune.__version__,
     }
 

@@ -14,6 +14,7 @@ from torch import nn
 
 import loratune
 from loratune.artifacts import base_fingerprint
+from loratune.data.options import RECORDED, DataOptions
 from loratune.device import resolve_device
 from loratune.lora import ALL_LINEAR, LoraConfig
 from loratune.lora.model import lora_layers
@@ -75,27 +76,15 @@ def usable_max_length(requested: int, model: nn.Module, tokenizer: Any) -> int:
     return limit
 
 
-def data_options(cfg: RunConfig) -> dict[str, Any]:
+def data_options(cfg: RunConfig) -> DataOptions:
     """The data options of ``cfg``, as ``Task.load_data`` takes them."""
-    names = (
-        "dataset_revision",
-        "train_file",
-        "eval_file",
-        "text_column",
-        "label_column",
-        "encoding",
-        "train_size",
-        "eval_size",
-        "val_size",
-        "label_all_tokens",
-    )
-    return {name: getattr(cfg, name) for name in names}
+    return DataOptions(**{name: getattr(cfg, name) for name in RECORDED})
 
 
 def load_data(cfg: RunConfig) -> TaskData:
     """The train and eval data that ``cfg`` names (subsampled and split with its seed)."""
     cfg = with_task(cfg)
-    return get_task(cfg.task).load_data(cfg.dataset, seed=cfg.seed, **data_options(cfg))
+    return get_task(cfg.task).load_data(data_options(cfg))
 
 
 def lora_config(cfg: RunConfig, task: Task, model: nn.Module) -> LoraConfig:

