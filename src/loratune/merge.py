@@ -21,7 +21,7 @@ from torch import nn
 
 from loratune.artifacts import TASK_FILE, Loaded, load_artifact, read_task_info
 from loratune.errors import AdapterFileError, RunError
-from loratune.fsutil import atomic_dir, follow_umask
+from loratune.fsutil import atomic_dir, check_keeps, follow_umask
 from loratune.lora import merge_and_unload
 from loratune.lora.model import lora_layers
 
@@ -29,9 +29,10 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _STORED = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def check_merge_paths(adapter: Path, output: Path, *, overwrite: bool = False) -> None:
+def check_merge_paths(adapter: Path, output: Path, *, overwrite: bool = False, model: str | None = None) -> None:
     """Refuse, before anything is loaded or written: a folder that is not an adapter, an output inside
-    it, an output that exists and is not empty (without ``overwrite``)."""
+    it, an output that exists and is not empty (without ``overwrite``), an output that holds the adapter,
+    a local ``model`` or the current directory (``overwrite`` would delete them)."""
     if not adapter.is_dir():
         problem = "is a file" if adapter.exists() else "does not exist"
         raise AdapterFileError(f"--adapter {adapter} {problem}; pass the adapter/ folder of a LoRA run")
@@ -51,6 +52,7 @@ def check_merge_paths(adapter: Path, output: Path, *, overwrite: bool = False) -
             raise RunError(f"--output {output} is a file; pass a folder path")
         if any(output.iterdir()) and not overwrite:
             raise RunError(f"--output {output} exists and is not empty; pass --overwrite to replace it, or another")
+        check_keeps(output, {"--adapter": adapter, "--model": model})
 
 
 def stored_dtype(base: str | None, revision: str | None = None) -> torch.dtype:
@@ -86,7 +88,7 @@ def merge_to_folder(
     The folder is written atomically. Returns the output folder and the dtype its weights were saved in.
     """
     adapter, output = Path(adapter), Path(output)
-    check_merge_paths(adapter, output, overwrite=overwrite)
+    check_merge_paths(adapter, output, overwrite=overwrite, model=model)
     loaded = load_artifact(adapter, model=model, revision=revision, trust_remote_code=trust_remote_code)
     target = DTYPES[dtype] if dtype else stored_dtype(loaded.info.get("base_model") if model is None else model,
                                                       revision or loaded.info.get("base_model_revision"))  # fmt: skip
