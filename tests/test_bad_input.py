@@ -363,6 +363,7 @@ LM_ROWS = [
                  id="generate-temperature-not-a-number"),
 ]  # fmt: skip
 
+
 def run_holding_data(e: Env) -> Path:
     """A finished run folder ``{tmp}/run`` that holds its own training data (``run/data``)."""
     run = e.tmp / "run"
