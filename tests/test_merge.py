@@ -253,3 +253,21 @@ def test_a_legal_long_output_name_merges(tiny_model_dir, tmp_path, capsys):
     assert (out / "config.json").is_file()
     assert main(["merge", "--adapter", str(adapter), "--output", str(out), "--overwrite"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["adapter", out.name])
+
+
+def test_a_base_read_from_gguf_merges_into_plain_weights(llama_dir, tmp_path):
+    """A GGUF base is de-quantised when loaded, but keeps transformers' GGUF quantizer, which refuses to save."""
+    from transformers.quantizers.quantizer_gguf import GgufHfQuantizer
+    from transformers.utils.quantization_config import GgufConfig
+
+    from loratune.merge import merged_model
+
+    adapter = make_adapter(llama_dir, "causal-lm", tmp_path / "adapter", ["q_proj", "v_proj"])
+    loaded = load_artifact(adapter)
+    config = GgufConfig(gguf_file="base.gguf")
+    config.dequantize = True
+    loaded.model.hf_quantizer = GgufHfQuantizer(config)
+    loaded.model.config.quantization_config = config
+    net = merged_model(loaded)
+    net.save_pretrained(tmp_path / "merged", safe_serialization=True)
+    assert "quantization_config" not in json.loads((tmp_path / "merged" / "config.json").read_text())

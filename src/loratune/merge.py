@@ -107,12 +107,15 @@ def merge_to_folder(
 def merged_model(loaded: Loaded) -> nn.Module:
     """``loaded``'s adapter merged into its base weights: a plain transformers model, labels in its config.
 
-    An output head that LoRA adapts and that shares its weight with the input embeddings is untied first
-    (its own copy of the weight, ``tie_word_embeddings`` off), so the merge leaves the embeddings as they were.
+    A model read from a GGUF file was de-quantised when loaded: it forgets its GGUF quantizer, so that
+    ``save_pretrained`` writes its plain weights. An output head that LoRA adapts and that shares its
+    weight with the input embeddings is untied first (its own copy of the weight, ``tie_word_embeddings``
+    off), so the merge leaves the embeddings as they were.
     """
     net = loaded.model
     _untie_adapted_head(net)
     net = merge_and_unload(net)
+    _forget_gguf(net)
     for attr in ("loratune_new_modules",):
         net.__dict__.pop(attr, None)
     if loaded.labels:
@@ -120,6 +123,21 @@ def merged_model(loaded: Loaded) -> nn.Module:
         net.config.label2id = {label: i for i, label in enumerate(loaded.labels)}
         net.config.num_labels = len(loaded.labels)
     return net
+
+
+def _forget_gguf(net: nn.Module) -> None:
+    quantizer = getattr(net, "hf_quantizer", None)
+    config = getattr(quantizer, "quantization_config", None)
+    method = getattr(config, "quant_method", None)
+    if str(getattr(method, "value", method)) != "gguf":
+        return
+    if not getattr(config, "dequantize", True):
+        raise RunError("the base model's weights are still GGUF blocks; merge needs them de-quantised: load the "
+                       "base without GGUF kernels (or pass --model with a safetensors copy of it)")  # fmt: skip
+    net.hf_quantizer = None
+    net.__dict__.pop("is_quantized", None)
+    if hasattr(net.config, "quantization_config"):
+        del net.config.quantization_config
 
 
 def _untie_adapted_head(net: nn.Module) -> None:
