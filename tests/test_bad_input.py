@@ -534,3 +534,12 @@ def test_train_prints_no_future_warning(artifacts):
     """transformers 5.24 renamed is_gradient_checkpointing and gradient_checkpointing_enable."""
     caught = artifacts["train_warnings"]  # the module's train run
     assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
+
+
+def test_generate_with_a_tiny_temperature_is_greedy(tiny_llama_bf16_dir, capsys):
+    """A temperature of 1e-45 overflows the logits it divides: it samples as its limit, greedy, does."""
+    base = ["generate", "--model", str(tiny_llama_bf16_dir), "--max-new-tokens", "3", "--device", "cpu", "hello"]
+    assert main([*base, "--temperature", "1e-45", "--seed", "1"]) == 0, capsys.readouterr().err
+    tiny = capsys.readouterr().out
+    assert main(base) == 0
+    assert tiny == capsys.readouterr().out
