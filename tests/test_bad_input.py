@@ -363,8 +363,46 @@ LM_ROWS = [
                  id="generate-temperature-not-a-number"),
 ]  # fmt: skip
 
+
+def run_holding_data(e: Env) -> Path:
+    """A finished run folder ``{tmp}/run`` that holds its own training data (``run/data``)."""
+    run = e.tmp / "run"
+    shutil.copytree(e.data, run / "data")
+    (run / "run_config.json").write_text("{}")
+    return run
+
+
+def overwriting(command: str, data: Callable[[Env], Path], output: Callable[[Env], str]) -> Callable[[Env], list[str]]:
+    """``command --dataset DATA --output OUTPUT --overwrite`` on the tiny model."""
+    return lambda e: [command, "--model", str(e.model), "--dataset", str(data(e)), "--output", output(e),
+                      "--overwrite", "--epochs", "1", "--no-progress"]  # fmt: skip
+
+
+OVERWRITE_ROWS = [
+    pytest.param(overwriting("train", lambda e: run_holding_data(e) / "data", lambda e: str(e.tmp / "run")),
+                 ["--output", "holds --dataset", "--overwrite would delete"], id="train-overwrite-holds-its-data"),
+    pytest.param(overwriting("compare", lambda e: run_holding_data(e) / "data", lambda e: str(e.tmp / "run")),
+                 ["--output", "holds --dataset", "--overwrite would delete"], id="compare-overwrite-holds-its-data"),
+    pytest.param(overwriting("train", lambda e: e.data, lambda e: "."),
+                 ["--output .", "current directory"], id="train-overwrite-the-current-directory"),
+]  # fmt: skip
+
+NUMBER_ROWS = [
+    *[pytest.param(lambda e, f=flag, v=value: ["compare", "--auto-rank", f, v, "--output", str(e.tmp / "c")],
+                   [flag, "finite", repr(value)], id=f"compare{flag}={value}")
+      for flag in ("--tolerance", "--first-budget") for value in ("nan", "inf")],
+    *[pytest.param(lambda e, f=flag, v=value: ["generate", "--model", str(e.model), f, v, "x"], [flag, needle],
+                   id=f"generate{flag}={value}")
+      for flag, value, needle in [("--temperature", "nan", "finite"), ("--temperature", "inf", "finite"),
+                                  ("--top-p", "nan", "finite"), ("--seed", str(2**70), "2**64 - 1")]],
+    pytest.param(predict("a \udcff text"), ["text argument 1", "not valid UTF-8", "--file", "--encoding"],
+                 id="predict-argument-not-utf8"),
+    pytest.param(lambda e: [*train("--dataset", str(e.data))(e), "--output", str(e.tmp / ("o" * 300))],
+                 ["File name too long", "shorter path"], id="train-output-name-too-long"),
+]  # fmt: skip
+
 BAD = [*_artifact_rows(), *_option_rows(), *PREDICT_INPUT_ROWS, *ENCODING_ROWS, *LORAPLUS_ROWS, *EVAL_DATA_ROWS,
-       *TASK_ROWS, *LM_ROWS]  # fmt: skip
+       *TASK_ROWS, *LM_ROWS, *OVERWRITE_ROWS, *NUMBER_ROWS]  # fmt: skip
 
 
 @pytest.mark.parametrize("argv,needles", BAD)
@@ -496,3 +534,12 @@ def test_train_prints_no_future_warning(artifacts):
     """transformers 5.24 renamed is_gradient_checkpointing and gradient_checkpointing_enable."""
     caught = artifacts["train_warnings"]  # the module's train run
     assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
+
+
+def test_generate_with_a_tiny_temperature_is_greedy(tiny_llama_bf16_dir, capsys):
+    """A temperature of 1e-45 overflows the logits it divides: it samples as its limit, greedy, does."""
+    base = ["generate", "--model", str(tiny_llama_bf16_dir), "--max-new-tokens", "3", "--device", "cpu", "hello"]
+    assert main([*base, "--temperature", "1e-45", "--seed", "1"]) == 0, capsys.readouterr().err
+    tiny = capsys.readouterr().out
+    assert main(base) == 0
+    assert tiny == capsys.readouterr().out

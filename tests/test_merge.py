@@ -4,6 +4,7 @@ loads without loratune and computes what the adapter model computes; the refusal
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -214,3 +215,59 @@ def test_a_trained_adapter_merges_and_evaluates_the_same(tiny_model_dir, toy_dat
     assert records[0]["accuracy"] == records[1]["accuracy"]
     assert records[0]["loss"] == pytest.approx(records[1]["loss"], abs=1e-4)
     assert records[0]["labels"] == records[1]["labels"]
+
+
+# ------------------------------------------------------------------------------ --overwrite keeps the sources
+def _tree(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("where", ["run", "cwd", "cwd-parent", "model"])
+def test_overwrite_never_deletes_the_source_nor_the_current_directory(where, tiny_model_dir, tmp_path, capsys,
+                                                                      monkeypatch):  # fmt: skip
+    run = tmp_path / "run"
+    adapter = make_adapter(tiny_model_dir, "seq-cls", run / "adapter", ["query", "value"])
+    (run / "summary.json").write_text("{}")
+    args = ["merge", "--adapter", str(adapter), "--overwrite", "--output"]
+    if where == "run":
+        args.append(str(run))
+    elif where == "model":
+        model = run / "base"
+        shutil.copytree(tiny_model_dir, model)  # a local base model inside the output
+        args = [*args, str(run), "--model", str(model)]
+        args[2] = str(make_adapter(tiny_model_dir, "seq-cls", tmp_path / "elsewhere", ["query", "value"]))
+    else:
+        monkeypatch.chdir(run / "adapter" if where == "cwd-parent" else run)
+        args.append(".." if where == "cwd-parent" else ".")
+    before, siblings = _tree(tmp_path), set(tmp_path.iterdir())
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "--overwrite" in err, err
+    assert _tree(tmp_path) == before and set(tmp_path.iterdir()) == siblings  # no hidden temp folder either
+
+
+def test_a_legal_long_output_name_merges(tiny_model_dir, tmp_path, capsys):
+    adapter = make_adapter(tiny_model_dir, "seq-cls", tmp_path / "adapter", ["query", "value"])
+    out = tmp_path / ("m" * 250)
+    assert main(["merge", "--adapter", str(adapter), "--output", str(out)]) == 0, capsys.readouterr().err
+    assert (out / "config.json").is_file()
+    assert main(["merge", "--adapter", str(adapter), "--output", str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["adapter", out.name])
+
+
+def test_a_base_read_from_gguf_merges_into_plain_weights(llama_dir, tmp_path):
+    """A GGUF base is de-quantised when loaded, but keeps transformers' GGUF quantizer, which refuses to save."""
+    from transformers.quantizers.quantizer_gguf import GgufHfQuantizer
+    from transformers.utils.quantization_config import GgufConfig
+
+    from loratune.merge import merged_model
+
+    adapter = make_adapter(llama_dir, "causal-lm", tmp_path / "adapter", ["q_proj", "v_proj"])
+    loaded = load_artifact(adapter)
+    config = GgufConfig(gguf_file="base.gguf")
+    config.dequantize = True
+    loaded.model.hf_quantizer = GgufHfQuantizer(config)
+    loaded.model.config.quantization_config = config
+    net = merged_model(loaded)
+    net.save_pretrained(tmp_path / "merged", safe_serialization=True)
+    assert "quantization_config" not in json.loads((tmp_path / "merged" / "config.json").read_text())

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import errno
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -17,9 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from loratune.errors import Interrupted, LoratuneError
+from loratune.fsutil import check_keeps
 from loratune.generate import DEFAULT_NEW_TOKENS
 from loratune.serve.command import add_serve_options
-from loratune.train.options import add_train_options
+from loratune.train.options import add_train_options, source_paths
 
 if TYPE_CHECKING:
     from loratune.artifacts import Loaded
@@ -50,6 +53,17 @@ def at_least(low: int) -> Callable[[str], int]:
         return value
 
     return integer
+
+
+def finite(text: str) -> float:
+    """An argparse type: a finite number (``nan`` and ``inf`` are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
 
 
 def text_encoding(text: str) -> str:
@@ -92,14 +106,14 @@ def _compare_options(p: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--tolerance",
-        type=float,
+        type=finite,
         default=0.5,
         help="auto-rank: points of the task's metric: percent points for accuracy or F1, "
         "its own units for perplexity (default 0.5)",
     )
     group.add_argument(
         "--first-budget",
-        type=float,
+        type=finite,
         default=1 / 16,
         help="auto-rank: the first round's steps as a fraction of a full run (default 1/16); doubled each round",
     )
@@ -138,8 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--chat", action="store_true", help="an interactive session on stdin: /exit or EOF ends it")
     gen.add_argument("--raw", action="store_true", help="send the prompt as it is, with no chat or Alpaca template")
     gen.add_argument("--max-new-tokens", type=int, default=DEFAULT_NEW_TOKENS, help="default %(default)s")
-    gen.add_argument("--temperature", type=float, default=0.0, help="0 (the default): greedy; above: sampling")
-    gen.add_argument("--top-p", type=float, default=1.0, help="sample from the top-p nucleus, in (0, 1] (default 1)")
+    gen.add_argument("--temperature", type=finite, default=0.0, help="0 (the default): greedy; above: sampling")
+    gen.add_argument("--top-p", type=finite, default=1.0, help="sample from the top-p nucleus, in (0, 1] (default 1)")
     gen.add_argument("--seed", type=int, help="seed of the sampling: the same seed gives the same text")
     _merge_options(sub)
     cmp = sub.add_parser(
@@ -215,6 +229,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from loratune.train.run import run_training
 
     cfg = build_config(args.config, **train_flags(args))
+    if cfg.overwrite:
+        check_keeps(cfg.output, source_paths(cfg, args.config))
     if args.nproc is not None:
         code = launch_train(args, cfg)
         if code is not None:
@@ -387,12 +403,24 @@ def _file_lines(name: str, encoding: str | None) -> list[str]:
     return text.removesuffix("\n").split("\n") if text else []
 
 
+def utf8(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (an argument with invalid bytes holds lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def read_texts(args: argparse.Namespace) -> list[tuple[str, int, str]]:
     """The texts to label as ``(where, line, text)``: ``line`` is a text's position among the arguments,
     or its line in --file; ``where`` names it for a message. Empty and blank texts are kept."""
     from loratune.errors import DataError
 
     texts = [(f"text argument {n}", n, text) for n, text in enumerate(args.texts, 1)]
+    for where, _, text in texts:
+        if not text.isascii() and not utf8(text):
+            raise DataError(f"{where} is not valid UTF-8; pass UTF-8 text, or put it in a --file with its --encoding")
     if args.file:
         name = "stdin" if args.file == "-" else args.file
         texts += [(f"line {n} of {name}", n, text) for n, text in enumerate(_file_lines(args.file, args.encoding), 1)]
@@ -497,6 +525,15 @@ COMMANDS = {
 }
 
 
+DISK_ERRORS = {
+    errno.ENOSPC: "free some space on that disk, or pass a folder on another",
+    errno.EDQUOT: "free some of your disk quota, or pass a folder on another disk",
+    errno.ENAMETOOLONG: "pass a shorter path (most file systems take 255 characters per name)",
+    errno.EROFS: "pass a folder on a writable disk",
+    errno.EACCES: "pass a path you may read and write",
+}
+
+
 class _WarningLines(logging.Handler):
     """loratune's log records on stderr as one line each: ``warning: <message>``."""
 
@@ -548,6 +585,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as err:  # a full disk, a name too long, a read-only folder...: one line, not a traceback
+        if err.errno not in DISK_ERRORS:
+            raise
+        where = f": {err.filename}" if err.filename else ""
+        print(f"error: {err.strerror}{where}; {DISK_ERRORS[err.errno]}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -34,6 +34,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "check_keeps",
     "clear_folder",
     "folder_lock",
     "follow_umask",
@@ -125,7 +126,9 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     renamed in and the old one removed. On an exception the temporary folder is removed and an
     existing ``path`` is left untouched.
     """
-    path = Path(path)
+    path = Path(os.path.abspath(path))  # "." or "..": a real name, so the temp folder is a sibling
+    if path == Path(os.path.abspath(os.curdir)) or path in Path.cwd().parents:
+        raise RunError(f"cannot replace {path}: it holds the current directory; pass another folder, or cd out of it")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(path)
     tmp.mkdir()  # honours the umask (mkdtemp would force 0o700)
@@ -155,9 +158,14 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
             old.unlink(missing_ok=True)
 
 
+NAME_MAX = 255  # the longest file name most file systems take
+
+
 def _tmp_sibling(path: Path, tag: str = "") -> Path:
-    """A fresh hidden name next to ``path``: ``.<name><tag>.tmp-<random>``."""
-    return path.parent / f".{path.name}{tag}{TMP_MARKER}{uuid.uuid4().hex[:12]}"
+    """A fresh hidden name next to ``path``: ``.<name><tag>.tmp-<random>``, ``name`` cut so that it fits
+    ``NAME_MAX`` (a legal name stays legal with the suffix)."""
+    suffix = f"{tag}{TMP_MARKER}{uuid.uuid4().hex[:12]}"
+    return path.parent / f".{path.name[: NAME_MAX - 1 - len(suffix)]}{suffix}"
 
 
 def _fsync_tree(root: Path) -> None:
@@ -213,6 +221,20 @@ def folder_lock(folder: str | os.PathLike[str], flag: str = "--output") -> Itera
             with contextlib.suppress(OSError):
                 folder.rmdir()
         os.close(fd)  # releases the lock
+
+
+def check_keeps(output: str | os.PathLike[str], sources: dict[str, Any], flag: str = "--output") -> None:
+    """Refuse an ``output`` that ``--overwrite`` would replace while it is, or holds, one of the command's
+    ``sources`` (``{flag: path}``; paths that do not exist are skipped) or the current directory."""
+    out = Path(output).resolve()
+    named = {"the current directory": Path.cwd(), **sources}
+    for name, source in named.items():
+        if source is None or not Path(source).exists():
+            continue
+        src = Path(source).resolve()
+        if src == out or out in src.parents:
+            what = name if name.startswith("the ") else f"{name} {source}"
+            raise RunError(f"{flag} {output} holds {what}, which --overwrite would delete; pass another {flag}")
 
 
 def clear_folder(folder: str | os.PathLike[str]) -> None:

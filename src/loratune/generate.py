@@ -6,6 +6,7 @@ to the context, tokens streamed as they come; greedy at temperature 0, else seed
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,13 +19,15 @@ from loratune.data.lm import CHAT_TEMPLATE, PLAIN, PROMPT_FORMATS, encode_prompt
 from loratune.errors import LoratuneError
 
 DEFAULT_NEW_TOKENS = 128
+MAX_SEED = 2**64 - 1  # torch.manual_seed's largest
+GREEDY_BELOW = 1e-4  # a smaller temperature is greedy, the limit it tends to (logits / T would overflow)
 EXIT = "/exit"
 
 
 @dataclass(frozen=True)
 class GenerationOptions:
-    """How to pick tokens: ``temperature`` 0 is greedy; above it, sampling from the top-``top_p`` nucleus,
-    seeded with ``seed`` (the same seed, options and prompt give the same text)."""
+    """How to pick tokens: ``temperature`` 0 (or below ``GREEDY_BELOW``) is greedy; above it, sampling from
+    the top-``top_p`` nucleus, seeded with ``seed`` (the same seed, options and prompt give the same text)."""
 
     max_new_tokens: int = DEFAULT_NEW_TOKENS
     temperature: float = 0.0
@@ -35,12 +38,12 @@ class GenerationOptions:
         """Raise ``LoratuneError`` naming the flag for an out-of-range value."""
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise LoratuneError(f"--max-new-tokens must be an integer >= 1, got {self.max_new_tokens!r}")
-        if not self.temperature >= 0:  # also NaN
-            raise LoratuneError(f"--temperature must be >= 0 (0: greedy), got {self.temperature:g}")
+        if not 0 <= self.temperature < math.inf:  # also NaN
+            raise LoratuneError(f"--temperature must be a finite number >= 0 (0: greedy), got {self.temperature:g}")
         if not 0 < self.top_p <= 1:
             raise LoratuneError(f"--top-p must be in (0, 1], got {self.top_p:g}")
-        if self.seed is not None and self.seed < 0:
-            raise LoratuneError(f"--seed must be >= 0, got {self.seed}")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise LoratuneError(f"--seed must be in [0, {MAX_SEED}] (2**64 - 1), got {self.seed}")
         return self
 
 
@@ -120,7 +123,7 @@ def generate_ids(
     new = options.max_new_tokens if limit is None else max(1, min(options.max_new_tokens, limit - len(ids)))
     eos = _eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
-    sample = options.temperature > 0
+    sample = options.temperature >= GREEDY_BELOW
     config = GenerationConfig(
         max_new_tokens=new,
         do_sample=sample,

@@ -21,7 +21,7 @@ from torch import nn
 
 from loratune.artifacts import TASK_FILE, Loaded, load_artifact, read_task_info
 from loratune.errors import AdapterFileError, RunError
-from loratune.fsutil import atomic_dir, follow_umask
+from loratune.fsutil import atomic_dir, check_keeps, follow_umask
 from loratune.lora import merge_and_unload
 from loratune.lora.io import CONFIG_NAME
 from loratune.lora.model import lora_layers
@@ -30,9 +30,10 @@ from loratune.prepare import DTYPES
 _STORED = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def check_merge_paths(adapter: Path, output: Path, *, overwrite: bool = False) -> None:
+def check_merge_paths(adapter: Path, output: Path, *, overwrite: bool = False, model: str | None = None) -> None:
     """Refuse, before anything is loaded or written: a folder that is not an adapter, an output inside
-    it, an output that exists and is not empty (without ``overwrite``)."""
+    it, an output that exists and is not empty (without ``overwrite``), an output that holds the adapter,
+    a local ``model`` or the current directory (``overwrite`` would delete them)."""
     if not adapter.is_dir():
         problem = "is a file" if adapter.exists() else "does not exist"
         raise AdapterFileError(f"--adapter {adapter} {problem}; pass the adapter/ folder of a LoRA run")
@@ -52,6 +53,7 @@ def check_merge_paths(adapter: Path, output: Path, *, overwrite: bool = False) -
             raise RunError(f"--output {output} is a file; pass a folder path")
         if any(output.iterdir()) and not overwrite:
             raise RunError(f"--output {output} exists and is not empty; pass --overwrite to replace it, or another")
+        check_keeps(output, {"--adapter": adapter, "--model": model})
 
 
 def stored_dtype(base: str | None, revision: str | None = None) -> torch.dtype:
@@ -87,7 +89,7 @@ def merge_to_folder(
     The folder is written atomically. Returns the output folder and the dtype its weights were saved in.
     """
     adapter, output = Path(adapter), Path(output)
-    check_merge_paths(adapter, output, overwrite=overwrite)
+    check_merge_paths(adapter, output, overwrite=overwrite, model=model)
     loaded = load_artifact(adapter, model=model, revision=revision, trust_remote_code=trust_remote_code)
     base = loaded.info.get("base_model") if model is None else model
     target = DTYPES[dtype] if dtype else stored_dtype(base, revision or loaded.info.get("base_model_revision"))
@@ -111,12 +113,15 @@ def merge_to_folder(
 def merged_model(loaded: Loaded) -> nn.Module:
     """``loaded``'s adapter merged into its base weights: a plain transformers model, labels in its config.
 
-    An output head that LoRA adapts and that shares its weight with the input embeddings is untied first
-    (its own copy of the weight, ``tie_word_embeddings`` off), so the merge leaves the embeddings as they were.
+    A model read from a GGUF file was de-quantised when loaded: it forgets its GGUF quantizer, so that
+    ``save_pretrained`` writes its plain weights. An output head that LoRA adapts and that shares its
+    weight with the input embeddings is untied first (its own copy of the weight, ``tie_word_embeddings``
+    off), so the merge leaves the embeddings as they were.
     """
     net = loaded.model
     _untie_adapted_head(net)
     net = merge_and_unload(net)
+    _forget_gguf(net)
     for attr in ("loratune_new_modules",):
         net.__dict__.pop(attr, None)
     if loaded.labels:
@@ -124,6 +129,23 @@ def merged_model(loaded: Loaded) -> nn.Module:
         net.config.label2id = {label: i for i, label in enumerate(loaded.labels)}
         net.config.num_labels = len(loaded.labels)
     return net
+
+
+def _forget_gguf(net: nn.Module) -> None:
+    quantizer = getattr(net, "hf_quantizer", None)
+    config = getattr(quantizer, "quantization_config", None)
+    method = getattr(config, "quant_method", None)
+    if str(getattr(method, "value", method)) != "gguf":
+        return
+    if not getattr(config, "dequantize", True):
+        raise RunError(
+            "the base model's weights are still GGUF blocks; merge needs them de-quantised: load the "
+            "base without GGUF kernels (or pass --model with a safetensors copy of it)"
+        )
+    net.hf_quantizer = None
+    net.__dict__.pop("is_quantized", None)
+    if hasattr(net.config, "quantization_config"):
+        del net.config.quantization_config
 
 
 def _untie_adapted_head(net: nn.Module) -> None:

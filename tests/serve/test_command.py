@@ -25,7 +25,9 @@ from loratune.serve.runtime import Runtime
         (["--port", "70000"], "--port must be >= 0 and <= 65535"),
         (["--max-batch", "0"], "--max-batch must be >= 1, got 0"),
         (["--batch-window-ms", "-1"], "--batch-window-ms must be >= 0"),
-        (["--adapter-memory-mb", "nan"], "--adapter-memory-mb must be >="),
+        (["--adapter-memory-mb", "nan"], "--adapter-memory-mb must be a finite number, got 'nan'"),
+        (["--adapter-memory-mb", "inf"], "--adapter-memory-mb must be a finite number, got 'inf'"),
+        (["--drain-timeout", "inf"], "--drain-timeout must be a finite number, got 'inf'"),
         (["--api-key-all"], "--api-key-all needs a key: pass --api-key or set LORATUNE_API_KEY"),
         (["--preload", "nope"], "unknown adapter 'nope'"),
     ],
@@ -100,3 +102,22 @@ def _wait_for(base: str, server: subprocess.Popen) -> None:
         except httpx.HTTPError:
             time.sleep(0.1)
     raise AssertionError("the server did not start")
+
+
+def test_port_0_prints_the_bound_port_and_loopback_refuses_other_hosts(registry):
+    cmd = [sys.executable, "-m", "loratune", "serve", "--adapters", str(registry), "--port", "0", "--log-level",
+           "warning", "--allow-origin", "https://app.example"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    server = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()
+        port = int(line.rsplit("http://127.0.0.1:", 1)[1].split()[0])
+        assert port != 0, line
+        base = f"http://127.0.0.1:{port}"
+        _wait_for(base, server)
+        assert httpx.get(base + "/health", headers={"host": "attacker.example"}).status_code == 421
+        assert httpx.get(base + "/health", headers={"origin": "https://app.example"}).status_code == 200
+        assert httpx.get(base + "/health", headers={"origin": "https://evil.example"}).status_code == 403
+    finally:
+        server.terminate()
+        server.wait(60)

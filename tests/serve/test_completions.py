@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest
@@ -143,3 +144,75 @@ def test_base_rows_complete_as_the_base_model_alone(lm_registry, tiny_llama_bf16
     assert runtime.loaded() == ["poet", "chat"] and runtime.evictions == 0  # __base__ is not an adapter
     assert runtime.complete("__base__", prompt=PROMPT, raw=True,
                             options=GenerationOptions(max_new_tokens=6)).text == want["completion"]  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ issue 26
+def test_max_completion_tokens_is_honoured(url):
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    for path, extra in (("/v1/completions", {"prompt": PROMPT}), ("/v1/chat/completions", chat)):
+        answer = httpx.post(url + path, json={"model": "chat", "max_completion_tokens": 3, **extra}).json()
+        assert answer["usage"]["completion_tokens"] <= 3, answer
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "words"),
+    [
+        ("/v1/completions", {"logprobs": 2}, 422, "logprobs is not supported"),
+        ("/v1/completions", {"echo": True}, 422, "echo is not supported"),
+        ("/v1/chat/completions", {"logprobs": True}, 422, "logprobs is not supported"),
+        ("/v1/chat/completions", {"top_logprobs": 3}, 422, "top_logprobs is not supported"),
+        ("/v1/completions", {"presence_penalty": 0.5}, 422, "presence_penalty is not supported"),
+        ("/v1/completions", {"logprobs": None, "echo": False, "presence_penalty": 0}, 200, ""),
+        ("/v1/completions", {"seed": 2**70}, 422, "seed: Input should be less than or equal to"),
+        ("/v1/completions", {"temperature": 1e-45, "seed": 1}, 200, ""),
+        ("/v1/completions", {"max_tokens": 2, "max_completion_tokens": 3}, 422, "differ; pass one of them"),
+        (
+            "/v1/completions",
+            {"max_tokens": None, "max_completion_tokens": 10_000},
+            413,
+            "max_completion_tokens 10000 is over the limit",
+        ),
+    ],
+)
+def test_openai_fields_are_honoured_or_refused_by_name(url, path, body, status, words):
+    extra = {"prompt": PROMPT} if path == "/v1/completions" else {"messages": [{"role": "user", "content": "hi"}]}
+    response = httpx.post(url + path, json={"model": "chat", "max_tokens": 2, **extra, **body}, timeout=60)
+    assert response.status_code == status, response.text
+    if words:
+        assert words in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/completions", b'{"model": "chat", "prompt": "a\\ud800b", "max_tokens": 2}'),
+        ("/v1/chat/completions", b'{"model": "chat", "messages": [{"role": "user", "content": "a\\ud800b"}]}'),
+    ],
+)
+def test_a_lone_surrogate_in_a_prompt_is_a_422(url, path, body):
+    response = httpx.post(url + path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "lone surrogate" in response.json()["error"]["message"], response.text
+
+
+def test_a_whole_completion_stops_when_its_client_disconnects():
+    import asyncio
+
+    from loratune.serve import openai
+    from loratune.serve.predictions import Completion
+    from loratune.serve.schemas import RequestError
+
+    written = []
+
+    def generate(stream):
+        for i in range(200):
+            stream.write(f"t{i} ")
+            written.append(i)
+            time.sleep(0.01)
+        return Completion("all", 1, 200, "length")
+
+    async def gone() -> bool:
+        return len(written) > 5
+
+    with pytest.raises(RequestError) as refused:
+        asyncio.run(openai.whole(generate, gone))
+    assert refused.value.status == 499 and len(written) < 100

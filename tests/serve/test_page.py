@@ -216,6 +216,19 @@ def test_entities_are_highlighted_at_the_apis_spans(page, bert_url, shoot):
     shoot(page, "page-ner")
 
 
+def test_entities_after_an_emoji_are_highlighted_at_the_apis_spans(page, bert_url):
+    """The API counts code points; an emoji is one of them but two UTF-16 units in JavaScript."""
+    text = "\U0001f600\U0001f44d " + NER_TEXT
+    (want,) = predictions(bert_url, [("ner", text)])
+    assert want["entities"], "the random tagger finds no entity in the text: the test would check nothing"
+    open_page(page, bert_url)
+    page.check("#adapter-ner")
+    submit(page, text)
+    card = page.locator('#results .card[data-adapter="ner"]')
+    assert marks(card) == spans(want)
+    assert card.locator(".ner-text").text_content() == text
+
+
 def test_text_is_shown_as_text_never_as_markup(page, bert_url):
     text = 'Alice <img src=x onerror="window.pwned = 1"> <b>Paris</b>'
     open_page(page, bert_url)

@@ -672,3 +672,14 @@ def test_a_run_whose_every_f1_is_zero_says_so_in_one_line():
     assert "entity F1 was 0.0" in line and "--lr" in line and "--epochs" in line
     assert task.learned_nothing([{"f1": 0.0}, {"f1": 0.01}]) is None
     assert task.learned_nothing([]) is None
+
+
+def test_a_zero_width_word_is_not_warned_as_cut(tokenizer, caplog) -> None:
+    """A word of zero-width characters has no token; only a text that fills --max-length is cut."""
+    labels = ["O", "B-PER"]
+    net = tiny_bert_tokens(len(labels))
+    with caplog.at_level("WARNING", logger="loratune"):
+        predict_entities(net, tokenizer, ["Alice met \u200b\u200d Bob"], labels, max_length=32, batch_size=1)
+        assert not [r for r in caplog.records if "run past --max-length" in r.getMessage()]
+        predict_entities(net, tokenizer, ["a " * 100], labels, max_length=16, batch_size=1)
+    assert len([r for r in caplog.records if "run past --max-length" in r.getMessage()]) == 1

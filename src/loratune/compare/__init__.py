@@ -29,9 +29,10 @@ from loratune.compare.report import compare_methods, comparison_rows
 from loratune.compare.runner import ChildRunError, Runner, child_argv, child_mode
 from loratune.compare.sweep import parse_ranks, sweep_ranks
 from loratune.errors import LoratuneError, RunError
-from loratune.fsutil import LOCK_FILE, folder_lock
+from loratune.fsutil import LOCK_FILE, check_keeps, folder_lock
 from loratune.tasks import get_task
 from loratune.train.config import build_config
+from loratune.train.options import source_paths
 
 __all__ = [
     "ChildRunError",
@@ -93,6 +94,8 @@ def run_compare(args: argparse.Namespace, flags: dict[str, Any]) -> int:
     cfg = build_config(args.config, apply_task_defaults=False, **{**own, "output": str(out)})
     if resume and overwrite:
         raise LoratuneError("--resume and --overwrite exclude each other; pick one")
+    if overwrite:
+        check_keeps(out, source_paths(cfg, args.config))
     with folder_lock(out):  # one compare per folder (each child locks its own run folder too)
         check_compare_output(out, resume=resume, overwrite=overwrite)
         return _run_jobs(args, cfg, out, methods, ranks, sweep, resume=resume, overwrite=overwrite)

@@ -225,8 +225,14 @@ class DistributedLengthGroupedBatchSampler(LengthGroupedBatchSampler):
             raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
         if batch_size < 1:
             raise DataError(f"batch_size must be >= 1, got {batch_size}; pass e.g. --batch-size 16.")
-        super().__init__(lengths, batch_size * num_replicas, shuffle=shuffle, seed=seed, drop_last=drop_last,
-                         mega_batches=mega_batches)  # fmt: skip
+        super().__init__(
+            lengths,
+            batch_size * num_replicas,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+            mega_batches=mega_batches,
+        )
         self.num_replicas, self.rank = num_replicas, rank
 
     def batches(self, epoch: int | None = None) -> list[list[int]]:

@@ -147,8 +147,9 @@ class LMRecords:
 
 def _dataset(kind: str, records: Sequence[Any]) -> datasets.Dataset:
     if kind == TEXT:
-        return datasets.Dataset.from_dict({"text": [str(r) for r in records]},
-                                          features=datasets.Features({"text": datasets.Value("string")}))  # fmt: skip
+        return datasets.Dataset.from_dict(
+            {"text": [str(r) for r in records]}, features=datasets.Features({"text": datasets.Value("string")})
+        )
     fields = ("instruction", "input", "output")
     features = datasets.Features({f: datasets.Value("string") for f in fields})
     return datasets.Dataset.from_dict({f: [r[f] for r in records] for f in fields}, features=features)
@@ -160,8 +161,9 @@ def read_lm_file(path: Path, text_column: str | None = None, encoding: str | Non
     naming its index (counting from 0)."""
     suffix = path.suffix.lower()
     if suffix not in LM_SUFFIXES:
-        raise DataError(f"cannot read {path}: unsupported file type '{suffix or '(none)'}'; "
-                        f"use one of {', '.join(LM_SUFFIXES)}")  # fmt: skip
+        raise DataError(
+            f"cannot read {path}: unsupported file type '{suffix or '(none)'}'; use one of {', '.join(LM_SUFFIXES)}"
+        )
     if suffix == ".txt":
         docs = paragraphs(read_text(path, encoding))
         if not docs:
@@ -180,8 +182,10 @@ def records_kind(records: Sequence[Any], name: str, text_column: str | None = No
     """Tell instruction records from text records and check each one (see :func:`read_lm_file`)."""
     for i, record in enumerate(records):
         if not isinstance(record, dict):
-            raise DataError(f"record {i} of {name} is a JSON {type(record).__name__}, not an object; "
-                            "pass objects with instruction/output fields or a text field")  # fmt: skip
+            raise DataError(
+                f"record {i} of {name} is a JSON {type(record).__name__}, not an object; "
+                "pass objects with instruction/output fields or a text field"
+            )
     keys = list(dict.fromkeys(k for r in records for k in r))
     if text_column is None and ("instruction" in keys or "output" in keys):
         out = []
@@ -193,14 +197,20 @@ def records_kind(records: Sequence[Any], name: str, text_column: str | None = No
                         "'instruction' and 'output' ('input' is optional): fill it in or remove the record"
                     )
             given = record.get("input")
-            out.append({"instruction": str(record["instruction"]), "input": "" if given is None else str(given),
-                        "output": str(record["output"])})  # fmt: skip
+            out.append(
+                {
+                    "instruction": str(record["instruction"]),
+                    "input": "" if given is None else str(given),
+                    "output": str(record["output"]),
+                }
+            )
         return INSTRUCTION, out
     lowered = {k.lower(): k for k in keys}
     column = text_column if text_column in keys else None
     if text_column is not None and column is None:
-        raise DataError(f"column '{text_column}' not found in {name}; the columns are: {', '.join(keys)}. "
-                        "Pass --text-column NAME.")  # fmt: skip
+        raise DataError(
+            f"column '{text_column}' not found in {name}; the columns are: {', '.join(keys)}. Pass --text-column NAME."
+        )
     column = column or next((lowered[c] for c in TEXT_COLUMN_CANDIDATES if c in lowered), None)
     if column is None:
         raise DataError(f"{name} has no usable columns (found: {', '.join(keys) or 'none'}); {EXPECTS}")
@@ -327,8 +337,9 @@ def tokenize_instructions(
     columns: dict[str, list[Any]] = {"input_ids": [], "attention_mask": [], "labels": [], "length": []}
     cut = dropped = 0
     for record in ds:
-        prompt, response = instruction_ids(tokenizer, prompt_format, record["instruction"], record["input"],
-                                           record["output"])  # fmt: skip
+        prompt, response = instruction_ids(
+            tokenizer, prompt_format, record["instruction"], record["input"], record["output"]
+        )
         if len(prompt) >= max_length:
             dropped += 1
             continue
@@ -339,11 +350,16 @@ def tokenize_instructions(
         columns["labels"].append([IGNORE] * len(prompt) + ids[len(prompt) :])
         columns["length"].append(len(ids))
     if dropped:
-        log.warning("%d of %d records have a prompt of --max-length %d tokens or more and are left out",
-                    dropped, len(ds), max_length)  # fmt: skip
+        log.warning(
+            "%d of %d records have a prompt of --max-length %d tokens or more and are left out",
+            dropped,
+            len(ds),
+            max_length,
+        )
     if cut:
-        log.warning("%d of %d records are longer than --max-length %d tokens; their responses are cut",
-                    cut, len(ds), max_length)  # fmt: skip
+        log.warning(
+            "%d of %d records are longer than --max-length %d tokens; their responses are cut", cut, len(ds), max_length
+        )
     if not columns["input_ids"]:
         raise DataError(f"every prompt is at least --max-length {max_length} tokens long; pass a larger --max-length")
     return datasets.Dataset.from_dict(columns)
@@ -365,8 +381,14 @@ def pack_texts(ds: datasets.Dataset, tokenizer: Any, max_length: int) -> dataset
     blocks = [b for b in blocks if len(b) >= 2]  # a block of one token has nothing to predict
     if not blocks:
         raise DataError("the text has fewer than 2 tokens; pass more text")
-    return datasets.Dataset.from_dict({"input_ids": blocks, "attention_mask": [[1] * len(b) for b in blocks],
-                                       "labels": blocks, "length": [len(b) for b in blocks]})  # fmt: skip
+    return datasets.Dataset.from_dict(
+        {
+            "input_ids": blocks,
+            "attention_mask": [[1] * len(b) for b in blocks],
+            "labels": blocks,
+            "length": [len(b) for b in blocks],
+        }
+    )
 
 
 class LMCollator:
@@ -383,8 +405,10 @@ class LMCollator:
         width = max(longest, self.max_length or 0)
         if self.multiple:
             width = -(-width // self.multiple) * self.multiple
-        out = {key: torch.full((len(features), width), fill, dtype=torch.long)
-               for key, fill in (("input_ids", self.pad), ("attention_mask", 0), ("labels", IGNORE))}  # fmt: skip
+        out = {
+            key: torch.full((len(features), width), fill, dtype=torch.long)
+            for key, fill in (("input_ids", self.pad), ("attention_mask", 0), ("labels", IGNORE))
+        }
         for row, f in enumerate(features):
             n = len(f["input_ids"])
             out["input_ids"][row, :n] = torch.as_tensor(f["input_ids"])

@@ -159,8 +159,12 @@ def _tail(n: int, path: Path, options: DataOptions) -> tuple[list[int], list[int
         if eval_size is not None and train_size + eval_size > n:
             log.warning(
                 "%s has %d records: the eval split is records %d-%d, fewer than --eval-size %d",
-                path, n, train_size, n - 1, eval_size,
-            )  # fmt: skip
+                path,
+                n,
+                train_size,
+                n - 1,
+                eval_size,
+            )
         return list(range(train_size, end)), list(range(train_size)), f"records {train_size}-{end - 1} of {path.name}"
     n_eval = eval_size if eval_size is not None else max(1, round(n * AUTO_EVAL_FRACTION))
     if n_eval > n or (n_eval == n and not options.for_eval):

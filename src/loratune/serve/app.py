@@ -4,8 +4,13 @@ Routes (OpenAPI docs at ``/docs``):
 
 - ``POST /v1/predict``: labels, probabilities or entities of texts, for one adapter or mixed;
 - ``POST /v1/completions``, ``POST /v1/chat/completions``: OpenAI-compatible, for causal-lm adapters;
+- ``GET /v1/models`` (OpenAI's list: the adapters served now, and ``__base__`` for a language model);
 - ``GET /v1/adapters``; ``POST /v1/adapters/{name}`` loads (``?pin=true`` pins), ``DELETE`` unloads;
 - ``GET /health``, ``GET /metrics`` (Prometheus), ``GET /`` (the playground page).
+
+The guard (``guard.py``) refuses bodies over the limit while they are read, cross-site ``Origin``s and,
+on loopback, foreign ``Host`` names. ``/health``, ``/metrics``, ``/v1/adapters`` and the page never wait
+for the model lock, so they answer at once while generations and batches run.
 
 Every error is ``{"error": {"message", "type", "code"}}`` with a 4xx status for bad input. Concurrent
 predict requests share forwards through the micro-batcher. With an API key, loading and unloading need
@@ -44,8 +49,10 @@ from loratune.errors import (
     UnknownAdapterError,
 )
 from loratune.generate import DEFAULT_NEW_TOKENS, GenerationOptions
+from loratune.lora.layer import BASE
 from loratune.serve import openai
 from loratune.serve.batcher import MicroBatcher
+from loratune.serve.guard import Guard
 from loratune.serve.metrics import CONTENT_TYPE, ServerMetrics
 from loratune.serve.runtime import Runtime
 from loratune.serve.schemas import (
@@ -79,6 +86,8 @@ class ServeSettings:
     limits: Limits = field(default_factory=Limits)
     api_key: str | None = None
     api_key_all: bool = False
+    allowed_origins: tuple[str, ...] = ()  # besides the server's own
+    allowed_hosts: tuple[str, ...] | None = None  # the Host names answered (None: any); loopback's by default
 
 
 def create_app(runtime: Runtime, settings: ServeSettings | None = None) -> FastAPI:
@@ -113,7 +122,14 @@ def create_app(runtime: Runtime, settings: ServeSettings | None = None) -> FastA
     app.include_router(_predict_routes(runtime, settings), dependencies=everyone)
     app.include_router(_completion_routes(runtime, settings), dependencies=everyone)
     app.include_router(_adapter_routes(runtime, admins), dependencies=everyone)
+    app.include_router(_models_route(runtime), dependencies=everyone)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(
+        Guard,
+        max_body_bytes=settings.limits.max_body_bytes,
+        allowed_origins=settings.allowed_origins,
+        allowed_hosts=settings.allowed_hosts,
+    )
     return app
 
 
@@ -193,17 +209,8 @@ def _require_key(key: str | None):
 
 
 def _middleware(app: FastAPI, settings: ServeSettings, metrics: ServerMetrics) -> None:
-    limit = settings.limits.max_body_bytes
-
     @app.middleware("http")
     async def measure(request: Request, call_next):
-        size = request.headers.get("content-length", "")
-        if size.isdigit() and int(size) > limit:
-            return _error(
-                413,
-                f"the request body has {size} bytes, more than the limit of {limit}; send less "
-                "per request (the server's --max-body-bytes)",
-            )
         start = time.perf_counter()
         response = await call_next(request)
         route = request.scope.get("route")
@@ -224,7 +231,7 @@ def _open_routes(runtime: Runtime) -> APIRouter:
 
     @router.get("/health", tags=["server"])
     async def health() -> dict[str, Any]:
-        """Liveness: the server answers; how many adapters are loaded."""
+        """Liveness: the server answers (at once, even while generations run); how many adapters are loaded."""
         return {"status": "ok", "base_model": runtime.base_name, "loaded": len(runtime.loaded())}
 
     return router
@@ -293,17 +300,15 @@ async def _answer(runtime: Runtime, settings: ServeSettings, body: Any, request:
         raise RequestError(
             400, f"adapter {body.model!r} is a {task} adapter; completions need a causal-lm one (use /v1/predict)"
         )
-    limit = settings.limits.max_new_tokens
-    if body.max_tokens is not None and body.max_tokens > limit:
-        raise RequestError(413, f"max_tokens {body.max_tokens} is over the limit of {limit} (--max-new-tokens)")
-    options = GenerationOptions(
-        body.max_tokens or min(DEFAULT_NEW_TOKENS, limit), body.temperature, body.top_p, body.seed
-    )
+    limit, field, asked = settings.limits.max_new_tokens, *body.token_limit()
+    if asked is not None and asked > limit:
+        raise RequestError(413, f"{field} {asked} is over the limit of {limit} (--max-new-tokens)")
+    options = GenerationOptions(asked or min(DEFAULT_NEW_TOKENS, limit), body.temperature, body.top_p, body.seed)
     call = functools.partial(call, options=options)
     if body.stream:
         events = openai.stream(kind, body.model, call, _stream_error)
         return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-    done = await run_in_threadpool(call)
+    done = await openai.whole(call, request.is_disconnected)
     return openai.response(kind, body.model, done)
 
 
@@ -334,9 +339,32 @@ def _adapter_routes(runtime: Runtime, admins: list) -> APIRouter:
         """Unload an adapter: its requests get 404 until it is loaded again. Needs the API key when one is set."""
         request.state.adapters = [name]
         await run_in_threadpool(runtime.unload, name)
-        return runtime.describe(name)
+        return await run_in_threadpool(runtime.describe, name)
 
     return router
+
+
+def _models_route(runtime: Runtime) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["completions (OpenAI-compatible)"])
+
+    @router.get("/models")
+    async def models() -> dict[str, Any]:
+        """OpenAI's model list: the adapters that can be served now, and ``__base__`` for a language model."""
+        return {
+            "object": "list",
+            "data": [openai.model_card(name) for name in await run_in_threadpool(_served, runtime)],
+        }
+
+    return router
+
+
+def _served(runtime: Runtime) -> list[str]:
+    names = [r["name"] for r in runtime.list() if r["available"]]
+    try:
+        runtime.describe(BASE)
+    except LoratuneError:  # a classifier base: no __base__
+        return names
+    return [BASE, *names]
 
 
 def _load(runtime: Runtime, name: str, pin: bool | None) -> dict[str, Any]:

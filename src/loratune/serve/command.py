@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import os
 import sys
 from typing import Any
 
 from loratune.errors import LoratuneError
+from loratune.serve.guard import LOOPBACK_NAMES
 
 KEY_ENV = "LORATUNE_API_KEY"
 POSITIVE = {  # flag dest: (type, low, default)
@@ -72,6 +74,14 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
         )
     p.add_argument("--api-key", help=f"a key that loading and unloading need (better: set {KEY_ENV})")
     p.add_argument("--api-key-all", action="store_true", help="every route but /health, / and /docs needs the key")
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a web origin (https://app.example) whose pages may call the API; repeat for more "
+        "(default: the server's own pages only)",
+    )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -88,6 +98,8 @@ def checked(args: argparse.Namespace) -> dict[str, Any]:
             value = kind(text)
         except ValueError:
             raise LoratuneError(f"{flag} must be a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise LoratuneError(f"{flag} must be a finite number, got {text!r}")
         if not value >= low or (dest == "port" and value > 65535):
             raise LoratuneError(f"{flag} must be >= {low:g}{' and <= 65535' if dest == 'port' else ''}, got {text}")
         values[dest] = value
@@ -120,26 +132,32 @@ def serve(args: argparse.Namespace) -> int:
     )
     preload(runtime, args.preload)
     limits = Limits(n["max_texts"], n["max_text_chars"], n["max_new_tokens"], n["max_body_bytes"])
-    settings = ServeSettings(n["batch_window_ms"], n["max_batch"], limits, key, args.api_key_all)
+    hosts = (*LOOPBACK_NAMES, args.host) if _loopback(args.host) else None  # no DNS rebinding onto loopback
+    settings = ServeSettings(
+        n["batch_window_ms"], n["max_batch"], limits, key, args.api_key_all, tuple(args.allow_origin), hosts
+    )
     if not key and not _loopback(args.host):
         print(
             f"warning: serving on {args.host} with no API key: anyone who reaches it can load and unload "
             f"adapters; set {KEY_ENV}",
             file=sys.stderr,
         )
-    names = runtime.names()
-    print(
-        f"serving {len(names)} adapters of {args.adapters} ({', '.join(names) or 'none yet'}) on "
-        f"http://{args.host}:{n['port']}  (playground: /, API docs: /docs)",
-        flush=True,
-    )
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(runtime, settings),
         host=args.host,
         port=n["port"],
         log_level=args.log_level,
         timeout_graceful_shutdown=n["drain_timeout"],
     )
+    sock = config.bind_socket()  # bound here, so that --port 0 prints the port it got
+    names = runtime.names()
+    where = f"[{args.host}]" if ":" in args.host else args.host
+    print(
+        f"serving {len(names)} adapters of {args.adapters} ({', '.join(names) or 'none yet'}) on "
+        f"http://{where}:{sock.getsockname()[1]}  (playground: /, API docs: /docs)",
+        flush=True,
+    )
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
 
 

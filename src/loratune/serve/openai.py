@@ -3,7 +3,8 @@
 A streamed answer is a series of ``data: {chunk}`` events, each holding the text generated since the
 last one, then a chunk with the ``finish_reason`` and ``usage``, then ``data: [DONE]``, as OpenAI's
 clients expect. The generation runs in a worker thread and hands its text to the event loop through a
-queue; when the client goes away, the next token stops the generation.
+queue; when the client goes away, the next token stops the generation. A whole answer stops the same
+way when its client disconnects (``whole``).
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from loratune.serve.predictions import Completion
+from loratune.serve.schemas import RequestError
 
 CHAT = "chat.completion"
+POLL_S = 0.25  # how often a whole answer's generation checks that its client is still there
 TEXT = "text_completion"
 
 
@@ -47,6 +50,27 @@ def response(kind: str, model: str, done: Completion) -> dict[str, Any]:
     }
 
 
+def model_card(name: str) -> dict[str, Any]:
+    """One entry of ``GET /v1/models``."""
+    return {"id": name, "object": "model", "created": 0, "owned_by": "loratune"}
+
+
+async def whole(generate: Callable[..., Completion], disconnected: Callable[[], Awaitable[bool]]) -> Completion:
+    """``generate(stream=writer)`` in a worker thread, stopped at its next token when ``disconnected()``
+    (the client went away: nobody waits for the answer)."""
+    loop = asyncio.get_running_loop()
+    writer = _QueueWriter(loop, None)
+    task = loop.run_in_executor(None, lambda: generate(stream=writer))
+    while not task.done():
+        await asyncio.wait({task}, timeout=POLL_S)
+        if not task.done() and await disconnected():
+            writer.cancelled = True
+    try:
+        return await task
+    except _Cancelled:
+        raise RequestError(499, "the client closed the request before its answer", "client_closed") from None
+
+
 def _new_id(kind: str) -> str:
     return ("chatcmpl-" if kind == CHAT else "cmpl-") + uuid.uuid4().hex
 
@@ -58,13 +82,13 @@ class _Cancelled(Exception):
 class _QueueWriter:
     """A text file for ``generate``'s streamer that hands each piece to the event loop's queue."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue | None) -> None:
         self.loop, self.queue, self.cancelled = loop, queue, False
 
     def write(self, text: str) -> int:
         if self.cancelled:
             raise _Cancelled
-        if text:
+        if text and self.queue is not None:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, text)
         return len(text)
 

@@ -16,7 +16,7 @@ adapters'); a classifier's head exists only in its adapters, so a classifier bas
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +93,20 @@ class Runtime:
         return self._registry.names()
 
     def list(self) -> list[dict[str, Any]]:
-        """One record per registry adapter: task, labels, rank, targets, size, base, metric, state."""
-        with self._lock:
-            return [self._record(name) for name in self.names()]
+        """One record per registry adapter: task, labels, rank, targets, size, base, metric, state.
+
+        Read without the model lock, so it answers at once while a generation runs: a loaded adapter's
+        entry as it stands, another's files read afresh (and not kept)."""
+        return [self._record(name, self._peek) for name in self.names()]
+
+    def _peek(self, name: str) -> Entry:
+        """The entry of ``name`` as a reader sees it, changing nothing (no lock needed)."""
+        e = self._entries.get(name)
+        if e is not None and e.model is not None:
+            return e
+        fresh = Entry.of(self._registry.read(name))
+        fresh.unavailable = e.unavailable if e is not None else False
+        return fresh
 
     def describe(self, name: str) -> dict[str, Any]:
         """``list``'s record of one adapter (an unknown or unsafe name raises)."""
@@ -104,15 +115,26 @@ class Runtime:
                 self._registry.folder(name)
             return self._record(name)
 
-    def _record(self, name: str) -> dict[str, Any]:
-        """``list``'s record of ``name``; an unreadable adapter's names its problem (``error``)."""
+    def _record(self, name: str, entry: Callable[[str], Entry] | None = None) -> dict[str, Any]:
+        """``list``'s record of ``name`` (its entry from ``entry``, by default ``_entry``); an unreadable
+        adapter's names its problem (``error``)."""
         if name == BASE:
             e = self._entry(BASE)
-            return {"name": BASE, "task": e.task.name, "labels": None, "r": None, "target_modules": None,
-                    "size_bytes": 0, "base_model": self.base_name, "metric": None, "loaded": e.model is not None,
-                    "pinned": True, "available": not e.unavailable}  # fmt: skip
+            return {
+                "name": BASE,
+                "task": e.task.name,
+                "labels": None,
+                "r": None,
+                "target_modules": None,
+                "size_bytes": 0,
+                "base_model": self.base_name,
+                "metric": None,
+                "loaded": e.model is not None,
+                "pinned": True,
+                "available": not e.unavailable,
+            }
         try:
-            e = self._entry(name)
+            e = (entry or self._entry)(name)
         except LoratuneError as err:
             return {"name": name, "loaded": False, "pinned": False, "available": False, "error": str(err)}
         return {
@@ -185,6 +207,7 @@ class Runtime:
         with self._lock:
             e = self._known(name)
             self._drop(e)
+            self._cache.unpin(name)  # a later load does not pin it again
             e.unavailable = True
 
     def pin(self, name: str) -> None:
@@ -208,9 +231,8 @@ class Runtime:
             return e.task.name
 
     def loaded(self) -> list[str]:
-        """Loaded adapters, least recently used first."""
-        with self._lock:
-            return self._cache.loaded()
+        """Loaded adapters, least recently used first (read without the lock: a liveness probe never waits)."""
+        return self._cache.loaded()
 
     def _ensure(self, e: Entry, keep: set[str]) -> None:
         """Load ``e`` if it is not loaded (refusing an unloaded one), mark it used, and keep the budget."""
@@ -220,10 +242,16 @@ class Runtime:
             if e.model is None:
                 self._shared.build_base(e)
             return
-        if e.model is None:
+        built = e.model is None
+        if built:
             self._shared.build(e)
         self._cache.use(e.name, e.files.nbytes)
-        self._cache.evict(keep, lambda victim: self._drop(self._entries[victim]))
+        try:
+            self._cache.evict(keep, lambda victim: self._drop(self._entries[victim]))
+        except LoratuneError:
+            if built:  # over the budget with it: it leaves again, as it came
+                self._drop(e)
+            raise
 
     def _drop(self, e: Entry) -> None:
         """Remove ``e``'s adapter from the shared trunk and its task model from memory."""

@@ -298,9 +298,12 @@ def encode_texts(texts: Sequence[str], tokenizer: Any, *, max_length: int) -> En
     return Encoded(texts, inputs, context, max_length)
 
 
-def decode_text(text: str, logits: torch.Tensor | None, context: Any, labels: Sequence[str]) -> tuple[dict, bool]:
+def decode_text(
+    text: str, logits: torch.Tensor | None, context: Any, labels: Sequence[str], max_length: int | None = None
+) -> tuple[dict, bool]:
     """One text's ``{"text", "entities"}`` record from its tokens' logits (tags at each word's first
-    sub-token), and whether some of its words got no token (cut at ``max_length``)."""
+    sub-token), and whether it was cut at ``max_length``: its tokens fill it and some words got none (a
+    word of zero-width characters alone has no token, in a text that was not cut)."""
     spans, word_ids = context
     tags, confs = ["O"] * len(spans), [1.0] * len(spans)
     seen: set[int] = set()
@@ -313,14 +316,16 @@ def decode_text(text: str, logits: torch.Tensor | None, context: Any, labels: Se
             p, best = probs[pos].max(dim=-1)
             tags[w], confs[w] = labels[int(best)], float(p)
     record = {"text": text, "entities": entity_spans(text, spans, tags, confs)}
-    return record, logits is not None and len(spans) > len(seen)
+    if logits is None or len(spans) == len(seen):
+        return record, False
+    return record, max_length is None or len(word_ids) >= max_length
 
 
 def decode_texts(logits_rows: Sequence[torch.Tensor | None], encoded: Encoded, labels: Sequence[str]) -> list:
     """``decode_text`` for each encoded text; one warning counts the texts cut at ``max_length``."""
     records, cut = [], 0
     for text, row, context in zip(encoded.texts, logits_rows, encoded.context, strict=True):
-        record, was_cut = decode_text(text, row, context, labels)
+        record, was_cut = decode_text(text, row, context, labels, encoded.max_length)
         records.append(record)
         cut += was_cut
     if cut:

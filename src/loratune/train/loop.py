@@ -262,16 +262,28 @@ class _Loop:
         if not self.parallel.is_main:
             return
         extra = {
-            "best": r.best, "evals": r.evals, "bad_evals": s.bad_evals, "train_seconds": r.train_seconds,
-            "examples_seen": r.examples_seen, "tokens_seen": r.tokens_seen, "skipped_steps": r.skipped_steps,
-            "flops": self.flops.state(), "grad_scaler": self.scaler.state_dict(),
+            "best": r.best,
+            "evals": r.evals,
+            "bad_evals": s.bad_evals,
+            "train_seconds": r.train_seconds,
+            "examples_seen": r.examples_seen,
+            "tokens_seen": r.tokens_seen,
+            "skipped_steps": r.skipped_steps,
+            "flops": self.flops.state(),
+            "grad_scaler": self.scaler.state_dict(),
             "world_size": self.parallel.world_size,
-        }  # fmt: skip
+        }
         save_checkpoint(
-            checkpoint_dir(self.run_dir, s.step), trainable_state=trainable_state(self.model), optimizer=self.optimizer,
-            scheduler=self.scheduler, step=s.step, epoch=s.epoch, batch_in_epoch=s.batch, extra=extra,
+            checkpoint_dir(self.run_dir, s.step),
+            trainable_state=trainable_state(self.model),
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            step=s.step,
+            epoch=s.epoch,
+            batch_in_epoch=s.batch,
+            extra=extra,
             rank_rng=rank_rng,
-        )  # fmt: skip
+        )
         prune_checkpoints(self.run_dir, keep=self.config.keep_checkpoints)
 
     # ------------------------------------------------------------------ one batch, one step
@@ -324,8 +336,9 @@ class _Loop:
         loss, examples = self.parallel.window(w.loss / w.batches, w.examples)
         rate = examples / elapsed if elapsed > 0 else 0.0
         lr = self.scheduler.get_last_lr()[0]
-        log.log_train(step=self.state.step, epoch=round(self.epoch_float, 4), loss=loss, lr=lr,
-                      examples_per_s=round(rate, 2))  # fmt: skip
+        log.log_train(
+            step=self.state.step, epoch=round(self.epoch_float, 4), loss=loss, lr=lr, examples_per_s=round(rate, 2)
+        )
         bar.set_metrics(loss=loss, lr=lr, examples_per_s=rate)
         self.window = _Window()
 
@@ -402,8 +415,9 @@ class _Loop:
             self.restore()
         s, r = self.state, self.result
         log = self.logger(resume)
-        bar = progress_bar(self.total_steps, "train", enabled=show_progress, initial=s.step,
-                           silent=not self.parallel.is_main)  # fmt: skip
+        bar = progress_bar(
+            self.total_steps, "train", enabled=show_progress, initial=s.step, silent=not self.parallel.is_main
+        )
         self.model.train()
         try:
             with _sigint_flag() as sigint:
@@ -445,7 +459,17 @@ def train(
     improves it (save the artifact there; rank 0 only). ``parallel`` (``train.distributed``): this
     process's part of a distributed run; by default a single process.
     """
-    loop = _Loop(model, train_loader, config=config, device=device, precision=precision, run_dir=run_dir,
-                 metric=metric, loss_fn=loss_fn, evaluate=evaluate, on_best=on_best,
-                 parallel=parallel or Parallel(device))  # fmt: skip
+    loop = _Loop(
+        model,
+        train_loader,
+        config=config,
+        device=device,
+        precision=precision,
+        run_dir=run_dir,
+        metric=metric,
+        loss_fn=loss_fn,
+        evaluate=evaluate,
+        on_best=on_best,
+        parallel=parallel or Parallel(device),
+    )
     return loop.run(resume, show_progress)

@@ -41,3 +41,14 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
             help_text += f" ({'; '.join(facts)})".replace("%", "%%")
         metavar = "{" + ",".join(option.choices) + "}" if option.choices else _METAVAR[kind]
         group.add_argument(flag_of(name), dest=name, default=None, metavar=metavar, help=help_text)
+
+
+def source_paths(cfg: Any, recipe: str | None = None) -> dict[str, Any]:
+    """The local paths a run reads, by flag (``--overwrite`` of its output must not delete them)."""
+    return {
+        "--config": recipe,
+        "--model": cfg.model,
+        "--dataset": cfg.dataset,
+        "--train-file": cfg.train_file,
+        "--eval-file": cfg.eval_file,
+    }

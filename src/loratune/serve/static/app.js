@@ -292,22 +292,26 @@ function entityColours(labels, entities) {
   return colours;
 }
 
-/** The text as text nodes and <mark>s cut at the entities' [start, end) character spans. */
+/** The text as text nodes and <mark>s cut at the entities' [start, end) character spans. The server counts
+ * code points (Python's characters), so the text is cut as an array of code points, not of UTF-16 units:
+ * an emoji before an entity counts one, not two. */
 function highlighted(text, entities, colours) {
+  const chars = Array.from(text);
+  const cut = (a, b) => chars.slice(a, b).join("");
   const parts = [];
   let at = 0;
   for (const e of [...entities].sort((x, y) => x.start - y.start)) {
-    if (e.start < at || e.end > text.length) continue; // overlapping or out of range: not drawn
-    if (e.start > at) parts.push(text.slice(at, e.start));
+    if (e.start < at || e.end > chars.length) continue; // overlapping or out of range: not drawn
+    if (e.start > at) parts.push(cut(at, e.start));
     const mark = el("mark", {
       class: "entity", "data-type": e.type, "data-start": e.start, "data-end": e.end,
       title: `${e.type} · confidence ${formatNumber(e.confidence, 2)}`,
-    }, text.slice(e.start, e.end));
+    }, cut(e.start, e.end));
     mark.style.setProperty("--entity", colours.get(e.type));
     parts.push(mark);
     at = e.end;
   }
-  parts.push(text.slice(at));
+  parts.push(cut(at));
   return parts;
 }
 
