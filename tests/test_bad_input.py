@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import toy_rows, write_csv
+from helpers import run
 from loratune.cli import main
 
 
@@ -63,13 +64,6 @@ def artifacts(tiny_model_dir, toy_data, tmp_path_factory) -> dict:
 def env(artifacts, tmp_path, monkeypatch) -> Env:
     monkeypatch.chdir(tmp_path)
     return Env(**artifacts, tmp=tmp_path)
-
-
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def snapshot(*folders: Path) -> dict[str, tuple[int, int, int]]:
