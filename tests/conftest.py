@@ -7,10 +7,14 @@ import json
 import os
 import subprocess
 import sys
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+
+from helpers import train_args
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -191,6 +195,31 @@ def toy_data(tmp_path_factory) -> Path:
     write_csv(folder / "train.csv", toy_rows(96, seed=1))
     write_csv(folder / "test.csv", toy_rows(32, seed=2))
     return folder
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """A finished run folder, read-only (copy it to change it), and the warnings its training raised."""
+
+    folder: Path
+    train_warnings: list[warnings.WarningMessage]
+
+    @property
+    def adapter(self) -> Path:
+        return self.folder / "adapter"
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_model_dir, toy_data, tmp_path_factory) -> TrainedRun:
+    """One LoRA run of the tiny BERT on ``toy_data`` (the tiny run's flags, one epoch), trained once for the
+    eval, predict, merge and bad-input tests."""
+    from loratune.cli import main
+
+    folder = tmp_path_factory.mktemp("trained") / "run"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(train_args(tiny_model_dir, toy_data, folder, "--epochs", "1")) == 0
+    return TrainedRun(folder, caught)
 
 
 _HOLD_LOCK = """
