@@ -40,6 +40,7 @@ COST_BY_TEST: dict[str, tuple[str, ...]] = {
     "test_cli.py::test_a_second_run_into_a_locked_folder_stops_at_once": ("cli_run", "child_process"),
     "test_cli.py::test_max_length_above_the_model_s_positions_is_clamped_with_a_warning": ("cli_run",),
     "test_cli.py::test_without_a_separate_test_split_the_summary_says_so": ("cli_run",),
+    "test_cli.py::test_resume_refuses_changed_options_and_writes_nothing": ("cli_run",),
     "test_cli.py::test_resume_may_raise_max_steps_and_the_schedule_stretches": ("cli_run",),
     "test_cli.py::test_all_linear_run_notes_the_layers_it_targeted": ("cli_run",),
     "test_cli.py::test_loraplus_ratio_survives_pause_and_resume": ("cli_run",),
