@@ -1,5 +1,5 @@
 # Fresh machine -> working .venv:   make setup
-# The fast tests:                   make test       (every module on tiny models; MEASURED_FAST)
+# The fast tests:                   make test       (every module on tiny models, about 4 min on 2 cores)
 # The slow tests:                   make test-slow  (whole runs, child processes, DDP, real weights and data)
 # Every test:                       make test-all   (the two tiers, and the browser tests where Chromium is)
 # The fast tier and DDP at the declared floors: make test-oldest   (its own .venv-oldest, built from scratch)
