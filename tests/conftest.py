@@ -70,6 +70,7 @@ COST_BY_TEST: dict[str, tuple[str, ...]] = {
     "tasks/test_causal_lm.py::test_smollm2_loads_offline_by_alias_and_by_hub_id": ("real_weights",),
     "tasks/test_token_cls.py::test_train_eval_predict_on_a_tiny_conll_file": ("cli_run",),
     "tasks/test_token_cls.py::test_full_fine_tuning_of_a_token_classifier": ("cli_run",),
+    "tasks/test_token_cls.py::test_loratune_trains_a_token_classifier_step_for_step_like_peft": ("long_run",),
     "tasks/test_token_cls.py::test_shared_conll2003_trains_two_steps": ("cli_run",),
     "tasks/test_token_cls.py::test_compare_infers_token_cls_and_reports_entity_f1": ("cli_run", "child_process"),
     # serve/
@@ -88,7 +89,7 @@ COST_BY_TEST: dict[str, tuple[str, ...]] = {
     "train/test_distributed.py::test_compare_runs_a_causal_lm_on_two_processes": ("ddp", "cli_run"),
     "train/test_host_memory.py::test_freed_blocks_are_reused_instead_of_faulted_in_again": ("child_process",),
 }
-SLOW = {"cli_run", "child_process", "ddp", "real_weights", "real_data", "browser"}
+SLOW = {"cli_run", "long_run", "child_process", "ddp", "real_weights", "real_data", "browser"}
 TESTS = Path(__file__).resolve().parent
 
 
