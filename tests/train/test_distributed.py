@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import TINY_BERT, free_port, save_tiny_llama
+from helpers import train_args
 from loratune.cli import main
 from loratune.data import DistributedLengthGroupedBatchSampler, LengthGroupedBatchSampler, RankShard
 from loratune.train.config import build_config
@@ -108,11 +109,13 @@ def no_dropout_bert(tmp_path_factory) -> Path:
     return folder
 
 
-def train_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--model", str(model), "--dataset", str(data), "--output", str(out), "--max-length", "32",
-            "--precision", "fp32", "--no-progress", "--r", "4", "--alpha", "8", "--lr", "5e-3", "--dropout", "0",
-            "--epochs", "2", "--log-every", "1", "--val-size", "0", "--eval-size", "25", "--seed", "5",
-            "--dist-timeout", "60", *extra]  # fmt: skip
+# every DDP run: no dropout, two epochs, a step per log line, a fixed eval split and seed, a short timeout
+DDP_RUN = ["--dropout", "0", "--epochs", "2", "--log-every", "1", "--val-size", "0", "--eval-size", "25"]
+DDP_RUN += ["--seed", "5", "--dist-timeout", "60"]
+
+
+def ddp_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return train_args(model, data, out, *DDP_RUN, *extra, batch_size=None)
 
 
 def env() -> dict[str, str]:
@@ -148,11 +151,11 @@ def one_and_two(no_dropout_bert, toy_data, tmp_path_factory):
     and resumed; the two-process run's stdout."""
     root = tmp_path_factory.mktemp("ddp")
     one, two = root / "one", root / "two"
-    args = train_args(no_dropout_bert, toy_data, one, "--batch-size", "4", "--grad-accum", "2")
+    args = ddp_args(no_dropout_bert, toy_data, one, "--batch-size", "4", "--grad-accum", "2")
     assert main([*args, "--pause-at-step", "10"]) == 0
     assert main([*args, "--resume"]) == 0
-    args = train_args(no_dropout_bert, toy_data, two, "--batch-size", "2", "--grad-accum", "2",
-                      "--gradient-checkpointing", "--nproc", "2")  # fmt: skip
+    args = ddp_args(no_dropout_bert, toy_data, two, "--batch-size", "2", "--grad-accum", "2",
+                    "--gradient-checkpointing", "--nproc", "2")  # fmt: skip
     code, _, err = launched([*args, "--pause-at-step", "10"])
     assert code == 0, err
     assert json.loads((two / "summary.json").read_text())["paused"]
@@ -204,7 +207,7 @@ def test_only_rank_0_writes_and_the_adapter_predicts(one_and_two, capsys):
 
 def test_a_resume_on_another_number_of_processes_is_refused(one_and_two, no_dropout_bert, toy_data, capsys):
     _, two, _ = one_and_two
-    args = train_args(no_dropout_bert, toy_data, two, "--batch-size", "2", "--grad-accum", "2", "--resume")
+    args = ddp_args(no_dropout_bert, toy_data, two, "--batch-size", "2", "--grad-accum", "2", "--resume")
     for launch_flags, theirs in (([], "1"), (["--nproc", "3"], "3")):
         capsys.readouterr()
         assert main([*args, *launch_flags]) == 2  # refused before any process starts
@@ -227,7 +230,7 @@ def _rank_pid(launcher: int, rank: int) -> int | None:
 @pytest.mark.skipif(not Path(f"/proc/self/task/{os.getpid()}/children").is_file(), reason="finds ranks in /proc")
 def test_a_killed_rank_ends_the_run_with_a_line_naming_it(no_dropout_bert, toy_data, tmp_path):
     run = tmp_path / "killed"
-    proc = launch(train_args(no_dropout_bert, toy_data, run, "--batch-size", "2", "--epochs", "1000", "--nproc", "2"))
+    proc = launch(ddp_args(no_dropout_bert, toy_data, run, "--batch-size", "2", "--epochs", "1000", "--nproc", "2"))
     try:
         while not (run / "metrics.jsonl").is_file() or len(losses(run)) < 3:  # training has started
             assert proc.poll() is None, proc.communicate()
