@@ -39,7 +39,7 @@ class GenerationOptions:
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise LoratuneError(f"--max-new-tokens must be an integer >= 1, got {self.max_new_tokens!r}")
         if not 0 <= self.temperature < math.inf:  # also NaN
-            raise LoratuneError(f"--temperature must be a finite number >= 0 (0: greedy), got {self.temperature:g}")
+            raise LoratuneError(f"--temperature must be >= 0 and finite (0: greedy), got {self.temperature:g}")
         if not 0 < self.top_p <= 1:
             raise LoratuneError(f"--top-p must be in (0, 1], got {self.top_p:g}")
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
