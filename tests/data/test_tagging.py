@@ -209,3 +209,27 @@ def test_shared_conll2003_reads_with_its_dev_split(shared_data) -> None:
     assert data.labels == ["O", "B-LOC", "B-MISC", "B-ORG", "B-PER", "I-LOC", "I-MISC", "I-ORG", "I-PER"]
     assert data.train[0]["tokens"] == ["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "."]
     assert sum(len(t) for t in data.eval["tokens"]) == 46435  # CoNLL-2003 test: 46,435 tokens
+
+
+def test_conll_lines_of_another_width_are_refused_naming_the_first():
+    """A line without the NER column would otherwise train on the chunk column as its tag (B-NP, B-VP)."""
+    text = "EU NNP B-NP B-ORG\nrejects VBZ B-VP\nGerman JJ B-NP B-MISC\n"
+    with pytest.raises(DataError, match=r"eng.train:2: 3 columns where line 1 has 4"):
+        read_conll(text, "eng.train")
+    later = "EU NNP B-NP B-ORG\n\nPeter NNP B-PER\n"  # in a later sentence of the same document too
+    with pytest.raises(DataError, match=r"eng.train:3: 3 columns where line 1 has 4"):
+        read_conll(later, "eng.train")
+
+
+@pytest.mark.parametrize("tags", [[0, 3], [0, "B-PER"]], ids=["ids", "ids-and-names"])
+def test_json_tag_ids_without_names_are_refused_naming_the_record(tmp_path, tags) -> None:
+    """As strings "0".."8" the O class would be scored as an entity type."""
+    path = tmp_path / "train.jsonl"
+    path.write_text(
+        json.dumps({"tokens": ["Peter", "Bonn"], "tags": ["O", "O"]})
+        + "\n"
+        + json.dumps({"tokens": ["Anna", "Rome"], "tags": tags})
+        + "\n"
+    )
+    with pytest.raises(DataError, match=r"train.jsonl line 2: tag 0 is a number"):
+        load_tagging(train_file=path)

@@ -166,6 +166,16 @@ def test_a_record_without_a_required_field_names_its_index(tmp_path, field):
         load_lm_data(train_file=path)
 
 
+@pytest.mark.parametrize("field,value", [("instruction", 7), ("input", ["a", "b"]), ("output", {"x": 1})])
+def test_a_record_whose_text_field_is_not_text_is_refused_naming_it(tmp_path, field, value):
+    rows = records(5)
+    rows[2][field] = value
+    path = tmp_path / "bad.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=rf"record 2 of bad.jsonl .*'{field}' is a {type(value).__name__}"):
+        load_lm_data(train_file=path)
+
+
 def test_input_is_optional_and_text_records_are_text(tmp_path):
     path = tmp_path / "a.json"
     path.write_text(

@@ -178,6 +178,17 @@ def read_lm_file(path: Path, text_column: str | None = None, encoding: str | Non
     return records_kind(records, path.name, text_column)
 
 
+def _check_text_fields(record: dict[str, Any], where: str) -> None:
+    """Refuse an instruction record whose instruction, input or output is not text: it would train on its repr."""
+    for field in ("instruction", "input", "output"):
+        value = record.get(field)
+        if value is not None and not isinstance(value, str):
+            raise DataError(
+                f"{where}: '{field}' is a {type(value).__name__} ({str(value)[:40]!r}), not text; write it as a "
+                "string or remove the record"
+            )
+
+
 def records_kind(records: Sequence[Any], name: str, text_column: str | None = None) -> tuple[str, list[Any]]:
     """Tell instruction records from text records and check each one (see :func:`read_lm_file`)."""
     for i, record in enumerate(records):
@@ -196,6 +207,7 @@ def records_kind(records: Sequence[Any], name: str, text_column: str | None = No
                         f"record {i} of {name} (counting from 0) has no '{field}'; every instruction record needs "
                         "'instruction' and 'output' ('input' is optional): fill it in or remove the record"
                     )
+            _check_text_fields(record, f"record {i} of {name} (counting from 0)")
             given = record.get("input")
             out.append(
                 {

@@ -160,22 +160,30 @@ def json_records(text: str, name: str, *, lines: bool = False) -> list[tuple[str
 
 def conll_sentences(text: str, name: str) -> list[tuple[str, list[str], list[str]]]:
     """``(where, words, tags)`` of CoNLL text: a word per line, its tag in the last column, blank lines
-    between sentences, ``-DOCSTART-`` lines skipped; ``where`` is the sentence's first line."""
+    between sentences, ``-DOCSTART-`` lines skipped; ``where`` is the sentence's first line. Every word line
+    of a document has as many columns as its first one: a line short of a column would take another as its tag."""
     out: list[tuple[str, list[str], list[str]]] = []
     words: list[str] = []
     tags: list[str] = []
-    start = 0
+    start, width = 0, None  # width: (columns, line) of the first word line; every word line has as many
     for number, line in enumerate([*text.splitlines(), ""], 1):
         columns = line.split()
         if not columns or columns[0] == "-DOCSTART-":
             if words:
                 out.append((f"line {start}", words, tags))
                 words, tags = [], []
+            width = width if not columns else None  # a document (after -DOCSTART-) may have its own columns
             continue
         if len(columns) < 2:
             raise DataError(
                 f"{name}:{number}: a word line needs the word and its tag (whitespace-separated, the tag "
                 f"last), got {line.strip()!r}; fix the line, or separate sentences with an empty line."
+            )
+        width = width or (len(columns), number)
+        if len(columns) != width[0]:
+            raise DataError(
+                f"{name}:{number}: {len(columns)} columns where line {width[1]} has {width[0]} (the tag is the "
+                f"last column, so it must be the same one on every line), got {line.strip()!r}; fix the line."
             )
         if not words:
             start = number

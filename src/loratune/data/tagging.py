@@ -253,10 +253,14 @@ def _checked_record(record: Any, tokens_col: str, tags_col: str, where: str) -> 
     bad = [v for v in (*words, *tags) if not isinstance(v, str | int) or isinstance(v, bool)]
     bad += [v for v in words if isinstance(v, str) and not v.strip()]
     if bad:
+        raise DataError(f"{where}: words and tags must be non-empty strings, got {bad[0]!r}; fix the record.")
+    number = next((t for t in tags if isinstance(t, int)), None)
+    if number is not None:  # as the string "0" it would be scored as an entity type, not as O
         raise DataError(
-            f"{where}: words and tags must be non-empty strings (tags may be ids), got {bad[0]!r}; fix the record."
+            f"{where}: tag {number} is a number and the data names no tag for it; write the tag names "
+            "(O, B-PER, ...), or use a dataset whose ClassLabel feature names its ids."
         )
-    return [str(w) for w in words], [str(t) for t in tags]
+    return [str(w) for w in words], list(tags)
 
 
 def sentences_from_dataset(
