@@ -178,7 +178,7 @@ def test_metrics_read_words_at_first_sub_tokens_and_weight_the_loss() -> None:
             ["B-PER", "I-PER", "O", "B-LOC"],
             [("PER", "Jean-Luc  O'Neil", 0, 16), ("LOC", "Zürich", 20, 26)],
         ),
-        ("東京 に 行く", ["B-LOC", "O", "O"], [("LOC", "東京", 0, 2)]),
+        ("東京 に 行く", ["B-LOC", "I-LOC", "O", "O", "O"], [("LOC", "東京", 0, 2)]),  # 東 京 に 行 く
         ("Bonn Berlin", ["B-LOC", "B-LOC"], [("LOC", "Bonn", 0, 4), ("LOC", "Berlin", 5, 11)]),
         ("in Bonn", ["O", "I-LOC"], [("LOC", "Bonn", 3, 7)]),  # IOB1: an entity may start with I-
         ("", [], []),
@@ -191,6 +191,14 @@ def test_entity_spans_are_exact_substrings_of_the_input(text, tags, expected) ->
     found = entity_spans(text, [(s, e) for _, s, e in words], tags, [0.9] * len(tags))
     assert [(e["type"], e["text"], e["start"], e["end"]) for e in found] == expected
     assert all(text[e["start"] : e["end"]] == e["text"] and e["confidence"] == pytest.approx(0.9) for e in found)
+
+
+def test_split_words_takes_each_cjk_ideograph_as_a_word() -> None:
+    """Scripts without spaces are split per ideograph, as BERT's tokenizer does, so an entity can be tagged alone."""
+    text = "我在北京见了Angela 東京タワー"
+    words = split_words(text)
+    assert [w for w, _, _ in words] == ["我", "在", "北", "京", "见", "了", "Angela", "東", "京", "タワー"]
+    assert all(text[s:e] == w for w, s, e in words)
 
 
 def test_split_words_separates_punctuation() -> None:

@@ -32,9 +32,15 @@ log = logging.getLogger(__name__)
 
 TASK_TYPE = "TOKEN_CLS"  # PEFT's task_type in adapter_config.json
 AUTO_CLASS = "AutoModelForTokenClassification"
-# A word: letters/digits (with combining marks) joined by inner hyphens or apostrophes; or one other
-# non-space character (punctuation) on its own.
-WORD = re.compile(r"[^\W_][\w\u0300-\u036f]*(?:[-'\u2019][^\W_][\w\u0300-\u036f]*)*|[^\s]", re.UNICODE)
+# CJK ideographs, the ranges BERT's tokenizer splits per character: those scripts put no spaces between words.
+CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ceaf\U0002f800-\U0002fa1f"
+_LETTER, _INNER = rf"[^\W_{CJK}]", rf"[^\W{CJK}\u0300-\u036f]|[\u0300-\u036f]"
+# A word: one CJK ideograph; or letters/digits (with combining marks) joined by inner hyphens or apostrophes;
+# or one other non-space character (punctuation) on its own.
+WORD = re.compile(
+    rf"[{CJK}]|{_LETTER}(?:{_INNER})*(?:[-'\u2019]{_LETTER}(?:{_INNER})*)*|[^\s]",
+    re.UNICODE,
+)
 
 
 # ---------------------------------------------------------------------------------------------------
