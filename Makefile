@@ -1,6 +1,6 @@
 # Fresh machine -> working .venv:   make setup
-# The fast tests:                   make test       (every module on tiny models, about 4 min on 2 cores)
-# The slow tests:                   make test-slow  (whole runs, child processes, DDP, real weights and data)
+# The fast tests:                   make test       (every module on tiny models, about a minute on 2 cores)
+# The slow tests:                   make test-slow  (whole runs, child processes, DDP, real weights and data; ~6 min)
 # Every test:                       make test-all   (the two tiers, and the browser tests where Chromium is)
 # The fast tier and DDP at the declared floors: make test-oldest   (its own .venv-oldest, built from scratch)
 # The playground page in a browser: make test-browser   (installs chromium and playwright if missing)
