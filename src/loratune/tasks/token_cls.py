@@ -394,8 +394,8 @@ class TokenClsTask(Task):
             return None
         return (
             f"every evaluation's entity F1 was 0.0 ({len(evals)} evaluations): the model found no entity; "
-            "train longer (--epochs), try --lr 5e-4 with --target-modules query,key,value or --method full, "
-            "and check that the tags mark entities (B-X/I-X)"
+            "try a lower rate over more epochs (--lr 5e-4 --epochs 3), or --method full, and check that the "
+            "tags mark entities (B-X/I-X)"
         )
 
     def load_data(self, options: DataOptions) -> TaggingData:
