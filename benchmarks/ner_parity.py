@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 import torch
@@ -104,12 +105,11 @@ def compare(a_path: str, b_path: str) -> None:
     a, b = (json.loads(Path(p).read_text()) for p in (a_path, b_path))
     diff = [abs(x - y) for x, y in zip(a["losses"], b["losses"], strict=True)]
     n = len(diff)
-    print(f"steps {n}: |loss difference| mean {sum(diff) / n:.4f}, max {max(diff):.4f}")
+    print(f"steps {n}: |loss difference| mean {fmean(diff):.4f}, max {max(diff):.4f}")
     for lo in range(0, n, max(1, n // 8)):
         window = slice(lo, min(n, lo + max(1, n // 8)))
-        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
         print(
-            f"  steps {lo + 1}-{window.stop}: loss {mean(a['losses'][window]):.4f} vs {mean(b['losses'][window]):.4f}"
+            f"  steps {lo + 1}-{window.stop}: loss {fmean(a['losses'][window]):.4f} vs {fmean(b['losses'][window]):.4f}"
         )
     for ea, eb in zip(a["epochs"], b["epochs"], strict=True):
         print(
