@@ -14,7 +14,7 @@ import pytest
 
 from conftest import TEXTS, assert_close, free_port
 from loratune.cli import main
-from loratune.serve.command import preload
+from loratune.serve.command import preload, refused_warnings
 from loratune.serve.runtime import Runtime
 
 
@@ -62,6 +62,15 @@ predict = Runtime.predict_mixed
 Runtime.predict_mixed = lambda self, items, **kw: (time.sleep(1.5), predict(self, items, **kw))[1]
 sys.exit(main(sys.argv[1:]))
 """
+
+
+def test_the_start_warns_of_each_folder_it_does_not_serve(registry, tmp_path):
+    import shutil
+
+    shutil.copytree(registry / "sent", tmp_path / "reg" / "sent")
+    shutil.copytree(registry / "sent", tmp_path / "reg" / "sst2.v1")
+    (line,) = refused_warnings(Runtime(tmp_path / "reg"))
+    assert line.startswith("warning: not serving 'sst2.v1': adapter name 'sst2.v1' is not a safe identifier")
 
 
 def test_sigterm_lets_the_request_in_flight_finish(registry, offline):

@@ -35,7 +35,7 @@ def test_list_describes_every_adapter(registry):
     assert (topic["loaded"], topic["pinned"], topic["available"]) == (False, False, True)
 
 
-def test_list_reports_a_broken_adapter_and_skips_odd_folders(registry, tmp_path):
+def test_list_reports_a_broken_adapter_and_an_odd_name_and_skips_folders_without_one(registry, tmp_path):
     import shutil
 
     shutil.copytree(registry / "sent", tmp_path / "reg" / "good")
@@ -44,8 +44,9 @@ def test_list_reports_a_broken_adapter_and_skips_odd_folders(registry, tmp_path)
     shutil.copytree(registry / "sent" / "adapter", tmp_path / "reg" / "odd.name")
     (tmp_path / "reg" / "notes").mkdir()
     records = {r["name"]: r for r in Runtime(tmp_path / "reg").list()}
-    assert sorted(records) == ["broken", "good"]
+    assert sorted(records) == ["broken", "good", "odd.name"]
     assert records["good"]["available"] and records["good"]["metric"]["value"] == 0.5
+    assert not records["odd.name"]["available"] and "not a safe identifier" in records["odd.name"]["error"]
     assert not records["broken"]["available"] and "not valid JSON" in records["broken"]["error"]
 
 
@@ -174,6 +175,33 @@ def test_a_symlink_below_the_adapter_name_is_refused(registry, tmp_path, link):
     with pytest.raises(AdapterNameError, match="outside the registry"):
         Runtime(reg).load("escape")
     assert Runtime(reg).names() == []
+
+
+@pytest.mark.parametrize("folder", ["sst2.v1", "my adapter", "sentiment-é", "x" * 65])
+def test_a_folder_whose_name_is_not_an_adapter_name_is_listed_unavailable_with_the_reason(registry, tmp_path, folder):
+    import shutil
+
+    reg = tmp_path / "reg"
+    shutil.copytree(registry / "sent", reg / "sent")
+    shutil.copytree(registry / "sent", reg / folder)
+    shutil.copytree(registry / "sent", reg / ".hidden")  # hidden, as ls hides it
+    rt = Runtime(reg)
+    assert rt.names() == ["sent"]
+    records = {r["name"]: r for r in rt.list()}
+    assert sorted(records) == sorted(["sent", folder])
+    assert records[folder]["available"] is False and "not a safe identifier" in records[folder]["error"]
+    assert "rename or copy the folder" in records[folder]["error"] and records["sent"]["available"] is True
+
+
+def test_a_symlink_out_of_the_registry_is_listed_unavailable_with_the_reason(registry, tmp_path):
+    import shutil
+
+    reg = tmp_path / "reg"
+    shutil.copytree(registry / "sent", tmp_path / "outside")
+    reg.mkdir()
+    (reg / "escape").symlink_to(tmp_path / "outside", target_is_directory=True)
+    (record,) = Runtime(reg).list()
+    assert record["name"] == "escape" and record["available"] is False and "outside the registry" in record["error"]
 
 
 def test_an_adapter_retrained_in_place_serves_its_new_labels_once_reloaded(registry, offline, tmp_path):

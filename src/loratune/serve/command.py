@@ -157,8 +157,15 @@ def serve(args: argparse.Namespace) -> int:
         f"http://{where}:{sock.getsockname()[1]}  (playground: /, API docs: /docs)",
         flush=True,
     )
+    for line in refused_warnings(runtime):
+        print(line, file=sys.stderr, flush=True)
     uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def refused_warnings(runtime: Any) -> list[str]:
+    """One warning line per registry folder that holds an adapter the server does not serve."""
+    return [f"warning: not serving {name!r}: {reason}" for name, reason in runtime.refused().items()]
 
 
 def preload(runtime: Any, preload: str | None) -> None:

@@ -63,14 +63,25 @@ class Registry:
 
     def names(self) -> list[str]:
         """The adapter names in the registry (safe sub-folders holding an adapter), sorted."""
-        found = []
+        return self.scan()[0]
+
+    def refused(self) -> dict[str, str]:
+        """The sub-folders that hold an adapter the registry does not serve, each with the reason: an
+        unsafe folder name (a dot, a space, other letters than ASCII, more than 64 characters) or a path
+        that leads out of the registry. Hidden folders (a leading dot) are skipped, as ``ls`` does."""
+        return self.scan()[1]
+
+    def scan(self) -> tuple[list[str], dict[str, str]]:
+        """``names()`` and ``refused()`` from one pass over the registry folder."""
+        found, refused = [], {}
         for child in sorted(self.root.iterdir()):
             try:
                 if self._find(child.name) is not None:
                     found.append(child.name)
-            except LoratuneError:
-                continue
-        return found
+            except LoratuneError as err:
+                if not child.name.startswith(".") and _holds_adapter(child):
+                    refused[child.name] = f"{err}; rename or copy the folder to serve it"
+        return found, refused
 
     def folder(self, name: object) -> Path:
         """The resolved adapter folder of ``name``, a plain folder name inside the registry (else an error)."""
@@ -114,6 +125,14 @@ class Registry:
                 f"adapter {name!r} points outside the registry {self.root} ({path.name} leads out of it); "
                 "copy it in instead"
             )
+
+
+def _holds_adapter(path: Path) -> bool:
+    """Whether registry entry ``path`` has an adapter's config, in itself or in ``adapter/``."""
+    try:
+        return any((folder / CONFIG_NAME).is_file() for folder in (path, path / "adapter"))
+    except OSError:  # a name too long for a path under it, a loop of symlinks
+        return False
 
 
 def summary_metric(folder: Path) -> dict[str, Any] | None:

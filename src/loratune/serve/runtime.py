@@ -92,12 +92,20 @@ class Runtime:
         """The adapter names in the registry (sub-folders holding an adapter, named as adapters may be), sorted."""
         return self._registry.names()
 
+    def refused(self) -> dict[str, str]:
+        """The registry folders holding an adapter that is not served, each with the reason."""
+        return self._registry.refused()
+
     def list(self) -> list[dict[str, Any]]:
         """One record per registry adapter: task, labels, rank, targets, size, base, metric, state.
 
         Read without the model lock, so it answers at once while a generation runs: a loaded adapter's
-        entry as it stands, another's files read afresh (and not kept)."""
-        return [self._record(name, self._peek) for name in self.names()]
+        entry as it stands, another's files read afresh (and not kept). A folder that holds an adapter the
+        registry refuses (its name, a path out of it) is listed as unavailable, with the reason."""
+        names, refused = self._registry.scan()
+        records = [self._record(name, self._peek) for name in names]
+        records += [_unreadable(name, reason) for name, reason in refused.items()]
+        return sorted(records, key=lambda record: record["name"])
 
     def _peek(self, name: str) -> Entry:
         """The entry of ``name`` as a reader sees it, changing nothing (no lock needed)."""
@@ -136,7 +144,7 @@ class Runtime:
         try:
             e = (entry or self._entry)(name)
         except LoratuneError as err:
-            return {"name": name, "loaded": False, "pinned": False, "available": False, "error": str(err)}
+            return _unreadable(name, str(err))
         return {
             "name": e.name,
             "task": e.task.name,
@@ -298,3 +306,8 @@ class Runtime:
     def _trunk_forward(self, batch: dict[str, torch.Tensor], names: list[str]) -> Any:
         """The shared trunk once over the padded ``batch``, row ``i`` through adapter ``names[i]``."""
         return trunk_forward(self._trunk, batch, names)
+
+
+def _unreadable(name: str, reason: str) -> dict[str, Any]:
+    """``list``'s record of a registry folder that cannot be served, with the reason (``error``)."""
+    return {"name": name, "loaded": False, "pinned": False, "available": False, "error": reason}
