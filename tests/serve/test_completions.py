@@ -216,3 +216,31 @@ def test_a_whole_completion_stops_when_its_client_disconnects():
     with pytest.raises(RequestError) as refused:
         asyncio.run(openai.whole(generate, gone))
     assert refused.value.status == 499 and len(written) < 100
+
+
+class HeldRuntime(Runtime):
+    """A runtime whose model lock another thread holds, as a running generation does."""
+
+    def serves_base_while_held(self) -> bool:
+        import threading
+
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with self._lock:
+                held.set()
+                release.wait(30)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        held.wait(30)
+        try:
+            return self.serves_base()
+        finally:
+            release.set()
+            holder.join(30)
+
+
+def test_the_base_is_served_for_a_language_model_and_said_so_without_the_model_lock(lm_registry, registry):
+    assert HeldRuntime(lm_registry).serves_base_while_held() is True
+    assert HeldRuntime(registry).serves_base_while_held() is False  # classifiers: no head without an adapter

@@ -93,7 +93,7 @@ def test_probes_answer_at_once_while_the_model_is_busy(registry):
         busy.start()
         time.sleep(0.5)
         start = time.perf_counter()
-        for path in ("/health", "/metrics", "/v1/adapters", "/"):
+        for path in ("/health", "/metrics", "/v1/adapters", "/v1/models", "/"):
             assert httpx.get(base + path, timeout=60).status_code == 200
         assert time.perf_counter() - start < 5  # none waited for the 8 s prediction
         assert busy.is_alive()

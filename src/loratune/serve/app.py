@@ -360,11 +360,7 @@ def _models_route(runtime: Runtime) -> APIRouter:
 
 def _served(runtime: Runtime) -> list[str]:
     names = [r["name"] for r in runtime.list() if r["available"]]
-    try:
-        runtime.describe(BASE)
-    except LoratuneError:  # a classifier base: no __base__
-        return names
-    return [BASE, *names]
+    return [BASE, *names] if runtime.serves_base() else names
 
 
 def _load(runtime: Runtime, name: str, pin: bool | None) -> dict[str, Any]:

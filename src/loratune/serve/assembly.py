@@ -24,7 +24,7 @@ from loratune.errors import AdapterFileError, AdapterShapeError, TargetModulesEr
 from loratune.lora import load_adapter
 from loratune.lora.io import PREFIX
 from loratune.lora.model import adapter_configs, delete_adapter
-from loratune.models import load_pretrained_model, load_tokenizer, use_tokenizer_pad_id
+from loratune.models import load_config, load_pretrained_model, load_tokenizer, use_tokenizer_pad_id
 from loratune.serve.registry import TOKENIZER_FILES, AdapterFiles
 from loratune.tasks import Task
 
@@ -91,8 +91,9 @@ class SharedTrunk:
         return self.module
 
     def is_language_model(self) -> bool:
-        """Whether the base model's own architecture is a language model (it then has an output layer)."""
-        config = self.get().config
+        """Whether the base model's own architecture is a language model (it then has an output layer); its
+        config tells, so the model need not be loaded."""
+        config = self.module.config if self.module is not None else load_config(self.base_name)
         return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in getattr(config, "architectures", None) or [])
 
     def build(self, e: Entry) -> None:

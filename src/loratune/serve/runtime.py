@@ -179,28 +179,36 @@ class Runtime:
         """The entry of ``name`` as it stands: its files are read only for a name not seen before."""
         return self._entries.get(name) or self._entry(name)
 
+    def serves_base(self) -> bool:
+        """Whether ``__base__`` (the base model alone) is served: for a language model. It reads files and
+        the base model's config, never waiting for the model lock, so it answers while a generation runs."""
+        if BASE in self._entries:
+            return True
+        try:
+            self._check_base(self._peek)
+        except LoratuneError:
+            return False
+        return True
+
     def _base_entry(self) -> Entry:
         """The entry of ``__base__``: the base model alone, served when it is a language model (a classifier
         has no head without an adapter)."""
+        self._check_base(self._entry)
+        return Entry(BASE, get_task("causal-lm"), {"task": "causal-lm", "labels": None, "base_model": self.base_name})
+
+    def _check_base(self, entry: Callable[[str], Entry]) -> None:
+        """Raise unless the base model alone can be served: its name is known and it is a language model
+        (a causal-lm adapter, or its config's architecture, says so). ``entry`` reads an adapter's entry."""
         names = self.names()
         if self.base_name is None and names:
-            self._shared.base_for(self._entry(names[0]).files)
+            self._shared.base_for(entry(names[0]).files)
         if self.base_name is None:
             raise UnknownAdapterError(f"{BASE!r} needs the base model's name: pass model=NAME (serve --model)")
-        lm = any(self._task_name(n) == "causal-lm" for n in names) or self._shared.is_language_model()
-        if not lm:
+        if not any(_task_name(entry, n) == "causal-lm" for n in names) and not self._shared.is_language_model():
             raise UnknownAdapterError(
                 f"{BASE!r} (the base model alone) is served for language models only: a classifier has no head "
                 "without an adapter; name an adapter of the registry"
             )
-        return Entry(BASE, get_task("causal-lm"), {"task": "causal-lm", "labels": None, "base_model": self.base_name})
-
-    def _task_name(self, name: str) -> str | None:
-        """The task of registry adapter ``name``; None when it cannot be read."""
-        try:
-            return self._entry(name).task.name
-        except LoratuneError:
-            return None
 
     # ------------------------------------------------------------------ loading
     def load(self, name: str) -> None:
@@ -311,3 +319,11 @@ class Runtime:
 def _unreadable(name: str, reason: str) -> dict[str, Any]:
     """``list``'s record of a registry folder that cannot be served, with the reason (``error``)."""
     return {"name": name, "loaded": False, "pinned": False, "available": False, "error": reason}
+
+
+def _task_name(entry: Callable[[str], Entry], name: str) -> str | None:
+    """The task of registry adapter ``name`` (its entry from ``entry``); None when it cannot be read."""
+    try:
+        return entry(name).task.name
+    except LoratuneError:
+        return None
