@@ -244,3 +244,37 @@ class HeldRuntime(Runtime):
 def test_the_base_is_served_for_a_language_model_and_said_so_without_the_model_lock(lm_registry, registry):
     assert HeldRuntime(lm_registry).serves_base_while_held() is True
     assert HeldRuntime(registry).serves_base_while_held() is False  # classifiers: no head without an adapter
+
+
+class SlowTokens(Runtime):
+    """Each generated token takes 100 ms; ``tokens`` counts them."""
+
+    tokens = 0
+
+    def complete(self, name, **kw):
+        stream = kw.pop("stream", None)
+
+        class Slow:
+            def write(_, text: str) -> int:
+                time.sleep(0.1)
+                SlowTokens.tokens += 1
+                return stream.write(text) if stream is not None else len(text)
+
+            def flush(_) -> None:
+                pass
+
+        return super().complete(name, stream=Slow(), **kw)
+
+
+def test_a_whole_completion_over_http_stops_when_its_client_goes_away(lm_registry):
+    with serving(create_app(SlowTokens(lm_registry))) as base:
+        body = {"model": "chat", "prompt": "good film", "max_tokens": 60, "temperature": 1.0, "seed": 0}  # 60 tokens
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(base + "/v1/completions", json=body, timeout=1.5)
+        seen = -1
+        while seen != SlowTokens.tokens:  # until the generation stopped
+            seen = SlowTokens.tokens
+            time.sleep(0.5)
+        assert 0 < seen < 45  # 60 tokens take 6 s; the client left after 1.5 s
+        answer = httpx.post(base + "/v1/completions", json={**body, "max_tokens": 2}, timeout=60)
+        assert answer.status_code == 200

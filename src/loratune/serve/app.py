@@ -23,7 +23,6 @@ import asyncio
 import functools
 import logging
 import secrets
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ from loratune.lora.layer import BASE
 from loratune.serve import openai
 from loratune.serve.batcher import MicroBatcher
 from loratune.serve.guard import Guard
-from loratune.serve.metrics import CONTENT_TYPE, ServerMetrics
+from loratune.serve.metrics import CONTENT_TYPE, Measure, ServerMetrics
 from loratune.serve.runtime import Runtime
 from loratune.serve.schemas import (
     ChatRequest,
@@ -114,7 +113,7 @@ def create_app(runtime: Runtime, settings: ServeSettings | None = None) -> FastA
     )
     app.state.runtime, app.state.settings, app.state.metrics = runtime, settings, metrics
     _error_handlers(app)
-    _middleware(app, settings, metrics)
+    app.add_middleware(Measure, metrics=metrics)
     app.include_router(_open_routes(runtime))
     everyone = [Depends(_require_key(settings.api_key))] if settings.api_key and settings.api_key_all else []
     admins = [Depends(_require_key(settings.api_key))] if settings.api_key else []
@@ -206,19 +205,6 @@ def _require_key(key: str | None):
             )
 
     return check
-
-
-def _middleware(app: FastAPI, settings: ServeSettings, metrics: ServerMetrics) -> None:
-    @app.middleware("http")
-    async def measure(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        if route is not None and request.url.path.startswith("/v1/"):
-            known = response.status_code not in (400, 404)  # no label values from names that are not adapters
-            adapters = getattr(request.state, "adapters", []) if known else []
-            metrics.observe(route.path, adapters, response.status_code, time.perf_counter() - start)
-        return response
 
 
 # ------------------------------------------------------------------------------------------ routes

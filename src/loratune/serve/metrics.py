@@ -1,14 +1,16 @@
 """Prometheus metrics of a server (``prometheus-client``), in a registry of its own per app.
 
 - ``loratune_requests_total{route, adapter, status}``: requests, once per adapter they name;
-- ``loratune_request_seconds{route, adapter}``: their latency;
+- ``loratune_request_seconds{route, adapter}``: their latency, to the response's last byte;
 - ``loratune_batch_items``: items per micro-batch (one shared forward per task family);
 - ``loratune_adapters_loaded``, ``loratune_adapter_evictions_total``: read from the runtime at scrape time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -68,3 +70,33 @@ class ServerMetrics:
     def exposition(self) -> bytes:
         """The text format Prometheus scrapes."""
         return generate_latest(self.registry)
+
+
+class Measure:
+    """ASGI middleware: each ``/v1/`` request counted and timed in ``metrics`` by route, the adapters it named
+    (``request.state.adapters``) and status. Plain ASGI, as Starlette's ``BaseHTTPMiddleware`` would hide a
+    client's disconnect from the routes, which stop a generation nobody waits for."""
+
+    def __init__(self, app: Any, metrics: ServerMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable[..., Awaitable]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), 500
+
+        async def sending(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = scope.get("route")
+            if route is not None and scope["path"].startswith("/v1/"):
+                known = status not in (400, 404)  # no label values from names that are not adapters
+                adapters = scope.get("state", {}).get("adapters", []) if known else []
+                self.metrics.observe(route.path, adapters, status, time.perf_counter() - start)
