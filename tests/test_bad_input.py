@@ -532,3 +532,35 @@ def test_generate_with_a_tiny_temperature_is_greedy(tiny_llama_bf16_dir, capsys)
     tiny = capsys.readouterr().out
     assert main(base) == 0
     assert tiny == capsys.readouterr().out
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_leaves_no_temporary(env, capsys, monkeypatch):
+    import errno
+    import os
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    code, out, err = run(train("--dataset", str(env.data), "--max-length", "64")(env), capsys)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: No space left on device: ") and "free some space" in err
+    assert str(env.tmp / "out") in err and "Traceback" not in err
+    assert not [p for p in env.tmp.rglob("*") if ".tmp" in p.name]
+
+
+def test_a_library_error_that_carries_a_disk_error_is_one_line(env, capsys, monkeypatch):
+    from safetensors import SafetensorError
+
+    import loratune.merge
+
+    def full(*args, **kwargs) -> None:
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(loratune.merge, "merge_to_folder", full)
+    code, out, err = run(["merge", "--adapter", str(env.adapter), "--output", str(env.tmp / "merged")], capsys)
+    assert (
+        code == 2
+        and out == ""
+        and err == "error: No space left on device; free some space on that disk, or pass a folder on another\n"
+    )

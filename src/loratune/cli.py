@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from loratune.errors import Interrupted, LoratuneError
-from loratune.fsutil import check_keeps
+from loratune.fsutil import check_keeps, os_error_code
 from loratune.generate import DEFAULT_NEW_TOKENS
 from loratune.serve.command import add_serve_options
 from loratune.train.options import add_train_options, source_paths
@@ -585,11 +585,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    except OSError as err:  # a full disk, a name too long, a read-only folder...: one line, not a traceback
-        if err.errno not in DISK_ERRORS:
+    except Exception as err:  # a full disk, a name too long, a read-only folder...: one line, not a traceback
+        code = os_error_code(err)  # also a library's error that carries one (safetensors in save_pretrained)
+        if code not in DISK_ERRORS:
             raise
-        where = f": {err.filename}" if err.filename else ""
-        print(f"error: {err.strerror}{where}; {DISK_ERRORS[err.errno]}", file=sys.stderr)
+        where = f": {err.filename}" if getattr(err, "filename", None) else ""
+        print(f"error: {os.strerror(code)}{where}; {DISK_ERRORS[code]}", file=sys.stderr)
         return 2
 
 

@@ -243,3 +243,14 @@ def test_shape_mismatch_names_key_and_shapes(tmp_path):
 def test_all_errors_are_loratune_errors_with_one_line():
     for cls in (AdapterFileError, AdapterShapeError):
         assert issubclass(cls, LoratuneError)
+
+
+def test_a_disk_error_while_saving_tensors_is_an_os_error_naming_the_file(tmp_path):
+    import errno
+
+    from loratune.lora.io import save_tensors
+
+    path = tmp_path / ("o" * 300)
+    with pytest.raises(OSError) as raised:
+        save_tensors({"w": torch.zeros(2)}, path)
+    assert raised.value.errno == errno.ENAMETOOLONG and raised.value.filename == str(path)

@@ -9,6 +9,7 @@ keys are PEFT's: ``base_model.model.<module path>.lora_A.weight`` (r x in) and `
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from loratune.errors import AdapterFileError, AdapterShapeError
-from loratune.fsutil import atomic_dir, follow_umask
+from loratune.fsutil import atomic_dir, follow_umask, os_error_code
 from loratune.lora.config import ALL_LINEAR, LoraConfig, module_matches
 from loratune.lora.layer import LoraLinear, ModulesToSaveWrapper, in_out_features, is_linear
 from loratune.lora.model import (
@@ -108,12 +109,24 @@ def peft_config_dict(model: nn.Module, adapter_name: str | None = None) -> dict[
     }
 
 
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' ``save_file``, then the umask's mode like every other file (it writes 0600). A disk error
+    (full, a name too long) is an ``OSError`` naming ``path``, not safetensors' own error."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as err:
+        code = os_error_code(err)
+        if code is None:
+            raise
+        raise OSError(code, os.strerror(code), str(path)) from err
+    follow_umask(path)
+
+
 def write_adapter(model: nn.Module, folder: str | Path, adapter_name: str | None = None) -> None:
     """Write the adapter's two files into an existing ``folder`` (not atomic; see ``save_adapter``)."""
     folder = Path(folder)
     config = peft_config_dict(model, adapter_name)
-    save_file(adapter_state_dict(model, adapter_name), str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
-    follow_umask(folder / WEIGHTS_NAME)  # save_file writes 0600
+    save_tensors(adapter_state_dict(model, adapter_name), folder / WEIGHTS_NAME, metadata={"format": "pt"})
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
 
 

@@ -32,11 +32,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import loratune
 from loratune.errors import RunError
-from loratune.fsutil import TMP_MARKER, atomic_dir, follow_umask
+from loratune.fsutil import TMP_MARKER, atomic_dir
+from loratune.lora.io import save_tensors
 
 __all__ = [
     "CHECKPOINTS_DIR",
@@ -158,13 +159,12 @@ def _sha256(path: Path) -> str:
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """``save_file``, then the umask's mode like every other file (safetensors writes 0600).
+    """``save_tensors`` (the umask's mode; a disk error names the file).
 
     The usual ``format`` metadata is left off an empty file (an optimizer that has not stepped yet):
     safetensors before 0.4.4 cannot read such a file back.
     """
-    save_file(tensors, path, metadata={"format": "pt"} if tensors else None)
-    follow_umask(path)
+    save_tensors(tensors, path, metadata={"format": "pt"} if tensors else None)
 
 
 def _write_json(path: Path, obj: Any) -> None:
