@@ -352,3 +352,18 @@ def test_mixed_mode_mixes_a_causal_lm_with_a_classifier(page, lm_url):
     assert cards.evaluate_all("cs => cs.map(c => c.dataset.adapter)") == ["chat", "mood"]
     assert cards.nth(0).locator(".completion").text_content() == want["chat"]["completion"]
     check_label_card(cards.nth(1), want["mood"])
+
+
+def test_a_page_come_back_to_predicts_with_the_mode_and_adapter_it_shows(page, bert_url):
+    open_page(page, bert_url)
+    page.click('label[for="mode-mixed"]')
+    page.goto(bert_url + "/health")
+    page.go_back()  # the browser may restore the form it showed before
+    page.locator(".adapter").first.wait_for()
+    mode = page.eval_on_selector('input[name="mode"]:checked', "el => el.value")
+    kind = page.eval_on_selector("#adapters input", "el => el.type")
+    assert (mode, kind) in {("single", "radio"), ("mixed", "checkbox")}
+    shown = page.eval_on_selector_all("#adapters input:checked", "els => els.map(e => e.value)")
+    assert shown, "no adapter is shown as chosen"
+    submit(page, "a fine film")
+    assert page.eval_on_selector("#results", "el => el.dataset.state") == "done", page.inner_text("#error")

@@ -113,6 +113,7 @@ async function loadAdapters() {
     const { adapters } = await getJson("/v1/adapters");
     state.adapters = adapters;
     keepSelection();
+    if (state.mode === "mixed" && state.chosen.size === 0 && state.selected) state.chosen.add(state.selected);
     renderAdapters();
   } catch (err) {
     renderAdapterMessage(err.message);
@@ -230,13 +231,19 @@ function updateTokensField() {
   $("tokens-field").hidden = !(state.mode === "single" && a && a.task === "causal-lm");
 }
 
-function setMode(mode) {
+function setMode(mode, render = true) {
   state.mode = mode;
   if (mode === "mixed" && state.chosen.size === 0 && state.selected) state.chosen.add(state.selected);
   $("mode-hint").textContent = mode === "mixed"
     ? "Tick several adapters: one mixed request sends the text to all of them."
     : "Pick one adapter.";
-  renderAdapters();
+  if (render) renderAdapters();
+}
+
+/** The mode the page shows: a browser restores the mode's radio when the user comes back to the page. */
+function modeShown() {
+  const checked = document.querySelector('input[name="mode"]:checked');
+  return checked ? checked.value : "single";
 }
 
 // ------------------------------------------------------------------------------------------ results
@@ -454,8 +461,14 @@ function wire() {
   });
 }
 
+// A browser restores the form it showed (the mode's radio) by the time the page is shown, after DOMContentLoaded.
+window.addEventListener("pageshow", () => {
+  if (modeShown() !== state.mode) setMode(modeShown(), state.adapters.length > 0);
+});
+
 document.addEventListener("DOMContentLoaded", () => {
   wire();
+  setMode(modeShown(), false);
   loadHealth();
   loadAdapters().catch((err) => showError(err.message));
 });
