@@ -607,9 +607,9 @@ def test_token_cls_trains_with_its_measured_defaults_unless_told_otherwise() -> 
     from loratune.train.config import build_config
 
     cfg = build_config(task="token-cls", train_file="t.conll")
-    assert (cfg.lr, cfg.r, cfg.target_modules) == (2e-3, 16, "all-linear")
+    assert (cfg.lr, cfg.r, cfg.target_modules, cfg.epochs) == (1e-3, 16, "all-linear", 3)
     cfg = build_config(task="token-cls", train_file="t.conll", r=4, target_modules="query,value")
-    assert (cfg.lr, cfg.r, cfg.target_modules) == (2e-3, 4, ["query", "value"])
+    assert (cfg.lr, cfg.r, cfg.target_modules) == (1e-3, 4, ["query", "value"])
     assert build_config(task="token-cls", train_file="t.conll", method="full").lr == 1e-4
     assert build_config(train_file="t.csv").lr is None  # seq-cls keeps its own
 

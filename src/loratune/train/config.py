@@ -66,7 +66,7 @@ class RunConfig:
     task: str | None = _opt(
         None,
         "what to learn: seq-cls (a label per text), token-cls (a tag per word, e.g. NER; its LoRA defaults: "
-        "--r 16 --target-modules all-linear --lr 2e-3), causal-lm (text generation); default: inferred from the data",
+        "--r 16 --target-modules all-linear --lr 1e-3), causal-lm (text generation); default: inferred from the data",
         DATA,
         choices=tuple(TASKS),
     )
