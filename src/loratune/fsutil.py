@@ -64,11 +64,11 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
 
 def os_error_code(err: BaseException) -> int | None:
     """The OS error number of ``err``: an ``OSError``'s, or the one a library's message carries (safetensors
-    writes ``... (os error 28)``); None when it has none."""
+    writes ``... (os error 28)``, older releases ``Os { code: 28, ... }``); None when it has none."""
     if isinstance(err, OSError):
         return err.errno
-    found = re.search(r"\(os error (\d+)\)", str(err))
-    return int(found.group(1)) if found else None
+    found = re.search(r"\(os error (\d+)\)|Os \{ code: (\d+)", str(err))
+    return int(found.group(1) or found.group(2)) if found else None
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

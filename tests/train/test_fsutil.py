@@ -95,3 +95,18 @@ def test_folder_lock_removes_only_a_folder_it_created_and_left_empty(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(RunError, match="is a file; pass a folder path"), folder_lock(tmp_path / "file"):
         pass
+
+
+@pytest.mark.parametrize(
+    ("err", "code"),
+    [
+        (OSError(28, "No space left on device"), 28),
+        (RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"), 28),
+        (RuntimeError('IoError(Os { code: 36, kind: InvalidFilename, message: "File name too long" })'), 36),
+        (RuntimeError("shape mismatch"), None),
+    ],
+)
+def test_os_error_code_reads_an_os_error_or_one_a_library_message_carries(err, code):
+    from loratune.fsutil import os_error_code
+
+    assert os_error_code(err) == code
