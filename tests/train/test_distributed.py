@@ -243,6 +243,27 @@ def test_a_killed_rank_ends_the_run_with_a_line_naming_it(no_dropout_bert, toy_d
     assert "error: rank 1 (pid" in err and "was killed by SIGKILL" in err
 
 
+def test_the_root_failure_is_the_killed_rank_not_the_one_that_lost_it():
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    from loratune.train.distributed import root_failure
+
+    def failure(rank: int, exitcode: int) -> ProcessFailure:
+        return ProcessFailure(local_rank=rank, pid=100 + rank, exitcode=exitcode, error_file="")
+
+    lost, killed = failure(0, 1), failure(1, -signal.SIGKILL)  # seen in the same second
+    killed.timestamp = lost.timestamp
+    assert root_failure({0: lost, 1: killed}) == (1, killed)
+    earlier = failure(1, 1)
+    earlier.timestamp = lost.timestamp - 1
+    assert root_failure({0: lost, 1: earlier}) == (1, earlier)
+    assert root_failure({0: lost, 1: failure(1, 1)})[0] == 0
+    stopped = failure(0, -signal.SIGTERM)  # torchrun stopped rank 0 after rank 1 was killed
+    stopped.timestamp = killed.timestamp
+    assert root_failure({0: stopped, 1: killed}) == (1, killed)
+    assert root_failure({0: stopped, 1: earlier}) == (1, earlier)
+
+
 # ------------------------------------------------------------------------------------------ other tasks
 def test_token_classification_trains_on_two_processes(no_dropout_bert, tmp_path):
     train, test = toy_conll(tmp_path / "train.conll", 24, 1), toy_conll(tmp_path / "test.conll", 9, 2)

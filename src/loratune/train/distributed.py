@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -318,11 +319,25 @@ def launch(nproc: int, argv: list[str]) -> int:
     try:
         run(args)
     except ChildFailedError as err:
-        return _failed_rank(*err.get_first_failure())
+        return _failed_rank(*root_failure(err.failures))
     except SignalException as err:
         print(f"interrupted ({err.sigval.name}): the processes were stopped", file=sys.stderr)
         return 130
     return 0
+
+
+def root_failure(failures: dict[int, Any]) -> tuple[int, Any]:
+    """The rank whose failure stopped a launch, and that failure. torchrun times failures to the second, so it
+    may see the cause and its consequences at once: a rank killed by a signal comes first, then one that exited
+    with an error (a rank that lost its peer exits too), then one stopped by SIGTERM (what torchrun sends the
+    others); within each, the earliest, then the lowest rank."""
+
+    def order(item: tuple[int, Any]) -> tuple[int, float, int]:
+        rank, failure = item
+        kind = 2 if failure.exitcode == -signal.SIGTERM else 1 if failure.exitcode >= 0 else 0
+        return kind, failure.timestamp, rank
+
+    return min(failures.items(), key=order)
 
 
 def _failed_rank(rank: int, failure: Any) -> int:
