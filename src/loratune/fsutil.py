@@ -84,15 +84,11 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as err:  # a full disk: the error names the file it was writing
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if err.filename is None:
+        if isinstance(err, OSError) and err.filename is None:  # a full disk: the error names the file
             raise OSError(err.errno, err.strerror, str(path)) from err
-        raise
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise
     fsync_dir(path.parent)
     return path

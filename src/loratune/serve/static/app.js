@@ -113,7 +113,7 @@ async function loadAdapters() {
     const { adapters } = await getJson("/v1/adapters");
     state.adapters = adapters;
     keepSelection();
-    if (state.mode === "mixed" && state.chosen.size === 0 && state.selected) state.chosen.add(state.selected);
+    chooseSelectedInMixedMode();
     renderAdapters();
   } catch (err) {
     renderAdapterMessage(err.message);
@@ -233,11 +233,16 @@ function updateTokensField() {
 
 function setMode(mode, render = true) {
   state.mode = mode;
-  if (mode === "mixed" && state.chosen.size === 0 && state.selected) state.chosen.add(state.selected);
+  chooseSelectedInMixedMode();
   $("mode-hint").textContent = mode === "mixed"
     ? "Tick several adapters: one mixed request sends the text to all of them."
     : "Pick one adapter.";
   if (render) renderAdapters();
+}
+
+/** Mixed mode with nothing ticked starts from the adapter of single mode. */
+function chooseSelectedInMixedMode() {
+  if (state.mode === "mixed" && state.chosen.size === 0 && state.selected) state.chosen.add(state.selected);
 }
 
 /** The mode the page shows: a browser restores the mode's radio when the user comes back to the page. */
